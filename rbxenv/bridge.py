@@ -1,0 +1,565 @@
+"""The trainer's end of the WebSocket: server, DataBridge and the TrainingBridge facade.
+
+Threads: the WebSocket server runs an asyncio loop in a background thread; training code calls the
+blocking TrainingBridge methods from its own thread. Observations flow into per-agent slots of the
+DataBridge (guarded by one Condition); commands flow out through an asyncio queue, one frame each.
+
+    bridge = TrainingBridge(port=8765).start()
+    game = bridge.wait_for_game(timeout=60)          # the GameSpec from its hello, or seed defaults
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    first = bridge.get_observation("car_0_env_a")   # {"obs", "reward", "terminated", "truncated", "info"}
+    bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
+    batch = bridge.get_observations(["car_0_env_a"])
+
+A lost game raises BridgeClosed from whatever call is waiting; it never hangs silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from rbxenv import protocol
+from rbxenv.protocol import SEED_GAME, GameSpec, Hello, ObsBatch, ProtocolError
+
+log = logging.getLogger("rbxenv.bridge")
+
+HARD_FRAME_LIMIT = 16 * protocol.MAX_FRAME_BYTES  # beyond this websockets closes the connection (1009)
+
+
+class BridgeClosed(RuntimeError):
+    """The game went away (or never came) while the trainer needed it."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _RateLimitedLog:
+    """Log each kind of bad frame once, then at most every ``period`` seconds with a count."""
+
+    def __init__(self, period: float = 5.0):
+        self.period = period
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warn(self, code: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(code, -1e9) < self.period:
+            self._suppressed[code] += 1
+            return
+        extra = f" ({self._suppressed.pop(code)} more like it suppressed)" if self._suppressed[code] else ""
+        self._last[code] = now
+        log.warning("bad frame from game [%s]: %s%s", code, message, extra)
+
+
+@dataclass
+class Observations:
+    """What ``get_observations`` returns: row k belongs to ``agent_ids[k]``."""
+
+    agent_ids: list[str]
+    obs: np.ndarray  # (n, obs_size) float32
+    reward: np.ndarray  # (n,) float64: sum of all rewards reported since the last read
+    terminated: np.ndarray  # (n,) bool
+    truncated: np.ndarray  # (n,) bool
+    infos: list[dict]
+
+
+class _Slot:
+    """One agent's latest observation plus what accumulated since the trainer last read it."""
+
+    __slots__ = ("obs", "reward", "terminated", "truncated", "info", "fresh", "expected_tick")
+
+    def __init__(self):
+        self.obs: np.ndarray | None = None
+        self.reward = 0.0
+        self.terminated = False
+        self.truncated = False
+        self.info: dict = {}
+        self.fresh = False  # an observation answering the latest command is waiting
+        self.expected_tick = -1
+
+
+class DataBridge:
+    """Per-agent observation slots shared by the network thread and the training thread."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.slots: dict[str, _Slot] = {}
+        self.lost: str | None = None  # why the game is gone, when it is
+        self.stats: Counter[str] = Counter()
+
+    def track(self, agent_ids: Iterable[str], tick: int) -> None:
+        """Make agents known and wait for an answer to the command sent with ``tick``."""
+        with self.cond:
+            for aid in agent_ids:
+                slot = self.slots.get(aid)
+                if slot is None:
+                    slot = self.slots[aid] = _Slot()
+                slot.fresh = False
+                slot.expected_tick = tick
+
+    def forget(self, agent_ids: Iterable[str]) -> None:
+        with self.cond:
+            for aid in agent_ids:
+                self.slots.pop(aid, None)
+            self.cond.notify_all()
+
+    def put_batch(self, batch: ObsBatch) -> list[str]:
+        """Store a packet (network thread). Returns the agent ids nobody spawned (ignored)."""
+        unknown = []
+        with self.cond:
+            for k, aid in enumerate(batch.agent_ids):
+                slot = self.slots.get(aid)
+                if slot is None:
+                    unknown.append(aid)
+                    continue
+                slot.reward += batch.reward[k]
+                done = batch.terminated[k] or batch.truncated[k]
+                slot.terminated |= bool(batch.terminated[k])
+                slot.truncated |= bool(batch.truncated[k])
+                if batch.tick is None or batch.tick >= slot.expected_tick or done:
+                    slot.obs = batch.obs[k]
+                    if batch.infos[k] is not None:
+                        slot.info = batch.infos[k]
+                    slot.fresh = True
+                else:
+                    self.stats["stale_packets"] += 1
+            self.cond.notify_all()
+        return unknown
+
+    def wait(self, agent_ids: Sequence[str], timeout: float) -> Observations:
+        """Block until every agent has a fresh observation, then hand them over (and reset)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.lost is not None:
+                    raise BridgeClosed(self.lost)
+                missing = [aid for aid in agent_ids if not self._ready(aid)]
+                if not missing:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+                    raise TimeoutError(
+                        f"no observation for {len(missing)} of {len(agent_ids)} agents ({shown}) within "
+                        f"{timeout:g} s: is the game paused, frozen, or not spawning these agents?"
+                    )
+                self.cond.wait(remaining)
+            n = len(agent_ids)
+            out = Observations(
+                list(agent_ids),
+                np.stack([self.slots[aid].obs for aid in agent_ids]) if n else np.zeros((0, 0), np.float32),
+                np.empty(n),
+                np.empty(n, dtype=bool),
+                np.empty(n, dtype=bool),
+                [],
+            )
+            for k, aid in enumerate(agent_ids):
+                slot = self.slots[aid]
+                out.reward[k], out.terminated[k], out.truncated[k] = (
+                    slot.reward,
+                    slot.terminated,
+                    slot.truncated,
+                )
+                out.infos.append(slot.info)
+                slot.reward, slot.terminated, slot.truncated, slot.fresh = 0.0, False, False, False
+                slot.info = {}
+            return out
+
+    def _ready(self, aid: str) -> bool:
+        slot = self.slots.get(aid)
+        if slot is None:
+            raise KeyError(f"agent {aid} was never spawned through this bridge")
+        return slot.fresh
+
+    def clear(self) -> None:
+        with self.cond:
+            for slot in self.slots.values():
+                slot.reward, slot.terminated, slot.truncated, slot.fresh = 0.0, False, False, False
+
+
+class TrainingBridge:
+    """The seed's TrainingBridge: a WebSocket server plus blocking, documented methods.
+
+    Args:
+        host: interface to bind; anything but loopback requires ``token``.
+        port: TCP port; 0 picks a free one (see ``port`` after ``start()``).
+        token: shared secret the game must present (``hello.token`` or ``?token=`` in the URL).
+            Defaults to the RBXENV_TOKEN environment variable.
+        handshake_timeout: seconds to wait for a ``hello`` before treating the game as a seed game.
+        obs_timeout: default seconds ``get_observation(s)`` waits before raising TimeoutError.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        token: str | None = None,
+        *,
+        handshake_timeout: float = 1.0,
+        obs_timeout: float = 10.0,
+    ):
+        token = token if token is not None else os.environ.get("RBXENV_TOKEN") or None
+        if not is_loopback(host) and not token:
+            raise ValueError(
+                f"binding {host} exposes the trainer beyond this machine: set a shared token "
+                "(--token or the RBXENV_TOKEN environment variable), or bind 127.0.0.1"
+            )
+        self.host, self.port, self._token = host, port, token
+        self.handshake_timeout, self.obs_timeout = handshake_timeout, obs_timeout
+        self.data = DataBridge()
+        self.game: GameSpec | None = None
+        self._tick = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._conn: ServerConnection | None = None
+        self._outbox: asyncio.Queue | None = None
+        self._attached = threading.Event()
+        self._bad = _RateLimitedLog()
+        self._closing = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> TrainingBridge:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                server = loop.run_until_complete(self._serve())
+            except BaseException as err:  # noqa: BLE001 - reported to the starting thread
+                failure.append(err)
+                ready.set()
+                return
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            loop.run_forever()
+            server.close()
+            loop.run_until_complete(server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="rbxenv-bridge", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            err = failure[0]
+            if isinstance(err, OSError):
+                raise OSError(
+                    f"cannot listen on {self.host}:{self.port} ({err.strerror}); "
+                    "is another trainer running? pick another --port"
+                ) from err
+            raise err
+        log.info("trainer listening on %s", self.url)
+        return self
+
+    async def _serve(self):
+        return await serve(
+            self._handle,
+            self.host,
+            self.port,
+            max_size=HARD_FRAME_LIMIT,
+            compression=None,  # loopback: deflate only costs CPU
+            ping_interval=20,
+            ping_timeout=60,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self.data.stats
+
+    def wait_for_game(self, timeout: float | None = None) -> GameSpec:
+        """Block until a game is attached and its handshake (or the lack of one) is settled."""
+        if not self._attached.wait(timeout):
+            raise BridgeClosed(
+                f"no game connected to {self.url} within {timeout:g} s: start the game "
+                "(python -m rbxenv.sim --url ..., or press Play in Roblox Studio) and point it at this URL"
+            )
+        assert self.game is not None
+        return self.game
+
+    def close(self) -> None:
+        """Stop the server and the network thread (idempotent)."""
+        if self._loop is None or self._closing:
+            return
+        self._closing = True
+
+        async def shutdown() -> None:
+            if self._conn is not None:
+                await self._conn.close(1001, "trainer shutting down")
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=2)
+        except Exception:  # noqa: BLE001 - best effort: the game may be gone already
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self.data.cond:
+            self.data.lost = self.data.lost or "the trainer closed the bridge"
+            self.data.cond.notify_all()
+
+    def __enter__(self) -> TrainingBridge:
+        return self.start() if self._loop is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- network thread
+
+    async def _handle(self, conn: ServerConnection) -> None:
+        if self._conn is not None:
+            # One game per trainer: a second one would fight over the same agents.
+            await conn.close(1013, "another game is already attached to this trainer; stop it first")
+            self.data.stats["rejected_second_game"] += 1
+            return
+        query = parse_qs(urlparse(conn.request.path).query) if conn.request else {}
+        first: str | bytes | None = None
+        try:
+            first = await asyncio.wait_for(conn.recv(), self.handshake_timeout)
+        except TimeoutError:
+            pass
+        except ConnectionClosed:
+            return
+        game = SEED_GAME
+        token = (query.get("token") or [None])[0]
+        if first is not None:
+            try:
+                msg = protocol.decode_game_message(first, SEED_GAME.obs_size) if _looks_like_hello(first) else None
+            except ProtocolError as err:
+                await conn.send(protocol.encode_error(err.code, str(err)).decode())
+                if err.code == "unsupported_version":
+                    await conn.close(1002, str(err)[:120])
+                    return
+                msg = None
+            if isinstance(msg, Hello):
+                game, token = msg.spec, msg.token or token
+        if self._token and not (token and hmac.compare_digest(token.encode(), self._token.encode())):
+            await conn.send(protocol.encode_error("unauthorized", "missing or wrong token").decode())
+            await conn.close(1008, "missing or wrong token")
+            self.data.stats["rejected_token"] += 1
+            log.warning("rejected a game: missing or wrong token")
+            return
+        if self._conn is not None:  # another game won the race during our handshake
+            await conn.close(1013, "another game is already attached to this trainer; stop it first")
+            return
+        if game.protocol:
+            await conn.send(protocol.encode_welcome(game.capabilities).decode())
+        self._conn, self.game, self._outbox = conn, game, asyncio.Queue()
+        with self.data.cond:
+            self.data.lost = None
+        self._attached.set()
+        log.info("game attached: %s (protocol %d, %s mode)", game.game, game.protocol, game.mode)
+        sender = asyncio.create_task(self._send_loop(conn, self._outbox))
+        try:
+            if first is not None and not _looks_like_hello(first):
+                await self._receive(conn, first)
+            async for frame in conn:
+                await self._receive(conn, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            code = conn.close_code
+            reason = conn.close_reason or "no reason given"
+            self._conn, self._outbox = None, None
+            self._attached.clear()
+            with self.data.cond:
+                self.data.lost = (
+                    f"the game disconnected (close code {code}: {reason}); restart it and the trainer"
+                    if not self._closing
+                    else "the trainer closed the bridge"
+                )
+                self.data.cond.notify_all()
+            if not self._closing:
+                log.warning("game detached: close code %s (%s)", code, reason)
+
+    async def _send_loop(self, conn: ServerConnection, outbox: asyncio.Queue) -> None:
+        try:
+            while True:
+                frame = await outbox.get()
+                await conn.send(frame, text=True)
+                self.data.stats["frames_out"] += 1
+        except ConnectionClosed:
+            pass
+
+    async def _receive(self, conn: ServerConnection, frame: str | bytes) -> None:
+        stats = self.data.stats
+        stats["frames_in"] += 1
+        try:
+            if not isinstance(frame, str):
+                raise ProtocolError("binary frame: send JSON as WebSocket text frames", "bad_message")
+            if len(frame) > protocol.MAX_FRAME_BYTES:
+                raise ProtocolError(
+                    f"frame of {len(frame)} characters exceeds the {protocol.MAX_FRAME_BYTES}-byte limit",
+                    "too_large",
+                )
+            game = self.game or SEED_GAME
+            msg = protocol.decode_game_message(frame, game.obs_size)
+            if isinstance(msg, ObsBatch):
+                unknown = self.data.put_batch(msg)
+                if unknown:
+                    raise ProtocolError(
+                        f"observations for agents this trainer never spawned: {', '.join(unknown[:3])}",
+                        "unknown_agent",
+                    )
+            elif isinstance(msg, protocol.ErrorMessage):
+                stats["errors_from_game"] += 1
+                log.warning("game reported an error [%s]: %s", msg.code, msg.message)
+            elif isinstance(msg, Hello):
+                raise ProtocolError("hello is only valid as the first frame of a connection")
+        except ProtocolError as err:
+            stats["bad_frames"] += 1
+            stats[f"bad_frames.{err.code}"] += 1
+            self._bad.warn(err.code, str(err))
+            await conn.send(protocol.encode_error(err.code, str(err)[:500]).decode())
+
+    # ---------------------------------------------------------------- sending (training thread)
+
+    def _send(self, frame: bytes) -> None:
+        loop, outbox = self._loop, self._outbox
+        if loop is None or outbox is None:
+            raise BridgeClosed(self.data.lost or f"no game is connected to {self.url}")
+        loop.call_soon_threadsafe(outbox.put_nowait, frame)
+
+    def _next_tick(self) -> int:
+        self._tick += 1
+        return self._tick
+
+    def _ticked(self) -> bool:
+        return self.game is not None and self.game.has("tick")
+
+    def freeze(self, status: bool) -> None:
+        """Freeze (True) or unfreeze (False) every car of every venv."""
+        self._send(protocol.encode_command("FREEZE", None, bool(status)))
+
+    def spawn_agents(
+        self,
+        env_id: str,
+        agents: Sequence[str],
+        track: dict | None = None,
+        start: str = "grid",
+        seed: int | None = None,
+    ) -> None:
+        """(Re)spawn agents of a venv; creates the venv (and its track) if it is new.
+
+        ``track``/``start``/``seed`` are sent only to games that announced ``track_spec`` /
+        ``random_start``; a seed game gets the seed's plain list of agent ids.
+        """
+        protocol.check_envid(env_id)
+        agents = list(agents)
+        tick = self._next_tick()
+        self.data.track(agents, tick)
+        game = self.game or SEED_GAME
+        data: object = agents
+        if game.has("track_spec") or game.has("random_start"):
+            data = {"agents": agents, "start": start if game.has("random_start") else "grid"}
+            if track is not None and game.has("track_spec"):
+                data["track"] = track
+            if seed is not None:
+                data["seed"] = int(seed)
+        self._send(protocol.encode_command("SPAWN_AGENTS", env_id, data, tick if self._ticked() else None))
+
+    def reset_agents(self, env_id: str, agents: Sequence[str]) -> None:
+        """Respawn agents (their episodes restart); the game answers with their observations."""
+        agents = list(agents)
+        tick = self._next_tick()
+        self.data.track(agents, tick)
+        self._send(protocol.encode_command("RESET_AGENTS", env_id, agents, tick if self._ticked() else None))
+
+    def remove_agents(self, env_id: str, agents: Sequence[str]) -> None:
+        agents = list(agents)
+        self.data.forget(agents)
+        self._send(protocol.encode_command("REMOVE_AGENTS", env_id, agents))
+
+    def send_actions(self, env_id: str, actions: Mapping[str, Sequence[float]]) -> None:
+        """Actions for the agents of one venv (the seed's per-venv ACTION)."""
+        tick = self._next_tick()
+        self.data.track(actions.keys(), tick)
+        self._send(protocol.encode_command("ACTION", env_id, dict(actions), tick if self._ticked() else None))
+
+    def send_action_batch(self, actions: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
+        """Actions for every venv at once: one ACTION_BATCH frame (per-venv ACTIONs for seed games).
+
+        ``actions`` is ``{envid: {agent_id: [throttle, steering, nitro]}}`` (rows may be numpy arrays).
+        Returns the tick id the observations will answer.
+        """
+        if self.game is not None and self.game.has("batch"):
+            tick = self._next_tick()
+            for per_venv in actions.values():
+                self.data.track(per_venv.keys(), tick)
+            self._send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
+            return tick
+        for env_id, per_venv in actions.items():
+            self.send_actions(env_id, per_venv)
+        return self._tick
+
+    def close_environment(self, env_id: str) -> None:
+        """Destroy a venv (track and cars) in the game."""
+        suffix = f"_env_{env_id}"
+        self.data.forget([aid for aid in list(self.data.slots) if aid.endswith(suffix)])
+        self._send(protocol.encode_command("CLOSE", env_id))
+
+    def close_all(self) -> None:
+        """Destroy every venv in the game."""
+        self.data.forget(list(self.data.slots))
+        self._send(protocol.encode_command("CLOSE_ALL"))
+
+    def update_collisions(self, status: bool) -> None:
+        """Turn car-car collisions inside each venv on (True) or off (False)."""
+        self._send(protocol.encode_command("UPDATE_COLLISIONS", None, bool(status)))
+
+    # ---------------------------------------------------------------- receiving (training thread)
+
+    def get_observation(self, agent: str, timeout: float | None = None) -> dict:
+        """The next observation of one agent (blocking): {"obs", "reward", "terminated", "truncated", "info"}."""
+        got = self.data.wait([agent], self.obs_timeout if timeout is None else timeout)
+        return {
+            "obs": got.obs[0],
+            "reward": float(got.reward[0]),
+            "terminated": bool(got.terminated[0]),
+            "truncated": bool(got.truncated[0]),
+            "info": got.infos[0],
+        }
+
+    def get_observations(self, agent_ids: Sequence[str], timeout: float | None = None) -> Observations:
+        """The next observations of many agents at once (blocking), as arrays."""
+        return self.data.wait(agent_ids, self.obs_timeout if timeout is None else timeout)
+
+    def clear_observations(self) -> None:
+        """Drop pending observations, rewards and flags of every agent."""
+        self.data.clear()
+
+
+def _looks_like_hello(frame: str | bytes) -> bool:
+    # Cheap pre-check so a seed game's first observation packet is not parsed twice.
+    head = frame[:200] if isinstance(frame, str | bytes) else ""
+    return (b'"hello"' in head) if isinstance(head, bytes) else ('"hello"' in head)

@@ -1,0 +1,510 @@
+"""The wire protocol of PROTOCOL.md in code: message types, encoding, and validation.
+
+Every check of what arrives over the WebSocket lives here, so that both the trainer (``bridge.py``)
+and the simulator's client (``sim/client.py``) reject malformed input the same way: by raising a
+``ProtocolError`` whose message says which field was wrong, what was expected and what came.
+JSON goes through orjson (fast, and it refuses NaN/Infinity, which JSON does not have).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1 << 20  # PROTOCOL.md: frames above 1 MiB are rejected
+MAX_AGENTS = 4096  # bounds a single message: no game runs more cars than this
+MAX_VENVS = 1024
+
+SEED_COMMANDS = frozenset(
+    {
+        "FREEZE",
+        "SPAWN_AGENTS",
+        "RESET_AGENTS",
+        "REMOVE_AGENTS",
+        "ACTION",
+        "CLOSE",
+        "CLOSE_ALL",
+        "UPDATE_COLLISIONS",
+    }
+)
+COMMANDS = SEED_COMMANDS | {"ACTION_BATCH"}
+CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start"})
+ERROR_CODES = frozenset(
+    {
+        "bad_json",
+        "bad_message",
+        "unknown_command",
+        "unknown_agent",
+        "too_large",
+        "unauthorized",
+        "unsupported_version",
+    }
+)
+ENDING_CAUSES = frozenset({"wall", "stuck", "wrong_way", "time_limit", "disconnected"})
+
+_ENVID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_AGENT_ID = re.compile(r"car_(\d{1,6})_env_([A-Za-z0-9_-]{1,64})")
+
+
+class ProtocolError(ValueError):
+    """A message broke PROTOCOL.md. ``code`` is one of ERROR_CODES; str(err) is for people."""
+
+    def __init__(self, message: str, code: str = "bad_message"):
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------------
+# What a game offers
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    """The spaces and abilities a game announced in its ``hello`` (seed defaults without one)."""
+
+    protocol: int = 0  # 0: a seed game that sent no hello
+    game: str = "seed game"
+    obs_size: int = 13
+    num_rays: int = 10
+    action_size: int = 3
+    tick_hz: float = 15.0
+    mode: str = "realtime"  # seed games tick on their own
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+SEED_GAME = GameSpec()
+
+
+@dataclass(frozen=True)
+class Hello:
+    spec: GameSpec
+    token: str | None
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    code: str
+    message: str
+
+
+@dataclass
+class ObsBatch:
+    """Observations of one packet (seed per-venv packet or v1 ``obs`` batch), as arrays.
+
+    Row ``k`` of every array belongs to ``agent_ids[k]``.
+    """
+
+    tick: int | None
+    agent_ids: list[str]
+    obs: np.ndarray  # (n, obs_size) float32
+    reward: np.ndarray  # (n,) float64
+    terminated: np.ndarray  # (n,) bool
+    truncated: np.ndarray  # (n,) bool
+    infos: list[dict | None]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A trainer -> game command, validated. ``data`` is normalised per command (see decode_command)."""
+
+    name: str
+    envid: str | None
+    data: object
+    tick: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def agent_id(index: int, envid: str) -> str:
+    """The seed's agent naming: ``car_{i}_env_{envid}``."""
+    return f"car_{index}_env_{envid}"
+
+
+def parse_agent_id(aid: object) -> tuple[int, str]:
+    """``car_3_env_ab`` -> (3, "ab"); raises ProtocolError for anything else."""
+    m = _AGENT_ID.fullmatch(aid) if isinstance(aid, str) else None
+    if m is None:
+        raise ProtocolError(f"agent id {_show(aid)} is not of the form car_<i>_env_<envid>", "unknown_agent")
+    return int(m.group(1)), m.group(2)
+
+
+def check_envid(envid: object, where: str = "envid") -> str:
+    if not isinstance(envid, str) or _ENVID.fullmatch(envid) is None:
+        raise ProtocolError(f"{where}: expected 1-64 characters of [A-Za-z0-9_-], got {_show(envid)}")
+    return envid
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A short printable rendering of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, int | float) else type(value).__name__
+    )
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int in Python but not a number on the wire
+    return type(value) in (int, float)
+
+
+def _check_int(value: object, where: str, low: int = 0, high: int = 2**53) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ProtocolError(f"{where}: expected an integer in [{low}, {high}], got {_show(value)}")
+    return value
+
+
+def _check_bool(value: object, where: str) -> bool:
+    if type(value) is not bool:
+        raise ProtocolError(f"{where}: expected true or false, got {_type_name(value)} {_show(value)}")
+    return value
+
+
+def _check_vector(value: object, size: int, where: str) -> list:
+    """A JSON array of ``size`` finite numbers (orjson already refused NaN/Infinity literals)."""
+    if type(value) is not list:
+        raise ProtocolError(f"{where}: expected an array of {size} numbers, got {_type_name(value)}")
+    if len(value) != size:
+        raise ProtocolError(f"{where}: expected {size} numbers, got {len(value)}")
+    for k, v in enumerate(value):
+        if not _is_number(v):
+            raise ProtocolError(f"{where}[{k}]: expected a number, got {_type_name(v)} {_show(v)}")
+    return value
+
+
+def _check_number(value: object, where: str) -> float:
+    if not _is_number(value) or not math.isfinite(value):
+        raise ProtocolError(f"{where}: expected a finite number, got {_type_name(value)} {_show(value)}")
+    return float(value)
+
+
+def load_json(raw: str | bytes) -> object:
+    """Parse one frame. Oversized frames and non-JSON raise ProtocolError."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        size = len(raw)
+    else:
+        size = len(raw)  # characters: a lower bound of the UTF-8 size, checked again below
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit", "too_large")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise ProtocolError(f"frame is not valid JSON ({err}); first bytes: {_show(raw[:40])}", "bad_json") from None
+
+
+def dumps(message: dict) -> bytes:
+    return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# --------------------------------------------------------------------------------------------
+# Game -> trainer
+
+
+def decode_hello(msg: dict) -> Hello:
+    protocol = msg.get("protocol")
+    if type(protocol) is not int:
+        raise ProtocolError(f"hello.protocol: expected an integer version, got {_show(protocol)}")
+    if protocol != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"hello.protocol: this trainer speaks protocol {PROTOCOL_VERSION}, the game speaks {protocol}; "
+            "update the game or the trainer",
+            "unsupported_version",
+        )
+    num_rays = _check_int(msg.get("num_rays", 10), "hello.num_rays", 1, 256)
+    obs_size = _check_int(msg.get("obs_size", num_rays + 3), "hello.obs_size", 1, 1024)
+    if obs_size != num_rays + 3:
+        raise ProtocolError(f"hello.obs_size: expected num_rays + 3 = {num_rays + 3}, got {obs_size}")
+    action_size = _check_int(msg.get("action_size", 3), "hello.action_size", 3, 3)
+    tick_hz = _check_number(msg.get("tick_hz", 15.0), "hello.tick_hz")
+    if not 0.1 <= tick_hz <= 1000:
+        raise ProtocolError(f"hello.tick_hz: expected 0.1..1000 decisions per second, got {tick_hz}")
+    mode = msg.get("mode", "lockstep")
+    if mode not in ("lockstep", "realtime"):
+        raise ProtocolError(f'hello.mode: expected "lockstep" or "realtime", got {_show(mode)}')
+    caps = msg.get("capabilities", [])
+    if type(caps) is not list or not all(isinstance(c, str) for c in caps):
+        raise ProtocolError(f"hello.capabilities: expected an array of strings, got {_show(caps)}")
+    game = msg.get("game", "unnamed game")
+    token = msg.get("token")
+    if token is not None and not isinstance(token, str):
+        raise ProtocolError("hello.token: expected a string")
+    spec = GameSpec(
+        protocol=protocol,
+        game=str(game)[:100],
+        obs_size=obs_size,
+        num_rays=num_rays,
+        action_size=action_size,
+        tick_hz=tick_hz,
+        mode=mode,
+        capabilities=frozenset(caps) & CAPABILITIES,  # unknown capabilities: ignored, not an error
+    )
+    return Hello(spec, token)
+
+
+def _check_info(info: object, where: str) -> dict | None:
+    if info is None:
+        return None
+    if type(info) is not dict:
+        raise ProtocolError(f"{where}: expected an object, got {_type_name(info)}")
+    for key in ("progress", "speed"):
+        if key in info:
+            _check_number(info[key], f"{where}.{key}")
+    if "lap" in info:
+        _check_int(info["lap"], f"{where}.lap", 0, 10**6)
+    if info.get("lap_time") is not None:
+        _check_number(info["lap_time"], f"{where}.lap_time")
+    if "collided" in info:
+        _check_bool(info["collided"], f"{where}.collided")
+    cause = info.get("cause")
+    if cause is not None and cause not in ENDING_CAUSES:
+        raise ProtocolError(f"{where}.cause: expected one of {sorted(ENDING_CAUSES)} or null, got {_show(cause)}")
+    return info
+
+
+def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) -> ObsBatch:
+    if len(agents) > MAX_AGENTS:
+        raise ProtocolError(f"{where}: {len(agents)} agents in one message, the limit is {MAX_AGENTS}", "too_large")
+    ids: list[str] = []
+    rows: list[list] = []
+    n = len(agents)
+    reward = np.empty(n)
+    terminated = np.empty(n, dtype=bool)
+    truncated = np.empty(n, dtype=bool)
+    infos: list[dict | None] = []
+    for k, (aid, entry) in enumerate(agents.items()):
+        parse_agent_id(aid)
+        if type(entry) is not dict:
+            raise ProtocolError(f"{where}.{aid}: expected an object with obs/reward/terminated/truncated")
+        try:
+            rows.append(_check_vector(entry["obs"], obs_size, f"{aid}.obs"))
+            reward[k] = _check_number(entry["reward"], f"{aid}.reward")
+            terminated[k] = _check_bool(entry["terminated"], f"{aid}.terminated")
+            truncated[k] = _check_bool(entry["truncated"], f"{aid}.truncated")
+        except KeyError as err:
+            raise ProtocolError(f"{aid}: missing field {err.args[0]!r}") from None
+        infos.append(_check_info(entry.get("info"), f"{aid}.info"))
+        ids.append(aid)
+    obs = np.array(rows, dtype=np.float32).reshape(n, obs_size)
+    if not np.isfinite(obs).all():  # finite float64 can still overflow float32
+        raise ProtocolError(f"{where}: observation values overflow 32-bit floats")
+    return ObsBatch(tick, ids, obs, reward, terminated, truncated, infos)
+
+
+def decode_game_message(raw: str | bytes, obs_size: int) -> Hello | ObsBatch | ErrorMessage:
+    """Parse and validate one frame sent by a game (hello, obs batch, seed packet or error)."""
+    msg = load_json(raw)
+    if type(msg) is not dict:
+        raise ProtocolError(f"expected a JSON object, got {_type_name(msg)}")
+    kind = msg.get("type")
+    if kind is None:  # a seed packet: {agent_id: {...}}
+        return _decode_agents(msg, obs_size, None, "packet")
+    if kind == "obs":
+        tick = msg.get("tick")
+        if tick is not None:
+            _check_int(tick, "obs.tick")
+        agents = msg.get("agents")
+        if type(agents) is not dict:
+            raise ProtocolError(f"obs.agents: expected an object of agent entries, got {_type_name(agents)}")
+        return _decode_agents(agents, obs_size, tick, "obs.agents")
+    if kind == "hello":
+        return decode_hello(msg)
+    if kind == "error":
+        return ErrorMessage(str(msg.get("code", "bad_message"))[:40], str(msg.get("message", ""))[:500])
+    raise ProtocolError(f'type: expected "hello", "obs" or "error", got {_show(kind)}', "unknown_command")
+
+
+def encode_hello(spec: GameSpec, token: str | None = None) -> bytes:
+    msg = {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "game": spec.game,
+        "obs_size": spec.obs_size,
+        "num_rays": spec.num_rays,
+        "action_size": spec.action_size,
+        "tick_hz": spec.tick_hz,
+        "mode": spec.mode,
+        "capabilities": sorted(spec.capabilities),
+    }
+    if token is not None:
+        msg["token"] = token
+    return dumps(msg)
+
+
+def encode_obs(
+    agent_ids: list[str],
+    obs: np.ndarray,
+    reward: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    infos: list[dict] | None = None,
+    tick: int | None = None,
+    batch: bool = True,
+) -> bytes:
+    """A v1 ``obs`` batch (``batch=True``) or a seed packet of the given agents."""
+    agents = {}
+    for k, aid in enumerate(agent_ids):
+        entry = {
+            "obs": obs[k],
+            "reward": float(reward[k]),
+            "terminated": bool(terminated[k]),
+            "truncated": bool(truncated[k]),
+        }
+        if infos is not None:
+            entry["info"] = infos[k]
+        agents[aid] = entry
+    if not batch:
+        return dumps(agents)
+    return dumps({"type": "obs", "tick": tick, "agents": agents})
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return dumps({"type": "error", "code": code, "message": message})
+
+
+def encode_welcome(capabilities: frozenset[str]) -> bytes:
+    return dumps({"type": "welcome", "protocol": PROTOCOL_VERSION, "capabilities": sorted(capabilities)})
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer -> game
+
+
+def encode_command(command: str, envid: str | None = None, data: object = None, tick: int | None = None) -> bytes:
+    """One command frame. The seed's three keys always appear; ``tick`` only when given."""
+    msg: dict = {"command": command, "envid": envid, "data": data}
+    if tick is not None:
+        msg["tick"] = tick
+    return dumps(msg)
+
+
+def _check_agent_list(data: object, envid: str | None, where: str) -> list[str]:
+    if type(data) is not list:
+        raise ProtocolError(f"{where}: expected an array of agent ids, got {_type_name(data)}")
+    if len(data) > MAX_AGENTS:
+        raise ProtocolError(f"{where}: {len(data)} agents, the limit is {MAX_AGENTS}", "too_large")
+    for aid in data:
+        _, aid_env = parse_agent_id(aid)
+        if envid is not None and aid_env != envid:
+            raise ProtocolError(f"{where}: agent {aid} does not belong to venv {envid}", "unknown_agent")
+    return data
+
+
+def _check_actions(data: object, envid: str | None, action_size: int, where: str) -> dict[str, list]:
+    if type(data) is not dict:
+        raise ProtocolError(
+            f"{where}: expected an object {{agent_id: [{action_size} numbers]}}, got {_type_name(data)}"
+        )
+    if len(data) > MAX_AGENTS:
+        raise ProtocolError(f"{where}: {len(data)} agents, the limit is {MAX_AGENTS}", "too_large")
+    for aid, action in data.items():
+        _, aid_env = parse_agent_id(aid)
+        if envid is not None and aid_env != envid:
+            raise ProtocolError(f"{where}: agent {aid} does not belong to venv {envid}", "unknown_agent")
+        _check_vector(action, action_size, f"{where}.{aid}")
+    return data
+
+
+def check_track_spec(track: object, where: str = "track") -> dict:
+    """Structural check of a track spec (PROTOCOL.md §3.4); geometry is rbxenv.tracks' job."""
+    if type(track) is not dict:
+        raise ProtocolError(f"{where}: expected a track spec object, got {_type_name(track)}")
+    centerline = track.get("centerline")
+    if type(centerline) is not list or not 8 <= len(centerline) <= 20000:
+        raise ProtocolError(f"{where}.centerline: expected an array of 8..20000 [x, y] points")
+    for k, point in enumerate(centerline):
+        _check_vector(point, 2, f"{where}.centerline[{k}]")
+    half_width = track.get("half_width")
+    if type(half_width) is not list or len(half_width) != len(centerline):
+        raise ProtocolError(f"{where}.half_width: expected {len(centerline)} numbers, one per centre-line point")
+    _check_vector(half_width, len(centerline), f"{where}.half_width")
+    grid = track.get("grid", [])
+    if type(grid) is not list:
+        raise ProtocolError(f"{where}.grid: expected an array of [x, y, heading]")
+    for k, slot in enumerate(grid):
+        _check_vector(slot, 3, f"{where}.grid[{k}]")
+    return track
+
+
+def _check_spawn(data: object, envid: str) -> dict:
+    """SPAWN_AGENTS data -> {"agents", "track", "start", "seed"} whichever form it came in."""
+    if type(data) is list:
+        return {
+            "agents": _check_agent_list(data, envid, "SPAWN_AGENTS.data"),
+            "track": None,
+            "start": "grid",
+            "seed": None,
+        }
+    if type(data) is not dict:
+        raise ProtocolError(
+            f"SPAWN_AGENTS.data: expected an array of agent ids or a spawn object, got {_type_name(data)}"
+        )
+    agents = _check_agent_list(data.get("agents"), envid, "SPAWN_AGENTS.data.agents")
+    track = data.get("track")
+    if track is not None:
+        check_track_spec(track, "SPAWN_AGENTS.data.track")
+    start = data.get("start", "grid")
+    if start not in ("grid", "random"):
+        raise ProtocolError(f'SPAWN_AGENTS.data.start: expected "grid" or "random", got {_show(start)}')
+    seed = data.get("seed")
+    if seed is not None:
+        _check_int(seed, "SPAWN_AGENTS.data.seed", 0, 2**63 - 1)
+    return {"agents": agents, "track": track, "start": start, "seed": seed}
+
+
+def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
+    """Parse and validate one frame sent by the trainer (the game side of the protocol).
+
+    ``data`` comes out normalised: FREEZE/UPDATE_COLLISIONS -> bool, RESET/REMOVE -> list of ids,
+    SPAWN_AGENTS -> spawn dict, ACTION -> {aid: action}, ACTION_BATCH -> {envid: {aid: action}}.
+    Frames the trainer sends that are not commands (``welcome``, ``error``) come back as
+    Command("WELCOME"/"ERROR", None, msg).
+    """
+    msg = load_json(raw)
+    if type(msg) is not dict:
+        raise ProtocolError(f"expected a JSON object, got {_type_name(msg)}")
+    if msg.get("type") == "welcome":
+        return Command("WELCOME", None, msg)
+    if msg.get("type") == "error":
+        return Command("ERROR", None, ErrorMessage(str(msg.get("code")), str(msg.get("message"))))
+    name = msg.get("command")
+    if name not in COMMANDS:
+        raise ProtocolError(f"command: expected one of {sorted(COMMANDS)}, got {_show(name)}", "unknown_command")
+    tick = msg.get("tick")
+    if tick is not None:
+        _check_int(tick, f"{name}.tick")
+    data = msg.get("data")
+    envid = msg.get("envid")
+    if name in ("FREEZE", "UPDATE_COLLISIONS"):
+        return Command(name, None, _check_bool(data, f"{name}.data"), tick)
+    if name in ("CLOSE_ALL",):
+        return Command(name, None, None, tick)
+    if name == "ACTION_BATCH":
+        if type(data) is not dict or len(data) > MAX_VENVS:
+            raise ProtocolError(
+                f"ACTION_BATCH.data: expected an object {{envid: {{agent_id: action}}}} of at most {MAX_VENVS} venvs"
+            )
+        for venv, actions in data.items():
+            check_envid(venv, "ACTION_BATCH.data key")
+            _check_actions(actions, venv, action_size, f"ACTION_BATCH.data.{venv}")
+        return Command(name, None, data, tick)
+    envid = check_envid(envid, f"{name}.envid")
+    if name == "CLOSE":
+        return Command(name, envid, None, tick)
+    if name == "SPAWN_AGENTS":
+        return Command(name, envid, _check_spawn(data, envid), tick)
+    if name == "ACTION":
+        return Command(name, envid, _check_actions(data, envid, action_size, "ACTION.data"), tick)
+    return Command(name, envid, _check_agent_list(data, envid, f"{name}.data"), tick)  # RESET / REMOVE
