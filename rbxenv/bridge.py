@@ -289,6 +289,10 @@ class TrainingBridge:
         return f"ws://{self.host}:{self.port}"
 
     @property
+    def token(self) -> str | None:
+        return self._token
+
+    @property
     def connected(self) -> bool:
         return self._conn is not None
 

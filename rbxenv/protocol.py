@@ -48,7 +48,7 @@ ERROR_CODES = frozenset(
 ENDING_CAUSES = frozenset({"wall", "stuck", "wrong_way", "time_limit", "disconnected"})
 
 _ENVID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_AGENT_ID = re.compile(r"car_(\d{1,6})_env_([A-Za-z0-9_-]{1,64})")
+_AGENT_ID = re.compile(r"car_([0-9]{1,6})_env_([A-Za-z0-9_-]{1,64})")  # [0-9]: \d also matches non-ASCII digits
 
 
 class ProtocolError(ValueError):
@@ -193,10 +193,13 @@ def _check_number(value: object, where: str) -> float:
 
 def load_json(raw: str | bytes) -> object:
     """Parse one frame. Oversized frames and non-JSON raise ProtocolError."""
-    if isinstance(raw, bytes | bytearray | memoryview):
-        size = len(raw)
+    if isinstance(raw, memoryview):
+        size = raw.nbytes
+    elif isinstance(raw, str) and len(raw) * 4 > MAX_FRAME_BYTES:
+        # characters are a lower bound of the UTF-8 size: count the bytes when it could matter
+        size = len(raw.encode("utf-8", "surrogatepass"))
     else:
-        size = len(raw)  # characters: a lower bound of the UTF-8 size, checked again below
+        size = len(raw)
     if size > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit", "too_large")
     try:
@@ -205,8 +208,15 @@ def load_json(raw: str | bytes) -> object:
         raise ProtocolError(f"frame is not valid JSON ({err}); first bytes: {_show(raw[:40])}", "bad_json") from None
 
 
+def _to_json(value: object) -> object:
+    """orjson's fallback: numpy values it does not take natively (non-contiguous arrays, float16...)."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
 def dumps(message: dict) -> bytes:
-    return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(message, default=_to_json, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +250,7 @@ def decode_hello(msg: dict) -> Hello:
     game = msg.get("game", "unnamed game")
     token = msg.get("token")
     if token is not None and not isinstance(token, str):
-        raise ProtocolError("hello.token: expected a string")
+        raise ProtocolError(f"hello.token: expected a string, got {_type_name(token)}")  # never show a token
     spec = GameSpec(
         protocol=protocol,
         game=str(game)[:100],
@@ -259,7 +269,7 @@ def _check_info(info: object, where: str) -> dict | None:
         return None
     if type(info) is not dict:
         raise ProtocolError(f"{where}: expected an object, got {_type_name(info)}")
-    for key in ("progress", "speed"):
+    for key in ("progress", "speed", "x", "y", "heading"):
         if key in info:
             _check_number(info[key], f"{where}.{key}")
     if "lap" in info:
@@ -269,7 +279,7 @@ def _check_info(info: object, where: str) -> dict | None:
     if "collided" in info:
         _check_bool(info["collided"], f"{where}.collided")
     cause = info.get("cause")
-    if cause is not None and cause not in ENDING_CAUSES:
+    if cause is not None and (not isinstance(cause, str) or cause not in ENDING_CAUSES):
         raise ProtocolError(f"{where}.cause: expected one of {sorted(ENDING_CAUSES)} or null, got {_show(cause)}")
     return info
 
@@ -287,7 +297,9 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
     for k, (aid, entry) in enumerate(agents.items()):
         parse_agent_id(aid)
         if type(entry) is not dict:
-            raise ProtocolError(f"{where}.{aid}: expected an object with obs/reward/terminated/truncated")
+            raise ProtocolError(
+                f"{where}.{aid}: expected an object with obs/reward/terminated/truncated, got {_type_name(entry)}"
+            )
         try:
             rows.append(_check_vector(entry["obs"], obs_size, f"{aid}.obs"))
             reward[k] = _check_number(entry["reward"], f"{aid}.reward")
@@ -423,16 +435,23 @@ def check_track_spec(track: object, where: str = "track") -> dict:
         raise ProtocolError(f"{where}: expected a track spec object, got {_type_name(track)}")
     centerline = track.get("centerline")
     if type(centerline) is not list or not 8 <= len(centerline) <= 20000:
-        raise ProtocolError(f"{where}.centerline: expected an array of 8..20000 [x, y] points")
+        got = f"{len(centerline)} points" if type(centerline) is list else _type_name(centerline)
+        raise ProtocolError(f"{where}.centerline: expected an array of 8..20000 [x, y] points, got {got}")
     for k, point in enumerate(centerline):
         _check_vector(point, 2, f"{where}.centerline[{k}]")
     half_width = track.get("half_width")
     if type(half_width) is not list or len(half_width) != len(centerline):
-        raise ProtocolError(f"{where}.half_width: expected {len(centerline)} numbers, one per centre-line point")
+        got = f"{len(half_width)} numbers" if type(half_width) is list else _type_name(half_width)
+        raise ProtocolError(
+            f"{where}.half_width: expected {len(centerline)} numbers, one per centre-line point, got {got}"
+        )
     _check_vector(half_width, len(centerline), f"{where}.half_width")
+    for k, w in enumerate(half_width):
+        if not w > 0:
+            raise ProtocolError(f"{where}.half_width[{k}]: expected a positive number, got {_show(w)}")
     grid = track.get("grid", [])
     if type(grid) is not list:
-        raise ProtocolError(f"{where}.grid: expected an array of [x, y, heading]")
+        raise ProtocolError(f"{where}.grid: expected an array of [x, y, heading], got {_type_name(grid)}")
     for k, slot in enumerate(grid):
         _check_vector(slot, 3, f"{where}.grid[{k}]")
     return track
@@ -480,7 +499,7 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     if msg.get("type") == "error":
         return Command("ERROR", None, ErrorMessage(str(msg.get("code")), str(msg.get("message"))))
     name = msg.get("command")
-    if name not in COMMANDS:
+    if not isinstance(name, str) or name not in COMMANDS:
         raise ProtocolError(f"command: expected one of {sorted(COMMANDS)}, got {_show(name)}", "unknown_command")
     tick = msg.get("tick")
     if tick is not None:
@@ -493,8 +512,11 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
         return Command(name, None, None, tick)
     if name == "ACTION_BATCH":
         if type(data) is not dict or len(data) > MAX_VENVS:
+            got = f"{len(data)} venvs" if type(data) is dict else _type_name(data)
             raise ProtocolError(
-                f"ACTION_BATCH.data: expected an object {{envid: {{agent_id: action}}}} of at most {MAX_VENVS} venvs"
+                f"ACTION_BATCH.data: expected an object {{envid: {{agent_id: action}}}} of at most {MAX_VENVS} venvs, "
+                f"got {got}",
+                "too_large" if type(data) is dict else "bad_message",
             )
         for venv, actions in data.items():
             check_envid(venv, "ACTION_BATCH.data key")

@@ -1,0 +1,383 @@
+"""Racing envs over the bridge: a PettingZoo ParallelEnv and a Gymnasium vector env.
+
+``make_parallel_env`` is the seed's PettingZooWSEnv: every car of every venv is an agent, for
+multi-agent code and the SuperSuit/SB3 pipeline. ``make_vec_env`` is what the single-file scripts
+use: one vector slot per car, each car resetting on its own.
+
+| | |
+|---|---|
+| Observation | ``Box(obs_size * frame_stack)`` float32: per frame ``num_rays`` rays (0..1), nitro fuel (0..1), forward velocity (-1..1), is-reverse (0/1); oldest frame first (vector env). The ParallelEnv gives single frames. |
+| Action | ``Box(-1, 1, (3,))``: throttle, steering, nitro (on above 0.5); clipped before sending |
+| Reward | reported by the game (PROTOCOL.md §4): 0.1 per stud of progress, +10 per lap, -10 crash/stuck/wrong way, -0.5 per step touching a car |
+| Start | ``start="random"``: a seeded random point of the track (training); ``"grid"``: the start grid (evaluation) |
+| Termination | crash into a wall, stuck for 2 s, wrong way for 2 s |
+| Truncation | 1500 decisions (100 s of game time), or the venv moving to a new track (vector env) |
+
+Seeding: ``reset(seed=s)`` seeds the track choice and the random starts; the embedded simulator is
+seeded by ``sim_seed``. With the same seeds a lockstep run is reproducible.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from pettingzoo import ParallelEnv
+
+from rbxenv.bridge import Observations
+from rbxenv.protocol import GameSpec
+from rbxenv.session import HELDOUT_TRACK_SEEDS, TRAIN_TRACK_SEEDS, GameSession
+
+__all__ = [
+    "make_parallel_env",
+    "make_vec_env",
+    "RacingParallelEnv",
+    "RacingVectorEnv",
+    "HELDOUT_TRACK_SEEDS",
+    "TRAIN_TRACK_SEEDS",
+]
+
+INFO_KEYS = ("progress", "lap", "lap_time", "speed", "x", "y", "heading")
+
+
+def observation_space(game: GameSpec, frame_stack: int = 1) -> gym.spaces.Box:
+    """The per-car observation space a game offers (PROTOCOL.md §2), stacked ``frame_stack`` times."""
+    low = np.zeros(game.obs_size, dtype=np.float32)
+    high = np.ones(game.obs_size, dtype=np.float32)
+    low[game.num_rays + 1] = -1.0  # forward velocity is the only signed entry
+    return gym.spaces.Box(np.tile(low, frame_stack), np.tile(high, frame_stack), dtype=np.float32)
+
+
+def action_space(game: GameSpec) -> gym.spaces.Box:
+    return gym.spaces.Box(-1.0, 1.0, (game.action_size,), dtype=np.float32)
+
+
+class _FreezeWhenIdle:
+    """Real-time games keep driving while the learner updates; freeze them when no step comes.
+
+    The seed froze the game during training. Here a watchdog freezes it once ``step`` has not been
+    called for ``idle`` seconds, and the next step unfreezes it: no script has to remember to.
+    """
+
+    def __init__(self, session: GameSession, idle: float = 0.25):
+        self.session, self.idle = session, idle
+        self.frozen = False
+        self.last_step = time.monotonic()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="rbxenv-freeze", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.idle / 4):
+            with self._lock:
+                if not self.frozen and time.monotonic() - self.last_step > self.idle and self.session.bridge.connected:
+                    self.session.bridge.freeze(True)
+                    self.frozen = True
+
+    def stepping(self) -> None:
+        with self._lock:
+            self.last_step = time.monotonic()
+            if self.frozen:
+                self.session.bridge.freeze(False)
+                self.frozen = False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _info_arrays(infos: list[dict]) -> dict[str, np.ndarray]:
+    """Per-car info dicts -> one float array per key (nan where a game did not report it)."""
+    out = {key: np.full(len(infos), np.nan) for key in INFO_KEYS}
+    out["collided"] = np.zeros(len(infos), dtype=bool)
+    for k, info in enumerate(infos):
+        for key, value in info.items():
+            column = out.get(key)
+            if column is not None and value is not None:
+                column[k] = value
+    return out
+
+
+# ====================================================================================================
+# PettingZoo
+
+
+class RacingParallelEnv(ParallelEnv):
+    """Every car of every venv is an agent (ids ``car_{i}_env_{venv}``). See the module docstring."""
+
+    metadata = {"name": "rbxenv_racing_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(self, session: GameSession):
+        self.session = session
+        self.game = session.open()
+        self.possible_agents = list(session.agent_ids)
+        self.agents: list[str] = []
+        self._obs_space = observation_space(self.game)
+        self._act_space = action_space(self.game)
+        self._rng = np.random.default_rng()
+        self._freezer = _FreezeWhenIdle(session) if self.game.mode == "realtime" else None
+
+    def observation_space(self, agent: str) -> gym.spaces.Box:
+        return self._obs_space  # the same object every call, as PettingZoo expects
+
+    def action_space(self, agent: str) -> gym.spaces.Box:
+        return self._act_space
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        got = self.session.spawn_all(self._rng)
+        self.agents = list(got.agent_ids)
+        obs = {aid: got.obs[k] for k, aid in enumerate(got.agent_ids)}
+        return obs, {aid: dict(got.infos[k]) for k, aid in enumerate(got.agent_ids)}
+
+    def step(self, actions: dict):
+        if self._freezer is not None:
+            self._freezer.stepping()
+        ids = [aid for aid in self.agents if aid in actions]
+        rows = np.clip(np.asarray([actions[aid] for aid in ids], dtype=np.float32).reshape(len(ids), -1), -1, 1)
+        got = self.session.step(ids, rows)
+        obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}
+        for k, aid in enumerate(got.agent_ids):
+            obs[aid] = got.obs[k]
+            rewards[aid] = float(got.reward[k])
+            terms[aid] = bool(got.terminated[k])
+            truncs[aid] = bool(got.truncated[k])
+            infos[aid] = dict(got.infos[k])
+        self.agents = [aid for aid in ids if not (terms[aid] or truncs[aid])]
+        return obs, rewards, terms, truncs, infos
+
+    def freeze(self, on: bool = True) -> None:
+        """Freeze (or unfreeze) every car in the game, as the seed did during training."""
+        self.session.bridge.freeze(on)
+
+    def update_collisions(self, on: bool) -> None:
+        self.session.collisions = on
+        self.session.bridge.update_collisions(on)
+
+    def close(self) -> None:
+        if self._freezer is not None:
+            self._freezer.stop()
+        self.session.close()
+
+
+# ====================================================================================================
+# Gymnasium vector env
+
+
+class RacingVectorEnv(VectorEnv):
+    """One vector slot per car across all venvs, each car auto-resetting on its own (same step).
+
+    Written by hand rather than as SuperSuit's ``pettingzoo_env_to_vec_env_v1(frame_stack_v1(...))``:
+    SuperSuit resets a ParallelEnv only when *all* its agents are done, and its frame stack resets
+    per env, not per car. Here a crashed car is respawned alone (the others keep driving) and only
+    its frame stack is refilled. Same-step autoreset: the observation returned for a finished car is
+    its first observation of the next episode; the last one of the finished episode is in
+    ``infos["final_obs"][k]`` (rows where ``infos["_final_obs"]`` is True), so truncated episodes can
+    bootstrap from it. Finished episodes also put their statistics in ``infos["episode"]`` (``r``,
+    ``l``, ``laps``, ``progress``, ``lap_time``, ``crashed``) with the mask ``infos["_episode"]``.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, session: GameSession, frame_stack: int = 4, track_change_steps: int | None = 1500):
+        self.session = session
+        self.game = session.open()
+        self.num_envs = len(session.agent_ids)
+        self.frame_stack = frame_stack
+        self.track_change_steps = track_change_steps
+        self.obs_size = self.game.obs_size
+        self.single_observation_space = observation_space(self.game, frame_stack)
+        self.single_action_space = action_space(self.game)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self._stack = np.zeros((self.num_envs, frame_stack, self.obs_size), dtype=np.float32)
+        self._ep_return = np.zeros(self.num_envs)
+        self._ep_length = np.zeros(self.num_envs, dtype=np.int64)
+        self._ep_best_lap = np.full(self.num_envs, np.nan)
+        self._steps = 0
+        self._rng = np.random.default_rng()
+        self._freezer = _FreezeWhenIdle(session) if self.game.mode == "realtime" else None
+
+    def _restart_stacks(self, rows: np.ndarray | slice, obs: np.ndarray) -> None:
+        # A new episode starts with every frame equal to its first observation (no zeros that a
+        # policy could mistake for walls); the Luau frame stack helper does the same in Roblox.
+        self._stack[rows] = obs[:, None, :]
+        self._ep_return[rows] = 0.0
+        self._ep_length[rows] = 0
+        self._ep_best_lap[rows] = np.nan
+
+    def _stacked(self) -> np.ndarray:
+        return self._stack.reshape(self.num_envs, -1).copy()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        got = self.session.spawn_all(self._rng)
+        self._restart_stacks(slice(None), got.obs)
+        self._steps = 0
+        return self._stacked(), _info_arrays(got.infos)
+
+    def step(self, actions: np.ndarray):
+        if self._freezer is not None:
+            self._freezer.stepping()
+        actions = np.clip(np.asarray(actions, dtype=np.float32), -1.0, 1.0)
+        got = self.session.step(self.session.agent_ids, actions)
+        self._steps += 1
+        self._stack[:, :-1] = self._stack[:, 1:]
+        self._stack[:, -1] = got.obs
+        reward = got.reward.astype(np.float32)
+        terminated, truncated = got.terminated.copy(), got.truncated.copy()
+        infos = _info_arrays(got.infos)
+        lap_time = infos["lap_time"]
+        self._ep_return += reward
+        self._ep_length += 1
+        self._ep_best_lap = np.fmin(self._ep_best_lap, lap_time)
+
+        rotate = self._venvs_due_for_new_track()
+        for venv in rotate:  # moving a venv to a new track ends its cars' episodes (truncation)
+            truncated[self.session.venv_of == venv] |= ~terminated[self.session.venv_of == venv]
+        done = terminated | truncated
+        if done.any():
+            rows = np.flatnonzero(done)
+            infos["final_obs"] = np.where(done[:, None], self._stack.reshape(self.num_envs, -1), 0.0).astype(np.float32)
+            infos["_final_obs"] = done
+            infos["episode"] = {
+                "r": np.where(done, self._ep_return, 0.0).astype(np.float32),
+                "l": np.where(done, self._ep_length, 0),
+                "laps": np.where(done, np.nan_to_num(infos["lap"]), 0).astype(np.int64),
+                "progress": np.where(done, np.nan_to_num(infos["lap"]) + np.nan_to_num(infos["progress"]), 0.0),
+                "lap_time": np.where(done, self._ep_best_lap, np.nan),
+                "crashed": done & np.array([info.get("cause") == "wall" for info in got.infos]),
+            }
+            infos["_episode"] = done
+            fresh = self._respawn(rows, rotate)
+            self._restart_stacks(rows, fresh.obs[[fresh.agent_ids.index(self.session.agent_ids[k]) for k in rows]])
+        return self._stacked(), reward, terminated, truncated, infos
+
+    def _venvs_due_for_new_track(self) -> list[int]:
+        # Venvs change tracks in turn (staggered) so the policy keeps seeing new shapes.
+        n = self.track_change_steps
+        if not n or self.session.game is None or not self.session.game.has("track_spec"):
+            return []
+        per = max(1, n // self.session.num_venvs)
+        if self._steps % per:
+            return []
+        return [(self._steps // per - 1) % self.session.num_venvs]
+
+    def _respawn(self, rows: np.ndarray, rotate: list[int]) -> Observations:
+        ids: list[str] = []
+        for venv in rotate:
+            ids += self.session.spawn_venv(venv, self._rng)
+        singles = [k for k in rows if self.session.venv_of[k] not in rotate]
+        by_venv: dict[str, list[str]] = {}
+        for k in singles:
+            by_venv.setdefault(self.session.venv_ids[self.session.venv_of[k]], []).append(self.session.agent_ids[k])
+        for envid, agent_ids in by_venv.items():
+            self.session.bridge.reset_agents(envid, agent_ids)
+            ids += agent_ids
+        return self.session.bridge.get_observations(ids)
+
+    def freeze(self, on: bool = True) -> None:
+        """Freeze (or unfreeze) every car in the game, as the seed did during training."""
+        self.session.bridge.freeze(on)
+
+    def close_extras(self, **kwargs) -> None:
+        if self._freezer is not None:
+            self._freezer.stop()
+        self.session.close()
+
+
+# ====================================================================================================
+# Constructors
+
+
+def _session(num_agents: int, num_venvs: int, **kwargs) -> GameSession:
+    return GameSession(num_agents, num_venvs, **kwargs)
+
+
+def make_parallel_env(
+    num_agents: int = 5,
+    num_venvs: int = 1,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    sim: str | None = "embedded",
+    mode: str = "lockstep",
+    tick_hz: float = 15.0,
+    start: str = "random",
+    collisions: bool = True,
+    track_seeds: Sequence[int] | None = None,
+    track_method: str | None = None,
+    wait_timeout: float = 300.0,
+    obs_timeout: float = 10.0,
+    sim_seed: int = 0,
+) -> RacingParallelEnv:
+    """A PettingZoo ParallelEnv of ``num_venvs`` venvs with ``num_agents`` cars each.
+
+    Args:
+        num_agents: cars per venv.
+        num_venvs: venvs (each with its own track; venvs never interact).
+        host, port: where the trainer listens (port 0: any free port; the game must know it).
+        token: shared secret, required when ``host`` is not loopback.
+        sim: ``"embedded"`` launches the headless simulator in a child process (stopped by
+            ``close()``); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
+        mode: ``"lockstep"`` or ``"realtime"`` for the embedded simulator (a game announces its own).
+        tick_hz: decisions per second for the embedded simulator in real-time mode.
+        start: ``"random"`` starts (training) or ``"grid"`` (evaluation, lap times).
+        collisions: car-car collisions inside a venv.
+        track_seeds: tracks to use, in order (e.g. ``HELDOUT_TRACK_SEEDS`` for evaluation);
+            None draws training tracks at random from ``TRAIN_TRACK_SEEDS``.
+        track_method: restrict tracks to one generation method ("polar", "hull", "grid").
+        obs_timeout: seconds to wait for observations before raising TimeoutError.
+        sim_seed: seed of the embedded simulator.
+    """
+    return RacingParallelEnv(
+        _session(
+            num_agents, num_venvs, host=host, port=port, token=token, sim=sim, mode=mode, tick_hz=tick_hz,
+            start=start, collisions=collisions, track_seeds=track_seeds, track_method=track_method,
+            wait_timeout=wait_timeout, obs_timeout=obs_timeout, sim_seed=sim_seed,
+        )
+    )  # fmt: skip
+
+
+def make_vec_env(
+    num_agents: int = 5,
+    num_venvs: int = 5,
+    frame_stack: int = 4,
+    *,
+    track_change_steps: int | None = 1500,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    sim: str | None = "embedded",
+    mode: str = "lockstep",
+    tick_hz: float = 15.0,
+    start: str = "random",
+    collisions: bool = True,
+    track_seeds: Sequence[int] | None = None,
+    track_method: str | None = None,
+    wait_timeout: float = 300.0,
+    obs_timeout: float = 10.0,
+    sim_seed: int = 0,
+) -> RacingVectorEnv:
+    """A Gymnasium vector env with one slot per car (``num_envs = num_agents * num_venvs``).
+
+    ``frame_stack`` frames per observation (oldest first); ``track_change_steps``: every this many
+    steps each venv moves to a new track (staggered across venvs; None keeps tracks). The other
+    arguments are those of ``make_parallel_env``.
+    """
+    return RacingVectorEnv(
+        _session(
+            num_agents, num_venvs, host=host, port=port, token=token, sim=sim, mode=mode, tick_hz=tick_hz,
+            start=start, collisions=collisions, track_seeds=track_seeds, track_method=track_method,
+            wait_timeout=wait_timeout, obs_timeout=obs_timeout, sim_seed=sim_seed,
+        ),
+        frame_stack=frame_stack,
+        track_change_steps=track_change_steps,
+    )  # fmt: skip

@@ -1,0 +1,201 @@
+"""One training session with a game: the bridge, the embedded simulator process, venvs and tracks.
+
+Both env flavours (``envs.py``) sit on this: it starts the TrainingBridge, launches the headless
+simulator as a WebSocket client in a child process (``sim="embedded"``) or waits for Roblox
+(``sim=None``), hands each venv a track, spawns and resets cars, and steps all of them with one
+message per tick. It knows nothing about Gym or PettingZoo.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+
+from rbxenv import tracks
+from rbxenv.bridge import BridgeClosed, Observations, TrainingBridge
+from rbxenv.protocol import GameSpec, agent_id
+
+log = logging.getLogger("rbxenv")
+
+# Track seeds: training draws from the first range, held-out evaluation uses the second, so a
+# policy is always evaluated on tracks it has never driven.
+TRAIN_TRACK_SEEDS = range(0, 1_000_000)
+HELDOUT_TRACK_SEEDS = range(1_000_000, 1_001_000)
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class GameSession:
+    """Bridge + game + venvs. See ``make_parallel_env`` for the meaning of the arguments."""
+
+    def __init__(
+        self,
+        num_agents: int = 5,
+        num_venvs: int = 1,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        sim: str | None = "embedded",
+        mode: str = "lockstep",
+        tick_hz: float = 15.0,
+        start: str = "random",
+        collisions: bool = True,
+        track_seeds: Sequence[int] | None = None,
+        track_method: str | None = None,
+        wait_timeout: float = 300.0,
+        obs_timeout: float = 10.0,
+        sim_seed: int = 0,
+    ):
+        if num_agents < 1 or num_venvs < 1:
+            raise ValueError(f"need at least one car and one venv, got num_agents={num_agents}, num_venvs={num_venvs}")
+        if sim not in ("embedded", None):
+            raise ValueError(f'sim must be "embedded" (headless simulator) or None (wait for Roblox), got {sim!r}')
+        if mode not in ("lockstep", "realtime"):
+            raise ValueError(f'mode must be "lockstep" or "realtime", got {mode!r}')
+        if start not in ("grid", "random"):
+            raise ValueError(f'start must be "grid" or "random", got {start!r}')
+        self.num_agents, self.num_venvs = num_agents, num_venvs
+        self.sim, self.mode, self.tick_hz, self.start = sim, mode, tick_hz, start
+        self.collisions = collisions
+        self.track_seeds = list(track_seeds) if track_seeds is not None else None
+        self.track_method = track_method
+        self.wait_timeout, self.sim_seed = wait_timeout, sim_seed
+        self.venv_ids = [f"v{k}" for k in range(num_venvs)]
+        self.agent_ids = [agent_id(i, v) for v in self.venv_ids for i in range(num_agents)]
+        self.index = {aid: k for k, aid in enumerate(self.agent_ids)}
+        self.venv_of = np.repeat(np.arange(num_venvs), num_agents)
+        self.tracks: dict[str, dict | None] = dict.fromkeys(self.venv_ids)
+        self.bridge = TrainingBridge(host, port, token, obs_timeout=obs_timeout)
+        self.game: GameSpec | None = None
+        self.process: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._track_draws = 0
+
+    # ------------------------------------------------------------------ connecting
+
+    def open(self) -> GameSpec:
+        """Start the bridge, launch or wait for the game, apply the collision setting."""
+        if self.game is not None:
+            return self.game
+        self.bridge.start()
+        if self.sim == "embedded":
+            self.process = self._launch_sim()
+            timeout = 30.0
+        else:
+            print(
+                f"rbxenv: waiting up to {self.wait_timeout:g} s for a game on {self.bridge.url} "
+                "(Roblox Studio: set the trainer URL in the place's Config, then press Play)",
+                flush=True,
+            )
+            timeout = self.wait_timeout
+        try:
+            self.game = self.bridge.wait_for_game(timeout)
+        except BridgeClosed:
+            self.close()
+            raise
+        self.bridge.update_collisions(self.collisions)
+        return self.game
+
+    def _launch_sim(self) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "rbxenv.sim", "--url", self.bridge.url, "--seed", str(self.sim_seed)]
+        if self.mode == "realtime":
+            cmd += ["--realtime", "--tick-hz", str(self.tick_hz)]
+        env = dict(os.environ)
+        if self.bridge.token:
+            env["RBXENV_TOKEN"] = self.bridge.token  # the sim client presents it in its hello
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
+        # If the user never calls close() (or the interpreter dies on an exception), still stop the child.
+        self._finalizer = weakref.finalize(self, _stop_process, proc)
+        atexit.register(self._finalizer)
+        return proc
+
+    def close(self) -> None:
+        """Close every venv, the bridge and the simulator process (idempotent, never raises)."""
+        try:
+            if self.bridge.connected:
+                self.bridge.close_all()
+                time.sleep(0.05)  # let CLOSE_ALL reach the game before the socket goes
+        except BridgeClosed:
+            pass
+        self.bridge.close()
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=5)  # the sim exits when the trainer closes the socket
+            except subprocess.TimeoutExpired:
+                pass
+            if self._finalizer is not None:
+                self._finalizer()
+            self.process = None
+        self.game = None
+
+    # ------------------------------------------------------------------ tracks and spawning
+
+    def next_track(self, rng: np.random.Generator) -> dict | None:
+        """The next training (or evaluation) track spec, or None when the game builds its own."""
+        if self.game is None or not self.game.has("track_spec"):
+            return None
+        if self.track_seeds is not None:
+            seed = self.track_seeds[self._track_draws % len(self.track_seeds)]
+            self._track_draws += 1
+        else:
+            seed = int(rng.integers(TRAIN_TRACK_SEEDS.start, TRAIN_TRACK_SEEDS.stop))
+        return tracks.generate(seed, self.track_method)
+
+    def spawn_venv(self, venv: int, rng: np.random.Generator) -> list[str]:
+        """(Re)spawn every car of one venv on a new track; returns the agent ids spawned."""
+        envid = self.venv_ids[venv]
+        track = self.next_track(rng)
+        self.tracks[envid] = track
+        ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
+        self.bridge.spawn_agents(envid, ids, track=track, start=self.start, seed=int(rng.integers(2**31)))
+        return ids
+
+    def spawn_all(self, rng: np.random.Generator) -> Observations:
+        ids: list[str] = []
+        for venv in range(self.num_venvs):
+            ids += self.spawn_venv(venv, rng)
+        return self.bridge.get_observations(ids)
+
+    def reset_cars(self, indices: Sequence[int]) -> Observations:
+        """Respawn single cars (their venv and the other cars carry on)."""
+        ids = [self.agent_ids[k] for k in indices]
+        by_venv: dict[str, list[str]] = {}
+        for k, aid in zip(indices, ids, strict=True):
+            by_venv.setdefault(self.venv_ids[self.venv_of[k]], []).append(aid)
+        for envid, venv_ids in by_venv.items():
+            self.bridge.reset_agents(envid, venv_ids)
+        return self.bridge.get_observations(ids)
+
+    # ------------------------------------------------------------------ stepping
+
+    def send(self, ids: Sequence[str], actions: np.ndarray) -> None:
+        """One ACTION_BATCH for the given cars (rows of ``actions`` in the order of ``ids``)."""
+        batch: dict[str, dict] = {}
+        for aid, row in zip(ids, actions, strict=True):
+            envid = aid[aid.index("_env_") + 5 :]
+            per_venv = batch.get(envid)
+            if per_venv is None:
+                per_venv = batch[envid] = {}
+            per_venv[aid] = row
+        self.bridge.send_action_batch(batch)
+
+    def step(self, ids: Sequence[str], actions: np.ndarray) -> Observations:
+        self.send(ids, actions)
+        return self.bridge.get_observations(ids)

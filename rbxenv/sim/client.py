@@ -1,0 +1,328 @@
+"""The simulator as a game: serves PROTOCOL.md over a WebSocket, like the Roblox place does.
+
+``SimGame`` turns commands into Sim calls and observation frames (no sockets: easy to test and to
+fuzz); ``run`` connects it to a trainer, in lockstep (one decision step per ACTION_BATCH) or in real
+time (ticking at ``tick_hz`` with the latest actions, as Roblox does). Against a seed trainer (no
+``welcome`` answer) it falls back to the seed formats.
+
+    python -m rbxenv.sim --url ws://127.0.0.1:8765 [--realtime --tick-hz 15] [--seed-protocol]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from rbxenv import protocol
+from rbxenv.protocol import Command, GameSpec, ProtocolError
+from rbxenv.sim.world import Sim, StepResult
+
+log = logging.getLogger("rbxenv.sim")
+
+CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start"})
+
+
+def game_spec(sim: Sim, realtime: bool, tick_hz: float) -> GameSpec:
+    cfg = sim.config
+    return GameSpec(
+        protocol=protocol.PROTOCOL_VERSION,
+        game="rbxenv-sim",
+        obs_size=cfg.obs_size,
+        num_rays=cfg.num_rays,
+        action_size=3,
+        tick_hz=tick_hz,
+        mode="realtime" if realtime else "lockstep",
+        capabilities=CAPABILITIES,
+    )
+
+
+class SimGame:
+    """Protocol logic of the simulator game: ``handle(command) -> frames to send``."""
+
+    def __init__(self, sim: Sim, realtime: bool = False):
+        self.sim = sim
+        self.realtime = realtime
+        self.batch = False  # until the trainer's welcome says it takes obs batches
+        self.ticked = False
+        self.tick = 0  # tick of the latest command applied
+        self.actions: dict[str, np.ndarray] = {}  # latest action per car (held in real time)
+        self.waiting_venvs: set[str] = set()  # lockstep with per-venv ACTIONs: venvs not yet acted
+        self.stats = {"steps": 0, "bad_commands": 0}
+
+    # ------------------------------------------------------------------ commands
+
+    def welcome(self, capabilities: list[str]) -> None:
+        self.batch = "batch" in capabilities
+        self.ticked = "tick" in capabilities
+
+    def handle(self, cmd: Command) -> list[bytes]:
+        if cmd.tick is not None:
+            self.tick = max(self.tick, cmd.tick)
+        sim = self.sim
+        name = cmd.name
+        if name == "WELCOME":
+            self.welcome(list(cmd.data.get("capabilities", [])))
+            return []
+        if name == "ERROR":
+            log.warning("trainer reported an error [%s]: %s", cmd.data.code, cmd.data.message)
+            return []
+        if name == "FREEZE":
+            sim.freeze(cmd.data)
+            return []
+        if name == "UPDATE_COLLISIONS":
+            sim.set_collisions(cmd.data)
+            return []
+        if name == "CLOSE_ALL":
+            sim.close_all()
+            self.actions.clear()
+            return []
+        if name == "CLOSE":
+            sim.close_venv(cmd.envid)
+            self._forget(cmd.envid)
+            return []
+        if name == "SPAWN_AGENTS":
+            spawn = cmd.data
+            sim.spawn(cmd.envid, spawn["agents"], track=spawn["track"], start=spawn["start"], seed=spawn["seed"])
+            for aid in spawn["agents"]:
+                self.actions[aid] = np.zeros(3, dtype=np.float32)
+            return [self._report(spawn["agents"], envid=cmd.envid)]
+        if name == "RESET_AGENTS":
+            ids = self._known(cmd.data)
+            sim.reset_agents(ids)
+            for aid in ids:
+                self.actions[aid] = np.zeros(3, dtype=np.float32)
+            return [self._report(ids, envid=cmd.envid)]
+        if name == "REMOVE_AGENTS":
+            ids = self._known(cmd.data)
+            sim.remove_agents(ids)
+            for aid in ids:
+                self.actions.pop(aid, None)
+            return []
+        if name == "ACTION_BATCH":
+            for per_venv in cmd.data.values():
+                self._set_actions(per_venv)
+            return [] if self.realtime else self.step()
+        if name == "ACTION":
+            self._set_actions(cmd.data)
+            if self.realtime:
+                return []
+            # Lockstep with a seed trainer: step once every venv with cars has its actions.
+            self.waiting_venvs.discard(cmd.envid)
+            if self.waiting_venvs:
+                return []
+            return self.step()
+        raise ProtocolError(f"unhandled command {name}", "unknown_command")
+
+    def _known(self, ids: list[str]) -> list[str]:
+        known = [aid for aid in ids if aid in self.actions]
+        if len(known) != len(ids):
+            missing = sorted(set(ids) - set(known))
+            raise ProtocolError(f"agents never spawned: {', '.join(missing[:3])}", "unknown_agent")
+        return known
+
+    def _set_actions(self, actions: dict[str, list]) -> None:
+        unknown = [aid for aid in actions if aid not in self.actions]
+        if unknown:
+            raise ProtocolError(f"actions for agents never spawned: {', '.join(unknown[:3])}", "unknown_agent")
+        for aid, row in actions.items():
+            self.actions[aid] = np.clip(np.asarray(row, dtype=np.float32), -1.0, 1.0)
+
+    def _forget(self, envid: str) -> None:
+        suffix = f"_env_{envid}"
+        for aid in [a for a in self.actions if a.endswith(suffix)]:
+            del self.actions[aid]
+
+    # ------------------------------------------------------------------ stepping and reporting
+
+    def step(self) -> list[bytes]:
+        """Advance one decision step with the latest actions; frames for the cars that were live."""
+        sim = self.sim
+        ids = sim.agent_ids
+        if not ids or sim.frozen:
+            return []
+        actions = np.stack([self.actions[aid] for aid in ids])
+        result = sim.step(actions)
+        self.stats["steps"] += 1
+        envids = sim.envids
+        self.waiting_venvs = {envids[v] for v in np.unique(sim.venv[sim.live])}
+        live = np.flatnonzero(result.live)
+        if live.size == 0:
+            return []
+        return self._frames([ids[k] for k in live], result, live)
+
+    def _report(self, ids: list[str], envid: str) -> bytes:
+        """The observation packet answering a spawn or reset (reward 0, not done, lap 0)."""
+        n = len(ids)
+        idx = np.array([self.sim.index_of(aid) for aid in ids], dtype=np.int64)
+        sim = self.sim
+        infos = [
+            {
+                "progress": 0.0,
+                "lap": 0,
+                "lap_time": None,
+                "speed": float(sim.speed[k]),
+                "collided": False,
+                "cause": None,
+                "x": float(sim.pos[k, 0]),
+                "y": float(sim.pos[k, 1]),
+                "heading": float(sim.heading[k]),
+            }
+            for k in idx
+        ]
+        obs = sim.observe(ids)
+        zeros = np.zeros(n, dtype=bool)
+        return protocol.encode_obs(ids, obs, np.zeros(n), zeros, zeros, infos, self._tick(), self.batch)
+
+    def _frames(self, ids: list[str], result: StepResult, rows: np.ndarray) -> list[bytes]:
+        infos = self._infos(result, rows)
+        obs, reward = result.obs[rows], result.reward[rows]
+        term, trunc = result.terminated[rows], result.truncated[rows]
+        if self.batch:
+            return [protocol.encode_obs(ids, obs, reward, term, trunc, infos, self._tick(), True)]
+        # Seed trainers expect one packet per venv.
+        frames = []
+        by_venv: dict[str, list[int]] = {}
+        for k, aid in enumerate(ids):
+            by_venv.setdefault(aid[aid.index("_env_") + 5 :], []).append(k)
+        for ks in by_venv.values():
+            sel = np.array(ks)
+            frames.append(
+                protocol.encode_obs(
+                    [ids[k] for k in ks], obs[sel], reward[sel], term[sel], trunc[sel], [infos[k] for k in ks],
+                    batch=False,
+                )
+            )  # fmt: skip
+        return frames
+
+    def _tick(self) -> int | None:
+        return self.tick if self.ticked else None
+
+    def _infos(self, result: StepResult, rows: np.ndarray) -> list[dict]:
+        """Per-car ``info`` dicts (PROTOCOL.md §3.3) from a step's arrays."""
+        progress, lap, lap_time = result.progress[rows].tolist(), result.lap[rows].tolist(), result.lap_time[rows]
+        speed, collided, cause = result.speed[rows].tolist(), result.collided[rows].tolist(), result.cause[rows]
+        pos, heading = self.sim.pos[rows].tolist(), self.sim.heading[rows].tolist()
+        out = []
+        for k in range(len(rows)):
+            t = float(lap_time[k])
+            out.append(
+                {
+                    "progress": progress[k],
+                    "lap": int(lap[k]),
+                    "lap_time": None if math.isnan(t) else t,
+                    "speed": speed[k],
+                    "collided": bool(collided[k]),
+                    "cause": cause[k],
+                    "x": pos[k][0],
+                    "y": pos[k][1],
+                    "heading": heading[k],
+                }
+            )
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- socket
+
+
+async def run(
+    url: str,
+    *,
+    realtime: bool = False,
+    tick_hz: float = 15.0,
+    seed: int = 0,
+    seed_protocol: bool = False,
+    token: str | None = None,
+    connect_timeout: float = 30.0,
+    sim: Sim | None = None,
+) -> dict:
+    """Connect to a trainer and serve it until it closes the connection. Returns the game's stats."""
+    sim = sim or Sim(seed=seed)
+    game = SimGame(sim, realtime=realtime)
+    deadline = time.monotonic() + connect_timeout
+    delay = 0.1
+    while True:
+        try:
+            ws = await connect(url, max_size=16 * protocol.MAX_FRAME_BYTES, compression=None, open_timeout=10)
+            break
+        except (OSError, InvalidStatus, TimeoutError) as err:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"no trainer at {url} after {connect_timeout:g} s ({err}); start the trainer first"
+                ) from err
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)  # back off, as the Roblox client does
+    async with ws:
+        if not seed_protocol:
+            await ws.send(protocol.encode_hello(game_spec(sim, realtime, tick_hz), token).decode())
+        ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz)) if realtime else None
+        try:
+            async for frame in ws:
+                try:
+                    if not isinstance(frame, str):
+                        raise ProtocolError("binary frame: commands are JSON text frames")
+                    cmd = protocol.decode_command(frame)
+                    for out in game.handle(cmd):
+                        await ws.send(out, text=True)
+                except ProtocolError as err:
+                    game.stats["bad_commands"] += 1
+                    log.warning("bad command from trainer [%s]: %s", err.code, err)
+                    await ws.send(protocol.encode_error(err.code, str(err)[:500]), text=True)
+        except ConnectionClosed:
+            pass
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+    return game.stats
+
+
+async def _tick_loop(ws, game: SimGame, tick_hz: float) -> None:
+    """Real-time mode: step at ``tick_hz`` with whatever actions arrived last (Roblox timing)."""
+    period = 1.0 / tick_hz
+    next_tick = time.monotonic()
+    while True:
+        next_tick += period
+        await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+        if time.monotonic() - next_tick > 5 * period:  # fell far behind (machine busy): don't burst
+            next_tick = time.monotonic()
+        for out in game.step():
+            await ws.send(out, text=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m rbxenv.sim", description="Headless racing simulator: a game that connects to a trainer."
+    )
+    parser.add_argument("--url", default="ws://127.0.0.1:8765", help="trainer WebSocket URL")
+    parser.add_argument("--realtime", action="store_true", help="tick on our own at --tick-hz (like Roblox)")
+    parser.add_argument("--tick-hz", type=float, default=15.0, help="decisions per second in real-time mode")
+    parser.add_argument("--seed", type=int, default=0, help="simulator seed (own tracks, random starts)")
+    parser.add_argument("--seed-protocol", action="store_true", help="speak only the seed formats (no hello)")
+    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to keep retrying")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="rbxenv.sim: %(message)s")
+    try:
+        stats = asyncio.run(
+            run(
+                args.url,
+                realtime=args.realtime,
+                tick_hz=args.tick_hz,
+                seed=args.seed,
+                seed_protocol=args.seed_protocol,
+                token=os.environ.get("RBXENV_TOKEN") or None,
+                connect_timeout=args.connect_timeout,
+            )
+        )
+    except ConnectionError as err:
+        raise SystemExit(f"rbxenv.sim: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    log.info("trainer closed the connection after %d steps", stats["steps"])
