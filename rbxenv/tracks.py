@@ -1,0 +1,708 @@
+"""Seeded procedural race tracks as plain JSON data.
+
+A **track spec** (PROTOCOL.md §3.4) is a dict that survives ``json.dumps`` unchanged::
+
+    {"version": 1, "name": "hull-3", "method": "hull", "seed": 3,
+     "centerline": [[x, y], ...],   # closed loop, first point not repeated, ~4 studs apart
+     "half_width": [w, ...],        # centre line -> each wall, one per point
+     "grid": [[x, y, heading], ...],  # start slots behind the start line (car i on slot i)
+     "length": 1834.217}            # centre-line length of the closed loop
+
+The track direction is the order of the points; the start line is at point 0 and the grid
+lies just behind it, in two staggered columns. Headings are radians in the (x, y) plane
+(0 = +x, counter-clockwise). Roblox maps a spec point ``(x, y)`` to ``Vector3.new(x, h, -y)``,
+so a top-down view in Studio matches the pictures drawn here (``--png``).
+
+Three generation methods (``METHODS``):
+
+- ``"polar"``: random radii at jittered, sorted angles around a centre, smoothed by a periodic
+  cubic B-spline: round-ish loops with sweeping bends.
+- ``"hull"``: convex hull of random points, edges split with their midpoints pushed out or in
+  (midpoint displacement), then B-spline smoothing: long straights, hairpins and bays.
+- ``"grid"``: a closed walk of road tiles on a square lattice (the boundary of a random
+  polyomino without holes or pinches), straights plus 90-degree corners rounded to arcs of
+  radius ``GRID_CELL / 2``, exactly how Roblox road templates line up.
+
+``generate(seed, method)`` is deterministic: it uses ``numpy.random.default_rng`` only and
+rounds every number to 3 decimals, so one seed gives byte-identical JSON everywhere. An
+invalid candidate (see ``validate``) is redrawn from a derived sub-seed.
+
+Geometry helpers for the simulator (all vectorised numpy): ``centerline_array``, ``tangents``,
+``walls`` and ``cumulative_length``.
+
+CLI: ``python -m rbxenv.tracks --seed 3 --method hull -o track.json --png track.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "METHODS",
+    "MIN_CORNER_RADIUS",
+    "MIN_LENGTH",
+    "MAX_LENGTH",
+    "generate",
+    "from_centerline",
+    "validate",
+    "centerline_array",
+    "tangents",
+    "walls",
+    "cumulative_length",
+    "save",
+    "load",
+    "draw",
+]
+
+METHODS = ("polar", "hull", "grid")
+VERSION = 1
+
+SPACING = 4.0  # studs between centre-line points
+MIN_LENGTH, MAX_LENGTH = 1000.0, 2500.0
+MIN_HALF_WIDTH, MAX_HALF_WIDTH = 12.0, 16.0
+# The inner wall of a corner sits at radius R - half_width; keeping R >= max half width + 8
+# leaves it a real curve instead of a fold.
+MIN_CORNER_RADIUS = MAX_HALF_WIDTH + 8.0
+# Walls of two different stretches of road keep this much room (Roblox walls have thickness).
+MIN_WALL_GAP = 4.0
+CAR_RADIUS = 2.5  # PROTOCOL.md §4
+SLOT_MARGIN = CAR_RADIUS + 1.0  # a grid slot is at least this far from either wall
+GRID_SLOTS = 24
+GRID_FIRST = 6.0  # studs from the start line to slot 0
+GRID_STEP = 4.0  # studs along the track between consecutive (alternating) slots
+GRID_CELL = 64.0  # lattice step of the "grid" method; corners are arcs of GRID_CELL / 2
+MAX_ATTEMPTS = 64
+DECIMALS = 3
+
+_TARGET_LENGTH = (1100.0, 2350.0)  # generators aim inside the bounds, away from the edges
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+def centerline_array(spec: dict) -> np.ndarray:
+    """Centre-line points as an (N, 2) float64 array (closed loop, first point not repeated)."""
+    return np.asarray(spec["centerline"], dtype=np.float64).reshape(-1, 2)
+
+
+def cumulative_length(spec: dict) -> np.ndarray:
+    """Arc length at each point, shape (N + 1,): ``[0, |p1-p0|, ..., length]``.
+
+    The last entry closes the loop (point N-1 back to point 0), so it equals the track length.
+    ``np.interp(s % L, cum, ...)`` maps an arc length to a segment.
+    """
+    return _cumulative(centerline_array(spec))
+
+
+def tangents(spec: dict) -> np.ndarray:
+    """Unit tangents along the track direction at each point, shape (N, 2) (central differences)."""
+    return _tangents(centerline_array(spec))
+
+
+def walls(spec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Wall polylines ``(left, right)``, each (N, 2), closed like the centre line.
+
+    ``left`` is on the driver's left when driving the track direction: centre + normal * w with
+    normal = tangent rotated +90 degrees; ``right`` is centre - normal * w.
+    """
+    return _walls(centerline_array(spec), np.asarray(spec["half_width"], dtype=np.float64))
+
+
+def _cumulative(p: np.ndarray) -> np.ndarray:
+    seg = np.linalg.norm(np.roll(p, -1, axis=0) - p, axis=1)
+    return np.concatenate([[0.0], np.cumsum(seg)])
+
+
+def _tangents(p: np.ndarray) -> np.ndarray:
+    d = np.roll(p, -1, axis=0) - np.roll(p, 1, axis=0)
+    n = np.linalg.norm(d, axis=1, keepdims=True)
+    return d / np.where(n > 0, n, 1.0)
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """z of the 2-D cross product, row-wise (np.cross on 2-D vectors is deprecated)."""
+    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+
+def _left_normals(t: np.ndarray) -> np.ndarray:
+    return np.stack([-t[:, 1], t[:, 0]], axis=1)
+
+
+def _walls(p: np.ndarray, hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    off = _left_normals(_tangents(p)) * hw[:, None]
+    return p + off, p - off
+
+
+def _corner_radii(p: np.ndarray) -> np.ndarray:
+    """Radius of the circle through each point and its two neighbours (inf on straights)."""
+    a, b = np.roll(p, 1, axis=0), np.roll(p, -1, axis=0)
+    ab, bc, ca = p - a, b - p, a - b
+    cross = np.abs(ab[:, 0] * bc[:, 1] - ab[:, 1] * bc[:, 0])
+    prod = np.linalg.norm(ab, axis=1) * np.linalg.norm(bc, axis=1) * np.linalg.norm(ca, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(cross > 1e-12, prod / (2.0 * cross), np.inf)
+
+
+def _resample(p: np.ndarray, n: int, s0: float = 0.0) -> np.ndarray:
+    """n points evenly spaced by arc length along the closed polyline p, starting at arc s0."""
+    cum = _cumulative(p)
+    s = (s0 + np.arange(n) * (cum[-1] / n)) % cum[-1]
+    closed = np.vstack([p, p[:1]])
+    return np.stack([np.interp(s, cum, closed[:, 0]), np.interp(s, cum, closed[:, 1])], axis=1)
+
+
+def _point_at(p: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Position, unit tangent and segment index at arc lengths s (any real, wraps)."""
+    cum = _cumulative(p)
+    s = np.mod(s, cum[-1])
+    i = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(p) - 1)
+    f = ((s - cum[i]) / np.maximum(cum[i + 1] - cum[i], 1e-12))[:, None]
+    j = (i + 1) % len(p)
+    t = _tangents(p)
+    tan = t[i] * (1 - f) + t[j] * f  # blend vertex tangents: smooth headings on curves
+    tan /= np.linalg.norm(tan, axis=1, keepdims=True)
+    return p[i] * (1 - f) + p[j] * f, tan, i
+
+
+def _bspline(ctrl: np.ndarray, per_span: int) -> np.ndarray:
+    """Closed uniform cubic B-spline through (well, near) the control polygon: smooth, no overshoot."""
+    u = np.arange(per_span) / per_span
+    basis = np.stack([(1 - u) ** 3, 3 * u**3 - 6 * u**2 + 4, -3 * u**3 + 3 * u**2 + 3 * u + 1, u**3], axis=1) / 6.0
+    k = len(ctrl)
+    idx = (np.arange(k)[:, None] + np.arange(-1, 3)[None, :]) % k  # 4 control points per span
+    spans = np.einsum("uj,kjd->kud", basis, ctrl[idx])
+    return spans.reshape(-1, 2)
+
+
+# --------------------------------------------------------------------------------- generators
+
+
+def _smooth_loop(ctrl: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """B-spline of a unit-size control loop, scaled to a random target length (or larger, if a
+    corner would be tighter than MIN_CORNER_RADIUS), sampled about every 2 studs."""
+    coarse = _bspline(ctrl, 32)
+    length = _cumulative(coarse)[-1]
+    scale = rng.uniform(*_TARGET_LENGTH) / length
+    scale = max(scale, 1.1 * MIN_CORNER_RADIUS / float(np.min(_corner_radii(coarse))))
+    if scale * length > _TARGET_LENGTH[1]:
+        return None  # too twisty for its size: redraw rather than make a huge track
+    ctrl = (ctrl - ctrl.mean(axis=0)) * scale
+    # dense enough that resampling at SPACING never sees a polyline kink
+    span = np.diff(_cumulative(coarse * scale)[::32])
+    return _bspline(ctrl, int(np.ceil(span.max() / 2.0)))
+
+
+def _polar(rng: np.random.Generator) -> np.ndarray | None:
+    n = int(rng.integers(8, 17))
+    angles = (np.arange(n) + rng.uniform(-0.35, 0.35, n)) * (2 * np.pi / n)
+    radii = 1.0 + rng.uniform(0.2, 0.6) * rng.uniform(-1.0, 1.0, n)
+    stretch = rng.uniform(0.75, 1.0)  # mild ellipse so loops are not all circles
+    ctrl = np.stack([np.cos(angles) * radii, stretch * np.sin(angles) * radii], axis=1)
+    return _smooth_loop(ctrl, rng)
+
+
+def _convex_hull(pts: np.ndarray) -> np.ndarray:
+    """Andrew's monotone chain; counter-clockwise, no repeated point."""
+    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
+
+    def half(seq: np.ndarray) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for q in seq:
+            while len(out) >= 2 and _cross(out[-1] - out[-2], q - out[-2]) <= 0:
+                out.pop()
+            out.append(q)
+        return out
+
+    lower, upper = half(pts), half(pts[::-1])
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def _drop_close(poly: np.ndarray, min_dist: float) -> np.ndarray:
+    """Drop vertices closer than min_dist to the previous kept one: short edges make kinks."""
+    keep = [poly[0]]
+    for q in poly[1:]:
+        if np.linalg.norm(q - keep[-1]) >= min_dist:
+            keep.append(q)
+    if len(keep) > 3 and np.linalg.norm(keep[0] - keep[-1]) < min_dist:
+        keep.pop()
+    return np.array(keep)
+
+
+def _hull(rng: np.random.Generator) -> np.ndarray | None:
+    pts = rng.uniform(0.0, 1.0, (int(rng.integers(10, 21)), 2)) * [1.0, rng.uniform(0.5, 0.9)]
+    poly = _drop_close(_convex_hull(pts), 0.15)
+    if len(poly) < 3:
+        return None
+    # midpoint displacement: split each edge, push the midpoint out (>0) or in (<0) by up to
+    # 40% of the edge length; one round only, a second one mostly adds kinks
+    nxt = np.roll(poly, -1, axis=0)
+    edge = nxt - poly
+    outward = np.stack([edge[:, 1], -edge[:, 0]], axis=1)  # right normal = outside of a CCW loop
+    push = rng.uniform(0.25, 0.45) * rng.uniform(-1.0, 0.8, len(poly))
+    mid = (poly + nxt) / 2 + outward * push[:, None]
+    poly = np.stack([poly, mid], axis=1).reshape(-1, 2)
+    return _smooth_loop(poly, rng)
+
+
+def _polyomino(rng: np.random.Generator, target_perimeter: int, size: tuple[int, int]) -> set:
+    """Grow a random set of lattice cells with no holes and no diagonal pinches."""
+    w, h = size
+    start = (int(rng.integers(w)), int(rng.integers(h)))
+    cells = {start}
+    for _ in range(w * h * 4):
+        if _perimeter(cells) >= target_perimeter:
+            break
+        cand = sorted(
+            {
+                (x + dx, y + dy)
+                for x, y in cells
+                for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                if 0 <= x + dx < w and 0 <= y + dy < h
+            }
+            - cells
+        )
+        if not cand:
+            break
+        c = cand[int(rng.integers(len(cand)))]
+        if _grows_cleanly(cells, c, w, h):
+            cells.add(c)
+    return cells
+
+
+def _perimeter(cells: set) -> int:
+    return sum((x + dx, y + dy) not in cells for x, y in cells for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)))
+
+
+def _grows_cleanly(cells: set, c: tuple[int, int], w: int, h: int) -> bool:
+    """Adding c keeps the boundary one simple loop: no 2x2 diagonal pinch, no enclosed hole."""
+    new = cells | {c}
+    x, y = c
+    for bx in (x - 1, x):
+        for by in (y - 1, y):
+            a, b = (bx, by) in new, (bx + 1, by + 1) in new
+            d, e = (bx + 1, by) in new, (bx, by + 1) in new
+            if (a and b and not d and not e) or (d and e and not a and not b):
+                return False
+    # flood the empty cells from outside the (padded) lattice; any unreached empty cell is a hole
+    seen, stack = {(-1, -1)}, [(-1, -1)]
+    while stack:
+        px, py = stack.pop()
+        for q in ((px + 1, py), (px - 1, py), (px, py + 1), (px, py - 1)):
+            if -1 <= q[0] <= w and -1 <= q[1] <= h and q not in seen and q not in new:
+                seen.add(q)
+                stack.append(q)
+    return len(seen) + len(new) == (w + 2) * (h + 2)
+
+
+def _boundary_loop(cells: set) -> np.ndarray:
+    """Counter-clockwise boundary of a hole-free, pinch-free polyomino, one lattice vertex per step."""
+    nxt = {}
+    for x, y in cells:
+        if (x, y - 1) not in cells:
+            nxt[(x, y)] = (x + 1, y)
+        if (x + 1, y) not in cells:
+            nxt[(x + 1, y)] = (x + 1, y + 1)
+        if (x, y + 1) not in cells:
+            nxt[(x + 1, y + 1)] = (x, y + 1)
+        if (x - 1, y) not in cells:
+            nxt[(x, y + 1)] = (x, y)
+    v0 = min(nxt)
+    loop, v = [v0], nxt[v0]
+    while v != v0:
+        loop.append(v)
+        v = nxt[v]
+    return np.array(loop, dtype=np.float64)
+
+
+def _round_corners(vertices: np.ndarray, radius: float) -> np.ndarray:
+    """Replace each 90-degree lattice corner by a quarter circle from edge midpoint to midpoint."""
+    prev, nxt = np.roll(vertices, 1, axis=0), np.roll(vertices, -1, axis=0)
+    din, dout = vertices - prev, nxt - vertices
+    corner = np.abs(din[:, 0] * dout[:, 1] - din[:, 1] * dout[:, 0]) > 0
+    arc = np.linspace(0.0, np.pi / 2, 33)  # ~1.6 stud chords: no kinks after resampling
+    out = []
+    for v, a, b in zip(vertices[corner], din[corner], dout[corner], strict=True):
+        a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+        p0 = v - a * radius
+        centre = p0 + b * radius  # the arc's centre is on the inside of the turn
+        # walk from p0 to v + b*radius around the centre
+        u0 = p0 - centre
+        turn = np.sign(a[0] * b[1] - a[1] * b[0])
+        c, s = np.cos(turn * arc), np.sin(turn * arc)
+        out.append(centre + np.stack([u0[0] * c - u0[1] * s, u0[0] * s + u0[1] * c], axis=1))
+    return np.concatenate(out)
+
+
+def _grid(rng: np.random.Generator) -> np.ndarray | None:
+    size = (int(rng.integers(5, 9)), int(rng.integers(4, 7)))
+    target = int(rng.integers(20, 37))
+    cells = _polyomino(rng, target, size)
+    vertices = _boundary_loop(cells) * GRID_CELL
+    pts = _round_corners(vertices, GRID_CELL / 2)
+    if not _TARGET_LENGTH[0] <= _cumulative(pts)[-1] <= _TARGET_LENGTH[1]:
+        return None
+    return pts - pts.mean(axis=0)
+
+
+_GENERATORS = {"polar": _polar, "hull": _hull, "grid": _grid}
+
+
+def _half_widths(rng: np.random.Generator, method: str, n: int) -> np.ndarray:
+    """Road half-width per point: constant on grid tiles, a smooth periodic wave otherwise."""
+    base = rng.uniform(12.5, 15.0)
+    if method == "grid":
+        return np.full(n, base)
+    u = np.arange(n) / n
+    wave = np.zeros(n)
+    for f in (1, 2, 3):
+        wave += rng.uniform(-1.0, 1.0) * np.sin(2 * np.pi * (f * u + rng.uniform()))
+    wave *= rng.uniform(0.0, 1.5) / max(np.max(np.abs(wave)), 1e-9)
+    return np.clip(base + wave, MIN_HALF_WIDTH, MAX_HALF_WIDTH)
+
+
+def _straightest_start(p: np.ndarray) -> int:
+    """Index whose preceding stretch (where the grid goes) turns the least: start on a straight."""
+    t = _tangents(p)
+    prev = np.roll(t, 1, axis=0)
+    turn = np.abs(np.arctan2(_cross(prev, t), np.sum(prev * t, axis=1)))
+    behind = int(math.ceil((GRID_FIRST + GRID_STEP * GRID_SLOTS) / SPACING)) + 2
+    window = np.ones(behind + 4)  # the grid plus a few points past the line
+    padded = np.concatenate([turn[-behind:], turn, turn[:4]])
+    cost = np.convolve(padded, window, mode="valid")[: len(p)]
+    return int(np.argmin(np.round(cost, 9)))  # rounding: ties break the same on every platform
+
+
+# ------------------------------------------------------------------------------ spec assembly
+
+
+def _grid_slots(p: np.ndarray, hw: np.ndarray) -> np.ndarray:
+    """Two staggered columns behind point 0; slot k alternates left / right of the centre."""
+    k = np.arange(GRID_SLOTS)
+    s = -(GRID_FIRST + GRID_STEP * k)
+    pos, tan, i = _point_at(p, s)
+    w = np.minimum(hw[i], hw[(i + 1) % len(hw)])
+    lateral = np.minimum(0.4 * w, w - SLOT_MARGIN - 1.0) * np.where(k % 2 == 0, 1.0, -1.0)
+    pos = pos + _left_normals(tan) * lateral[:, None]
+    return np.column_stack([pos, np.arctan2(tan[:, 1], tan[:, 0])])
+
+
+def _round(a: np.ndarray) -> list:
+    return np.round(np.asarray(a, dtype=np.float64), DECIMALS).tolist()
+
+
+def _assemble(p: np.ndarray, hw: np.ndarray, name: str, method: str, seed: int) -> dict:
+    p = np.round(p, DECIMALS)
+    hw = np.round(hw, DECIMALS)
+    return {
+        "version": VERSION,
+        "name": name,
+        "method": method,
+        "seed": int(seed),
+        "centerline": _round(p),
+        "half_width": _round(hw),
+        "grid": _round(_grid_slots(p, hw)),
+        "length": round(float(_cumulative(p)[-1]), DECIMALS),
+    }
+
+
+def from_centerline(points, half_width, *, name: str = "custom", method: str = "custom", seed: int = 0) -> dict:
+    """Build a spec from any closed polyline (e.g. a hand-made track); the start is at points[0].
+
+    ``points`` (M, 2) is resampled evenly to ~``SPACING`` studs; ``half_width`` is a number or one
+    value per input point (interpolated by arc length). The result is not validated: call
+    ``validate`` on it.
+    """
+    src = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    cum = _cumulative(src)
+    n = max(int(round(cum[-1] / SPACING)), 8)
+    p = _resample(src, n)
+    hw_src = np.broadcast_to(np.asarray(half_width, dtype=np.float64), (len(src),))
+    s = np.arange(n) * (cum[-1] / n)
+    hw = np.interp(s, cum, np.append(hw_src, hw_src[0]))
+    return _assemble(p, hw, name, method, seed)
+
+
+def _candidate(seed: int, method: str, attempt: int) -> dict | None:
+    rng = np.random.default_rng([seed, attempt])  # derived sub-seed per attempt
+    dense = _GENERATORS[method](rng)
+    if dense is None:
+        return None
+    if rng.uniform() < 0.5:
+        dense = dense[::-1]  # drive it the other way round: as many right turns as left ones
+    cum = _cumulative(dense)
+    p = _resample(dense, int(round(cum[-1] / SPACING)))
+    n = len(p)
+    hw = _half_widths(rng, method, n)
+    start = _straightest_start(p)
+    p, hw = np.roll(p, -start, axis=0), np.roll(hw, -start)
+    return _assemble(p, hw, f"{method}-{seed}", method, seed)
+
+
+def generate(seed: int, method: str | None = None) -> dict:
+    """A valid track spec for ``seed`` (int >= 0); ``method=None`` picks ``METHODS[seed % 3]``.
+
+    Candidates come from ``default_rng([seed, attempt])`` for attempt = 0, 1, ...; the first
+    one that passes ``validate`` is returned, so the result depends on the seed alone.
+    """
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if method is None:
+        method = METHODS[seed % len(METHODS)]
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    last: list[str] = ["generator gave up"]
+    for attempt in range(MAX_ATTEMPTS):
+        spec = _candidate(seed, method, attempt)
+        if spec is None:
+            continue
+        last = validate(spec)
+        if not last:
+            return spec
+    raise RuntimeError(f"no valid {method} track for seed {seed} in {MAX_ATTEMPTS} attempts: {last[:3]}")
+
+
+# --------------------------------------------------------------------------------- validation
+
+
+def _segment_crossings(a: np.ndarray, b: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """Pairs (i, j) of segments a[k]->b[k] that touch or cross, skipping pairs where skip says so.
+
+    Spatial hash with cells at least as large as any segment, so every segment covers at most
+    2x2 cells and only segments sharing a cell are compared: O(n) instead of O(n^2).
+    """
+    cell = max(float(np.max(np.linalg.norm(b - a, axis=1))), 1e-6)
+    lo = np.floor(np.minimum(a, b) / cell).astype(np.int64)
+    hi = np.floor(np.maximum(a, b) / cell).astype(np.int64)
+    origin = lo.min(axis=0)
+    lo, hi = lo - origin, hi - origin
+    stride = int(hi[:, 1].max()) + 2
+    keys, segs = [], []
+    idx = np.arange(len(a))
+    for dx in (0, 1):
+        for dy in (0, 1):
+            m = (lo[:, 0] + dx <= hi[:, 0]) & (lo[:, 1] + dy <= hi[:, 1])
+            keys.append((lo[m, 0] + dx) * stride + lo[m, 1] + dy)
+            segs.append(idx[m])
+    keys, segs = np.concatenate(keys), np.concatenate(segs)
+    order = np.argsort(keys, kind="stable")
+    keys, segs = keys[order], segs[order]
+    pairs = []
+    for k in range(1, len(keys)):
+        same = keys[k:] == keys[:-k]
+        if not same.any():
+            break  # sorted keys: no group is longer than k
+        pairs.append(np.stack([segs[:-k][same], segs[k:][same]], axis=1))
+    if not pairs:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.unique(np.sort(np.concatenate(pairs), axis=1), axis=0)
+    pairs = pairs[(pairs[:, 0] != pairs[:, 1]) & ~skip(pairs[:, 0], pairs[:, 1])]
+
+    def orient(p, q, r):
+        return np.sign((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
+
+    p1, q1, p2, q2 = a[pairs[:, 0]], b[pairs[:, 0]], a[pairs[:, 1]], b[pairs[:, 1]]
+    o1, o2, o3, o4 = orient(p1, q1, p2), orient(p1, q1, q2), orient(p2, q2, p1), orient(p2, q2, q1)
+    hit = (o1 * o2 <= 0) & (o3 * o4 <= 0) & ~((o1 == 0) & (o2 == 0))  # collinear: no real crossing
+    return pairs[hit]
+
+
+def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:
+    n = len(p)
+    left, right = _walls(p, hw)
+    a = np.concatenate([left, right])
+    b = np.concatenate([np.roll(left, -1, axis=0), np.roll(right, -1, axis=0)])
+
+    def neighbours(i, j):  # consecutive segments of one wall share an end point
+        same_wall = (i // n) == (j // n)
+        d = np.abs(i % n - j % n)
+        return same_wall & ((d == 1) | (d == n - 1))
+
+    out = []
+    for i, j in _segment_crossings(a, b, neighbours)[:5]:
+        what = {(0, 0): "left wall crosses itself", (1, 1): "right wall crosses itself"}.get(
+            (int(i // n), int(j // n)), "left and right walls cross"
+        )
+        x, y = p[i % n]
+        out.append(f"{what} near points {i % n} and {j % n} ({x:.1f}, {y:.1f})")
+    return out
+
+
+def _clearance_problems(p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[str]:
+    """Stretches of road far apart along the track must also be apart on the ground."""
+    s = cum[:-1]
+    length = cum[-1]
+    along = np.abs(s[:, None] - s[None, :])
+    along = np.minimum(along, length - along)
+    sq = np.sum(p * p, axis=1)
+    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * (p @ p.T), 0.0))  # matmul: fast
+    need = hw[:, None] + hw[None, :] + MIN_WALL_GAP
+    # beyond 2*pi*R_min along the track two points cannot belong to the same corner
+    bad = np.argwhere((along > 2 * np.pi * MIN_CORNER_RADIUS) & (dist < need))
+    if len(bad) == 0:
+        return []
+    i, j = bad[np.argmin(dist[bad[:, 0], bad[:, 1]] - need[bad[:, 0], bad[:, 1]])]
+    return [
+        f"road sections too close: points {i} and {j} are {dist[i, j]:.1f} studs apart, "
+        f"need {need[i, j]:.1f} (walls plus a {MIN_WALL_GAP} stud gap)"
+    ]
+
+
+def _grid_problems(spec: dict, p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[str]:
+    g = np.asarray(spec["grid"], dtype=np.float64)
+    if g.ndim != 2 or g.shape[1] != 3 or len(g) < 20:
+        return [f"grid must hold at least 20 [x, y, heading] slots, got shape {g.shape}"]
+    nxt = np.roll(p, -1, axis=0)
+    d = nxt - p
+    seg2 = np.maximum(np.sum(d * d, axis=1), 1e-12)
+    # project every slot on every segment: (slots, segments)
+    f = np.clip(np.einsum("sk,nk->sn", g[:, :2], d) - np.sum(p * d, axis=1), 0, seg2) / seg2
+    foot = p[None] + f[..., None] * d[None]
+    dist = np.linalg.norm(g[:, None, :2] - foot, axis=2)
+    k = np.argmin(dist, axis=1)
+    rows = np.arange(len(g))
+    w = hw[k] * (1 - f[rows, k]) + hw[(k + 1) % len(p)] * f[rows, k]
+    out = []
+    for i in np.flatnonzero(dist[rows, k] > w - SLOT_MARGIN)[:3]:
+        out.append(f"grid slot {i} is {w[i] - dist[i, k[i]]:.2f} studs from a wall (need {SLOT_MARGIN})")
+    tdir = d[k] / np.sqrt(seg2[k])[:, None]
+    facing = np.cos(g[:, 2]) * tdir[:, 0] + np.sin(g[:, 2]) * tdir[:, 1]
+    for i in np.flatnonzero(facing < np.cos(np.radians(30)))[:3]:
+        out.append(f"grid slot {i} does not face the track direction")
+    s = cum[k] + f[rows, k] * np.sqrt(seg2[k])
+    for i in np.flatnonzero(s < cum[-1] - 250.0)[:3]:
+        out.append(f"grid slot {i} is not just behind the start line (arc {s[i]:.1f} of {cum[-1]:.1f})")
+    gap = np.linalg.norm(g[:, None, :2] - g[None, :, :2], axis=2) + np.eye(len(g)) * 1e9
+    if gap.min() < 2 * CAR_RADIUS:
+        out.append(f"grid slots overlap ({gap.min():.2f} studs apart)")
+    return out
+
+
+def validate(spec: dict) -> list[str]:
+    """Human-readable problems of a track spec; an empty list means valid.
+
+    Checks: shape and finite numbers, ~SPACING point spacing, length within
+    [MIN_LENGTH, MAX_LENGTH] and matching the points, half-widths within bounds, every
+    centre-line corner radius >= MIN_CORNER_RADIUS, walls neither self-intersecting nor
+    crossing each other, distant road sections at least MIN_WALL_GAP apart, and >= 20 grid slots
+    inside the road (SLOT_MARGIN from the walls), facing the track, just behind the start line.
+    """
+    try:
+        p = np.asarray(spec["centerline"], dtype=np.float64)
+        hw = np.asarray(spec["half_width"], dtype=np.float64)
+        length = float(spec["length"])
+        np.asarray(spec["grid"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        return [f"malformed spec: {e!r}"]
+    problems = []
+    if spec.get("version") != VERSION:
+        problems.append(f"version must be {VERSION}, got {spec.get('version')!r}")
+    if p.ndim != 2 or p.shape[1] != 2 or len(p) < 8:
+        return problems + [f"centerline must be a list of >= 8 [x, y] points, got shape {p.shape}"]
+    if hw.shape != (len(p),):
+        return problems + [f"half_width needs one value per point ({len(p)}), got shape {hw.shape}"]
+    grid = np.asarray(spec["grid"], dtype=np.float64)
+    if not (np.isfinite(p).all() and np.isfinite(hw).all() and np.isfinite(grid).all() and math.isfinite(length)):
+        return problems + ["non-finite numbers in the spec"]
+    if len(p) > 2 * MAX_LENGTH / SPACING:
+        return problems + [f"{len(p)} centre-line points: far too many for a track of at most {MAX_LENGTH} studs"]
+    cum = _cumulative(p)
+    seg = np.diff(cum)
+    if seg.min() < 0.5 * SPACING or seg.max() > 1.5 * SPACING:
+        problems.append(f"point spacing {seg.min():.2f}..{seg.max():.2f} studs, expected about {SPACING}")
+    if abs(cum[-1] - length) > 0.01:
+        problems.append(f"length {length} does not match the centre line ({cum[-1]:.3f})")
+    if not MIN_LENGTH <= cum[-1] <= MAX_LENGTH:
+        problems.append(f"length {cum[-1]:.1f} outside [{MIN_LENGTH}, {MAX_LENGTH}]")
+    if hw.min() < MIN_HALF_WIDTH - 1e-9 or hw.max() > MAX_HALF_WIDTH + 1e-9:
+        problems.append(f"half_width {hw.min():.2f}..{hw.max():.2f} outside [{MIN_HALF_WIDTH}, {MAX_HALF_WIDTH}]")
+    radii = _corner_radii(p)
+    if radii.min() < MIN_CORNER_RADIUS:
+        i = int(np.argmin(radii))
+        problems.append(
+            f"corner too tight at point {i} ({p[i, 0]:.1f}, {p[i, 1]:.1f}): radius {radii[i]:.1f} < {MIN_CORNER_RADIUS}"
+        )
+    problems += _wall_problems(p, hw)
+    problems += _clearance_problems(p, hw, cum)
+    problems += _grid_problems(spec, p, hw, cum)
+    return problems
+
+
+# ------------------------------------------------------------------------------- files and CLI
+
+
+def save(spec: dict, path) -> None:
+    """Write a spec as compact JSON (byte-identical for identical specs)."""
+    Path(path).write_text(json.dumps(spec, separators=(",", ":")) + "\n")
+
+
+def load(path) -> dict:
+    """Read a spec written by ``save`` (or any JSON track spec)."""
+    return json.loads(Path(path).read_text())
+
+
+def draw(spec: dict, path, size: int = 800) -> None:
+    """Top-down PNG: road in grey, walls in black, start line red, grid slots blue (+y is up)."""
+    from PIL import Image, ImageDraw
+
+    p = centerline_array(spec)
+    left, right = walls(spec)
+    allpts = np.concatenate([left, right])
+    lo, hi = allpts.min(axis=0), allpts.max(axis=0)
+    scale = (size - 40) / max(float(np.max(hi - lo)), 1e-9)
+
+    def px(q):
+        q = np.atleast_2d(q)
+        return [(20 + (x - lo[0]) * scale, size - 20 - (y - lo[1]) * scale) for x, y in q]
+
+    img = Image.new("RGB", (size, size), (70, 130, 60))
+    d = ImageDraw.Draw(img)
+    for i in range(len(p)):  # road as quads between the walls
+        j = (i + 1) % len(p)
+        d.polygon(px(np.array([left[i], left[j], right[j], right[i]])), fill=(120, 120, 120))
+    d.line(px(np.vstack([left, left[:1]])), fill=(0, 0, 0), width=2)
+    d.line(px(np.vstack([right, right[:1]])), fill=(0, 0, 0), width=2)
+    d.line(px(np.array([left[0], right[0]])), fill=(220, 30, 30), width=3)
+    for x, y, h in spec["grid"]:
+        (cx, cy), r = px([x, y])[0], max(CAR_RADIUS * scale, 2)
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(40, 80, 220))
+        d.line([(cx, cy), (cx + 2 * r * math.cos(h), cy - 2 * r * math.sin(h))], fill=(255, 255, 255))
+    img.save(path)
+
+
+def _summary(spec: dict, ms: float) -> str:
+    hw = spec["half_width"]
+    r = float(np.min(_corner_radii(centerline_array(spec))))
+    return (
+        f"{spec['name']}: length {spec['length']:.1f} studs, {len(spec['centerline'])} points, "
+        f"half-width {min(hw):.1f}-{max(hw):.1f}, min corner radius {r:.1f}, "
+        f"{len(spec['grid'])} grid slots ({ms:.1f} ms)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rbxenv.tracks", description="Generate a race track spec.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", choices=METHODS, default=None, help="default: METHODS[seed %% 3]")
+    ap.add_argument("-o", "--output", help="write the JSON spec here")
+    ap.add_argument("--png", help="write a top-down picture here")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    spec = generate(args.seed, args.method)
+    ms = (time.perf_counter() - t0) * 1000
+    if args.output:
+        save(spec, args.output)
+    if args.png:
+        draw(spec, args.png)
+    print(_summary(spec, ms))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
