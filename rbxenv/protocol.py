@@ -309,7 +309,8 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
             raise ProtocolError(f"{aid}: missing field {err.args[0]!r}") from None
         infos.append(_check_info(entry.get("info"), f"{aid}.info"))
         ids.append(aid)
-    obs = np.array(rows, dtype=np.float32).reshape(n, obs_size)
+    with np.errstate(over="ignore"):  # overflow is reported just below, not as a RuntimeWarning
+        obs = np.array(rows, dtype=np.float32).reshape(n, obs_size)
     if not np.isfinite(obs).all():  # finite float64 can still overflow float32
         raise ProtocolError(f"{where}: observation values overflow 32-bit floats")
     return ObsBatch(tick, ids, obs, reward, terminated, truncated, infos)
