@@ -1,0 +1,71 @@
+"""In-process simulator speed: agent-steps per second with random actions.
+
+    python bench/sim_speed.py [--steps 2000] [--profile]
+
+Ended cars are restarted with ``Sim.reset_indices`` (the trainer's auto-reset), so every step
+moves every car. Runs 5 venvs x 5 cars (the target: >= 50,000 agent-steps/s on 2 cores) and
+20 venvs x 5 cars, each venv on its own generated track, collisions off and on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from rbxenv import tracks
+from rbxenv.sim import Sim
+
+
+def make_sim(num_venvs: int, cars: int, collisions: bool, seed: int = 0) -> Sim:
+    sim = Sim(seed=seed)
+    for v in range(num_venvs):
+        envid = f"v{v}"
+        track = tracks.generate(seed + v, tracks.METHODS[v % len(tracks.METHODS)])
+        sim.spawn(envid, [f"car_{i}_env_{envid}" for i in range(cars)], track=track, start="random", seed=v)
+    sim.set_collisions(collisions)
+    return sim
+
+
+def run(sim: Sim, steps: int, seed: int = 0) -> float:
+    """Agent-steps per second over ``steps`` decision steps (after a short warm-up)."""
+    rng = np.random.default_rng(seed)
+    n = len(sim.agent_ids)
+    # biased towards driving forward so that episodes last a while, as a learning policy's would
+    actions = rng.uniform(-1, 1, size=(steps + 50, n, 3)) + np.array([0.6, 0.0, 0.0])
+    for t in range(50):
+        sim.step(actions[t])
+    start = time.perf_counter()
+    for t in range(50, steps + 50):
+        res = sim.step(actions[t])
+        ended = np.flatnonzero(res.terminated | res.truncated)
+        if len(ended):
+            sim.reset_indices(ended)
+    return steps * n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true", help="profile 5x5 with pyinstrument")
+    args = parser.parse_args()
+    if args.profile:
+        from pyinstrument import Profiler
+
+        sim = make_sim(5, 5, collisions=True)
+        with Profiler() as prof:
+            run(sim, args.steps)
+        print(prof.output_text(unicode=False, color=False, show_all=False))
+        return
+    for venvs, cars in ((5, 5), (20, 5)):
+        for collisions in (False, True):
+            sim = make_sim(venvs, cars, collisions)
+            rate = run(sim, args.steps)
+            print(
+                f"{venvs:3d} venvs x {cars} cars, collisions {'on ' if collisions else 'off'}: {rate:10,.0f} agent-steps/s"
+            )
+
+
+if __name__ == "__main__":
+    main()

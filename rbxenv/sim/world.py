@@ -1,0 +1,579 @@
+"""The in-process headless racing simulator: venvs, cars and one vectorised ``step``.
+
+Every car of every venv lives in flat numpy arrays (index = position in ``agent_ids``) with the
+index of its venv. The tracks of all venvs are packed into two tables (centre-line segments and
+wall segments), each venv's block padded with wrapped copies so that a window of segments around
+any index is a plain slice: ``base[car] + hint[car] + arange(-K, K + 1)``. The hot path (``step``)
+is a fixed number of numpy calls per physics substep whatever the number of cars or venvs.
+Structural changes (spawn, remove, close) rebuild these tables; they are rare.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rbxenv.sim import rules
+from rbxenv.sim.raycast import cast_circles, cast_segments, ray_window, wall_table
+from rbxenv.sim.rules import SimConfig
+
+PROJECT_WINDOW = 3  # segments searched either side of the last index each substep
+# A car moves at most nitro_max_speed / 60 Hz = 1.5 studs per substep, well under one ~4-stud
+# segment, so the nearest segment is always within ±1 of the previous one; 3 leaves room for
+# short segments.
+
+_CAR_INDEX = re.compile(r"^car_(\d+)_env_")
+
+
+@dataclass
+class StepResult:
+    """Arrays over all cars, in ``Sim.agent_ids`` order."""
+
+    obs: np.ndarray  # (n, obs_size) float32
+    reward: np.ndarray  # (n,) float32
+    terminated: np.ndarray  # (n,) bool
+    truncated: np.ndarray  # (n,) bool
+    live: np.ndarray  # (n,) bool: the car was live at the start of this step
+    progress: np.ndarray  # (n,) fraction of the current lap driven
+    lap: np.ndarray  # (n,) laps completed in this episode
+    lap_time: np.ndarray  # (n,) seconds of the last completed lap, nan = none yet
+    speed: np.ndarray  # (n,) studs/s
+    collided: np.ndarray  # (n,) bool: touched another car during this step
+    cause: np.ndarray  # (n,) object: "wall" | "stuck" | "wrong_way" | "time_limit" | None
+
+    def info(self, i: int) -> dict:
+        """PROTOCOL §3.3 info dict of car ``i``."""
+        lap_time = float(self.lap_time[i])
+        return {
+            "progress": float(self.progress[i]),
+            "lap": int(self.lap[i]),
+            "lap_time": None if np.isnan(lap_time) else lap_time,
+            "speed": float(self.speed[i]),
+            "collided": bool(self.collided[i]),
+            "cause": self.cause[i],
+        }
+
+
+def default_walls(centerline: np.ndarray, half_width: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right walls: each centre-line point moved by ±half_width along its normal (the
+    normal of the central-difference tangent; left = counter-clockwise of the track direction)."""
+    t = np.roll(centerline, -1, axis=0) - np.roll(centerline, 1, axis=0)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    normal = np.column_stack([-t[:, 1], t[:, 0]])
+    return centerline + normal * half_width[:, None], centerline - normal * half_width[:, None]
+
+
+@dataclass
+class Track:
+    """Geometry of one venv's track (read-only for users)."""
+
+    spec: dict
+    centerline: np.ndarray  # (M, 2)
+    half_width: np.ndarray  # (M,)
+    left: np.ndarray  # (M, 2) wall points
+    right: np.ndarray  # (M, 2)
+    segments: np.ndarray  # (M, 9) rules.segment_table
+    walls: np.ndarray  # (M, 2, 4) raycast.wall_table
+    length: float
+    ray_window: int
+
+    @classmethod
+    def from_spec(cls, spec: dict, cfg: SimConfig) -> Track:
+        c = np.asarray(spec["centerline"], dtype=np.float64)
+        w = np.asarray(spec["half_width"], dtype=np.float64)
+        left, right = _walls(spec, c, w)
+        seg = rules.segment_table(c, w)
+        return cls(
+            spec=spec,
+            centerline=c,
+            half_width=w,
+            left=left,
+            right=right,
+            segments=seg,
+            walls=wall_table(left, right),
+            length=float(seg[:, 5].sum()),
+            ray_window=ray_window(left, right, cfg.ray_length),
+        )
+
+    def point_at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(segment index, point (k, 2), unit tangent (k, 2)) at arc lengths s (wrapped)."""
+        s = np.mod(s, self.length)
+        k = np.clip(np.searchsorted(self.segments[:, 6], s, side="right") - 1, 0, len(self.segments) - 1)
+        seg = self.segments[k]
+        t = (s - seg[:, 6]) / seg[:, 5]
+        point = seg[:, :2] + t[:, None] * seg[:, 2:4]
+        return k, point, seg[:, 2:4] / seg[:, 5:6]
+
+
+def _walls(spec: dict, c: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The walls Roblox builds: ``rbxenv.tracks.walls`` when available, else ``default_walls``."""
+    try:
+        from rbxenv import tracks
+
+        left, right = (np.asarray(a, dtype=np.float64) for a in tracks.walls(spec))
+        if left.shape == c.shape and right.shape == c.shape:
+            return left, right
+    except (ImportError, AttributeError):
+        pass
+    return default_walls(c, w)
+
+
+@dataclass
+class Venv:
+    envid: str
+    track: Track
+    rng: np.random.Generator
+    base: int = 0  # index of segment 0 of this venv in the packed tables
+    grid: list = field(default_factory=list)  # cached grid poses (x, y, heading)
+
+
+_CAR_FIELDS = (
+    "venv pos heading speed fuel hint s base length net laps lap_start lap_time steps slow back "
+    "live collided cause slot random_start spawn_pose spawn_hint"
+).split()
+
+
+class Sim:
+    """Headless racing simulator; see the ``rbxenv.sim`` package docstring for the rules."""
+
+    def __init__(self, config: SimConfig | None = None, seed: int = 0):
+        self.config = config or SimConfig()
+        self.rng = np.random.default_rng(seed)
+        self._angles = rules.ray_angles(self.config.num_rays)
+        self._venvs: dict[str, Venv] = {}
+        self._ids: list[str] = []
+        self._index: dict[str, int] = {}
+        self._car_env: dict[str, str] = {}  # agent id -> envid
+        self.collisions = False
+        self.frozen = False
+        self._alloc(0)
+        self._repack()
+
+    # ------------------------------------------------------------------ car storage
+
+    def _alloc(self, n: int) -> None:
+        self.venv = np.zeros(n, np.int64)  # index into list(self._venvs)
+        self.pos = np.zeros((n, 2))
+        self.heading = np.zeros(n)
+        self.speed = np.zeros(n)
+        self.fuel = np.ones(n)
+        self.hint = np.zeros(n, np.int64)  # centre-line segment index (within the venv's track)
+        self.s = np.zeros(n)  # arc length of the projection
+        self.base = np.zeros(n, np.int64)  # the venv's base in the packed tables
+        self.length = np.ones(n)  # the venv's track length
+        self.net = np.zeros(n)  # net progress since spawn / reset
+        self.laps = np.zeros(n, np.int64)
+        self.lap_start = np.zeros(n, np.int64)  # step count when the current lap started
+        self.lap_time = np.full(n, np.nan)
+        self.steps = np.zeros(n, np.int64)
+        self.slow = np.zeros(n, np.int64)  # consecutive slow steps
+        self.back = np.zeros(n, np.int64)  # consecutive wrong-way steps
+        self.live = np.zeros(n, bool)
+        self.collided = np.zeros(n, bool)
+        self.cause = np.full(n, None, dtype=object)
+        self.slot = np.zeros(n, np.int64)  # grid slot
+        self.random_start = np.zeros(n, bool)
+        self.spawn_pose = np.zeros((n, 3))  # grid pose (x, y, heading)
+        self.spawn_hint = np.zeros(n, np.int64)
+
+    def _append_cars(self, k: int) -> None:
+        old = {name: getattr(self, name) for name in _CAR_FIELDS}
+        self._alloc(k)
+        for name, arr in old.items():
+            setattr(self, name, np.concatenate([arr, getattr(self, name)]))
+
+    def _delete_cars(self, idx: np.ndarray) -> None:
+        for name in _CAR_FIELDS:
+            setattr(self, name, np.delete(getattr(self, name), idx, axis=0))
+        gone = set(int(i) for i in idx)
+        self._ids = [a for i, a in enumerate(self._ids) if i not in gone]
+        self._index = {a: i for i, a in enumerate(self._ids)}
+
+    def _repack(self) -> None:
+        """Rebuild the packed track tables and the per-venv neighbour table of every car."""
+        venvs = list(self._venvs.values())
+        self._ray_k = max([v.track.ray_window for v in venvs], default=1)
+        pad = max(self._ray_k, PROJECT_WINDOW)
+        segs, walls, base = [np.zeros((0, 9))], [np.zeros((0, 2, 4))], 0
+        for v in venvs:
+            m = len(v.track.segments)
+            wrap = np.arange(-pad, m + pad) % m
+            segs.append(v.track.segments[wrap])
+            walls.append(v.track.walls[wrap])
+            v.base = base + pad
+            base += m + 2 * pad
+        self._seg_pack = np.concatenate(segs)
+        self._wall_pack = np.concatenate(walls)
+        self._proj_offsets = np.arange(-PROJECT_WINDOW, PROJECT_WINDOW + 1)
+        self._ray_offsets = np.arange(-self._ray_k, self._ray_k + 1)
+
+        order = {v.envid: i for i, v in enumerate(venvs)}
+        n = len(self._ids)
+        self.venv = np.array([order[self._car_env[a]] for a in self._ids], np.int64) if n else self.venv
+        self.base = np.array([venvs[v].base for v in self.venv], np.int64)
+        self.length = np.array([venvs[v].track.length for v in self.venv])
+        # others[c]: the other cars of c's venv, padded with c itself (masked by others_valid)
+        members = [np.flatnonzero(self.venv == i) for i in range(len(venvs))]
+        width = max([len(m) for m in members], default=1)
+        self._others = np.tile(np.arange(n)[:, None], (1, max(width - 1, 1)))
+        for m in members:
+            for j, c in enumerate(m):
+                mates = np.delete(m, j)
+                self._others[c, : len(mates)] = mates
+        self._others_valid = self._others != np.arange(n)[:, None]
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def envids(self) -> list[str]:
+        return list(self._venvs)
+
+    def index_of(self, agent_id: str) -> int:
+        return self._index[agent_id]
+
+    def track(self, envid: str) -> Track:
+        return self._venvs[envid].track
+
+    def venv_of(self, agent_id: str) -> str:
+        return self._car_env[agent_id]
+
+    def spawn(
+        self,
+        envid: str,
+        agent_ids: list[str],
+        track: dict | None = None,
+        start: str = "grid",
+        seed: int | None = None,
+    ) -> None:
+        """Create the venv if new, then (re)spawn these cars at their start (PROTOCOL SPAWN_AGENTS)."""
+        if start not in ("grid", "random"):
+            raise ValueError(f"start must be 'grid' or 'random', got {start!r}")
+        venv = self._venvs.get(envid)
+        new_track = venv is None or (track is not None and not _same_track(track, venv.track.spec))
+        if venv is None:
+            if track is None:
+                from rbxenv import tracks
+
+                track = tracks.generate(int(self.rng.integers(2**31)))
+            rng_seed = seed if seed is not None else int(self.rng.integers(2**63))
+            venv = self._venvs[envid] = Venv(
+                envid, Track.from_spec(track, self.config), np.random.default_rng(rng_seed)
+            )
+        else:
+            if new_track:
+                venv.track = Track.from_spec(track, self.config)
+                venv.grid = []
+            if seed is not None:
+                venv.rng = np.random.default_rng(seed)
+        # cars of another venv with the same id move here
+        moved = [a for a in agent_ids if a in self._index and self._car_env[a] != envid]
+        if moved:
+            self.remove_agents(moved)
+        fresh = [a for a in dict.fromkeys(agent_ids) if a not in self._index]
+        if fresh:
+            first = len(self._ids)
+            self._append_cars(len(fresh))
+            taken = {int(self.slot[i]) for i, a in enumerate(self._ids) if self._car_env[a] == envid}
+            for j, a in enumerate(fresh):
+                self._ids.append(a)
+                self._index[a] = first + j
+                self._car_env[a] = envid
+                match = _CAR_INDEX.match(a)
+                slot = int(match.group(1)) if match else min(set(range(len(taken) + 1)) - taken)
+                taken.add(slot)
+                self.slot[first + j] = slot
+        if fresh or new_track:
+            self._repack()
+        idx = np.array([self._index[a] for a in agent_ids], np.int64)
+        self.random_start[idx] = start == "random"
+        self._set_spawn_poses(venv, idx)
+        if new_track:  # the venv's other cars were placed on the old track
+            others = np.flatnonzero(self.venv == list(self._venvs).index(envid))
+            self._set_spawn_poses(venv, others)
+            idx = others
+        self.reset_indices(idx)
+
+    def reset_agents(self, agent_ids: list[str]) -> None:
+        self.reset_indices(np.array([self._index[a] for a in agent_ids], np.int64))
+
+    def remove_agents(self, agent_ids: list[str]) -> None:
+        idx = np.array([self._index[a] for a in agent_ids if a in self._index], np.int64)
+        for a in agent_ids:
+            self._car_env.pop(a, None)
+        if len(idx):
+            self._delete_cars(idx)
+            self._repack()
+
+    def close_venv(self, envid: str) -> None:
+        if envid not in self._venvs:
+            return
+        self.remove_agents([a for a in self._ids if self._car_env[a] == envid])
+        del self._venvs[envid]
+        self._repack()
+
+    def close_all(self) -> None:
+        for envid in list(self._venvs):
+            self.close_venv(envid)
+
+    def set_collisions(self, on: bool) -> None:
+        self.collisions = bool(on)
+
+    def freeze(self, on: bool) -> None:
+        self.frozen = bool(on)
+
+    # ------------------------------------------------------------------ starts
+
+    def _grid_pose(self, venv: Venv, slot: int) -> np.ndarray:
+        """Grid slot pose (x, y, heading): the spec's slots, then more rows further back."""
+        grid = venv.grid or [np.asarray(g, dtype=np.float64) for g in venv.track.spec.get("grid", [])]
+        venv.grid = grid
+        while len(grid) <= slot:
+            tr = venv.track
+            if grid:
+                _, s, _, _ = rules.project(
+                    grid[-1][None, :2], tr.centerline, tr.half_width, np.zeros(1, np.int64), len(tr.centerline)
+                )
+                s = s[0]
+            else:
+                s = 0.0
+            i = len(grid)
+            _, p, t = tr.point_at(np.array([s - 8.0]))
+            side = 1.0 if i % 2 == 0 else -1.0
+            k = np.searchsorted(tr.segments[:, 6], np.mod(s - 8.0, tr.length), side="right") - 1
+            lateral = side * 0.4 * tr.half_width[k % len(tr.half_width)]
+            xy = p[0] + lateral * np.array([-t[0, 1], t[0, 0]])
+            grid.append(np.array([xy[0], xy[1], np.arctan2(t[0, 1], t[0, 0])]))
+        return grid[slot]
+
+    def _set_spawn_poses(self, venv: Venv, idx: np.ndarray) -> None:
+        tr = venv.track
+        for i in idx:
+            self.spawn_pose[i] = self._grid_pose(venv, int(self.slot[i]))
+        if len(idx):
+            m = len(tr.segments)
+            k, *_ = rules.project(
+                self.spawn_pose[idx, :2], tr.centerline, tr.half_width, np.zeros(len(idx), np.int64), m
+            )
+            self.spawn_hint[idx] = k
+
+    def reset_indices(self, idx: np.ndarray) -> None:
+        """Restart the episodes of cars ``idx`` at their start (grid slot or seeded random point)."""
+        idx = np.asarray(idx, np.int64)
+        if len(idx) == 0:
+            return
+        self.pos[idx] = self.spawn_pose[idx, :2]
+        self.heading[idx] = self.spawn_pose[idx, 2]
+        self.hint[idx] = self.spawn_hint[idx]
+        rand = idx[self.random_start[idx]]
+        if len(rand):
+            venvs = list(self._venvs.values())
+            for v in np.unique(self.venv[rand]):  # one draw per venv keeps venvs independent
+                cars = rand[self.venv[rand] == v]
+                tr = venvs[v].track
+                k, p, t = tr.point_at(venvs[v].rng.random(len(cars)) * tr.length)
+                self.pos[cars] = p
+                self.heading[cars] = np.arctan2(t[:, 1], t[:, 0])
+                self.hint[cars] = k
+        seg = self._seg_pack[self.base[idx, None] + self.hint[idx, None] + self._proj_offsets]
+        k, _, s, _, _ = rules.project_window(self.pos[idx], seg)
+        self.hint[idx] = (self.hint[idx] + k - PROJECT_WINDOW) % self._seg_count(idx)
+        self.s[idx] = s
+        self.speed[idx] = 0.0
+        self.fuel[idx] = 1.0
+        self.net[idx] = 0.0
+        self.laps[idx] = 0
+        self.lap_start[idx] = 0
+        self.lap_time[idx] = np.nan
+        self.steps[idx] = 0
+        self.slow[idx] = 0
+        self.back[idx] = 0
+        self.live[idx] = True
+        self.collided[idx] = False
+        self.cause[idx] = None
+
+    def teleport(self, agent_id: str, x: float, y: float, heading: float, speed: float = 0.0) -> None:
+        """Move a car (tests, demos); its progress bookkeeping restarts from the new point."""
+        i = self._index[agent_id]
+        tr = self._venvs[self._car_env[agent_id]].track
+        k, s, _, _ = rules.project(
+            np.array([[x, y]]), tr.centerline, tr.half_width, np.zeros(1, np.int64), len(tr.segments)
+        )
+        self.pos[i] = x, y
+        self.heading[i] = heading
+        self.speed[i] = speed
+        self.hint[i] = k[0]
+        self.s[i] = s[0]
+
+    def _seg_count(self, idx=slice(None)) -> np.ndarray:
+        counts = np.array([len(v.track.segments) for v in self._venvs.values()], np.int64)
+        return counts[self.venv[idx]]
+
+    # ------------------------------------------------------------------ observation
+
+    def _rays(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Ray distances (n, num_rays) for cars idx: windowed walls, plus cars when collisions on."""
+        pos = self.pos[idx]
+        if len(pos) == 0:
+            return np.zeros((0, self.config.num_rays))
+        ang = self.heading[idx, None] - self._angles  # right-positive angles turn clockwise
+        dirs = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
+        walls = self._wall_pack[self.base[idx, None] + self.hint[idx, None] + self._ray_offsets]
+        dist = cast_segments(pos, dirs, walls.reshape(len(pos), -1, 4))
+        if self.collisions and self._others.shape[1] and len(pos):
+            others = self._others[idx]
+            valid = self._others_valid[idx] & self.live[others]
+            if valid.any():
+                hit = cast_circles(pos, dirs, self.pos[others], valid, self.config.car_radius)
+                dist = np.minimum(dist, hit)
+        return dist
+
+    def _tangent(self, idx=slice(None)) -> np.ndarray:
+        seg = self._seg_pack[self.base[idx] + self.hint[idx]]
+        return seg[:, 2:4] / seg[:, 5:6]
+
+    def _observe(self, idx=slice(None)) -> np.ndarray:
+        reverse = rules.is_reverse(self.heading[idx], self._tangent(idx))
+        return rules.observation(self._rays(idx), self.fuel[idx], self.speed[idx], reverse, self.config)
+
+    def observe(self, agent_ids: list[str] | None = None) -> np.ndarray:
+        """Current observations (n, obs_size) float32 of these cars (default: all, in order)."""
+        if agent_ids is None:
+            return self._observe()
+        return self._observe(np.array([self._index[a] for a in agent_ids], np.int64))
+
+    # ------------------------------------------------------------------ step
+
+    def _contacts(self, active: np.ndarray) -> np.ndarray:
+        """Push overlapping cars of the same venv apart (half each) and damp their speed."""
+        r2 = 2.0 * self.config.car_radius
+        o = self._others
+        rel = self.pos[o] - self.pos[:, None, :]  # (n, C, 2) towards the other car
+        d2 = rel[..., 0] ** 2 + rel[..., 1] ** 2
+        hit = self._others_valid & active[:, None] & active[o] & (d2 < r2 * r2)
+        contact = hit.any(axis=1)
+        if not contact.any():
+            return contact
+        d = np.sqrt(d2)
+        # coincident cars separate along ±x, by index order, so the push is symmetric
+        tie = np.sign(o - np.arange(len(o))[:, None]).astype(np.float64)
+        nx = np.where(d > 1e-9, rel[..., 0] / np.maximum(d, 1e-9), tie)
+        ny = np.where(d > 1e-9, rel[..., 1] / np.maximum(d, 1e-9), 0.0)
+        depth = np.where(hit, r2 - d, 0.0) * 0.5
+        self.pos[:, 0] -= (depth * nx).sum(axis=1)
+        self.pos[:, 1] -= (depth * ny).sum(axis=1)
+        self.speed[contact] *= self.config.contact_speed_factor
+        return contact
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Advance every live car one decision step (``substeps`` physics steps) and score it."""
+        cfg = self.config
+        n = len(self._ids)
+        live = self.live.copy()
+        if self.frozen:
+            return self._result(self._observe(), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
+        act = np.asarray(actions, dtype=np.float64).reshape(n, 3)
+        act = np.where(live[:, None], np.nan_to_num(act), 0.0)  # parked cars get no input
+        speed_parked = self.speed.copy()
+        fuel_before = self.fuel
+        self.speed = np.where(live, self.speed, 0.0)  # ... and do not move
+        s_before = self.s
+        crashed = np.zeros(n, bool)
+        collided = np.zeros(n, bool)
+        seg_count = self._seg_count()
+        dt = cfg.dt
+        for _ in range(cfg.substeps):
+            self.speed, self.heading, self.pos, self.fuel = rules.car_physics_step(
+                self.speed, self.heading, self.pos, self.fuel, act, cfg, dt
+            )
+            if self.collisions:
+                collided |= self._contacts(live & ~crashed)
+            seg = self._seg_pack[self.base[:, None] + self.hint[:, None] + self._proj_offsets]
+            k, _, self.s, lateral, half_width = rules.project_window(self.pos, seg)
+            self.hint = (self.hint + k - PROJECT_WINDOW) % seg_count
+            crash_now = rules.is_crash(lateral, half_width, cfg) & live
+            if crash_now.any():  # a crashed car stops where it hit the wall
+                crashed |= crash_now
+                self.speed[crashed] = 0.0
+                act[crashed] = 0.0
+
+        progress = np.where(live, rules.progress_delta(s_before, self.s, self.length), 0.0)
+        self.net += progress
+        self.steps += live
+        laps = rules.laps_completed(self.net, self.length)
+        gained = np.maximum(laps - self.laps, 0)
+        lapped = gained > 0
+        if lapped.any():
+            self.lap_time = np.where(lapped, (self.steps - self.lap_start) / cfg.tick_hz, self.lap_time)
+            self.lap_start = np.where(lapped, self.steps, self.lap_start)
+            self.laps = self.laps + gained
+        reverse = rules.is_reverse(self.heading, self._tangent())
+        slow, back, stuck, wrong_way = rules.update_counters(self.slow, self.back, self.speed, reverse, cfg)
+        self.slow = np.where(live, slow, self.slow)
+        self.back = np.where(live, back, self.back)
+        stuck &= live
+        wrong_way &= live
+        terminated = crashed | stuck | wrong_way
+        truncated = live & ~terminated & (self.steps >= cfg.max_steps)
+        reward = rules.step_reward(progress, gained, collided, crashed, stuck, wrong_way, cfg)
+        obs = rules.observation(self._rays(), self.fuel, self.speed, reverse, cfg)
+
+        self.fuel = np.where(live, self.fuel, fuel_before)
+        self.speed = np.where(live, self.speed, speed_parked)
+        self.heading = np.mod(self.heading + np.pi, 2.0 * np.pi) - np.pi
+        self.collided = collided
+        ended = terminated | truncated
+        if ended.any():
+            self.cause = np.where(ended, rules.end_cause(crashed, stuck, wrong_way, truncated), self.cause)
+            self.live = live & ~ended
+        return self._result(obs, reward, terminated, truncated, live)
+
+    def _result(self, obs, reward, terminated, truncated, live) -> StepResult:
+        return StepResult(
+            obs=obs,
+            reward=reward.astype(np.float32),
+            terminated=terminated,
+            truncated=truncated,
+            live=live,
+            progress=np.clip(self.net / self.length - self.laps, 0.0, 1.0),
+            lap=self.laps.copy(),
+            lap_time=self.lap_time.copy(),
+            speed=self.speed.copy(),
+            collided=self.collided & live,
+            cause=np.where(terminated | truncated, self.cause, None),
+        )
+
+    # ------------------------------------------------------------------ state for drivers and renderers
+
+    @property
+    def state(self) -> SimState:
+        return SimState(self)
+
+
+class SimState:
+    """Read-only view of the sim for the reference driver and the renderer."""
+
+    def __init__(self, sim: Sim):
+        self.agent_ids = sim.agent_ids
+        self.envids = sim.envids
+        self.venv = sim.venv  # (n,) index into envids
+        self.pos = sim.pos
+        self.heading = sim.heading
+        self.speed = sim.speed
+        self.fuel = sim.fuel
+        self.s = sim.s  # arc length of the projection on the centre line
+        self.hint = sim.hint  # centre-line segment index
+        self.live = sim.live
+        self.tracks = [sim.track(e) for e in self.envids]
+        self.car_radius = sim.config.car_radius
+
+
+def _same_track(a: dict, b: dict) -> bool:
+    if a is b:
+        return True
+    return a.get("name") == b.get("name") and np.array_equal(np.asarray(a["centerline"]), np.asarray(b["centerline"]))
