@@ -107,14 +107,18 @@ class DataBridge:
         self.lost: str | None = None  # why the game is gone, when it is
         self.stats: Counter[str] = Counter()
 
-    def track(self, agent_ids: Iterable[str], tick: int) -> None:
-        """Make agents known and wait for an answer to the command sent with ``tick``."""
+    def track(self, agent_ids: Iterable[str], tick: int, restart: bool = False) -> None:
+        """Make agents known and wait for an answer to the command sent with ``tick``.
+
+        ``restart`` (spawn, reset): whatever was pending belongs to the episode that just ended.
+        """
         with self.cond:
             for aid in agent_ids:
                 slot = self.slots.get(aid)
-                if slot is None:
+                if slot is None or restart:
                     slot = self.slots[aid] = _Slot()
-                slot.fresh = False
+                # An ending already received stays deliverable: a parked car sends nothing more.
+                slot.fresh = slot.terminated or slot.truncated
                 slot.expected_tick = tick
 
     def forget(self, agent_ids: Iterable[str]) -> None:
@@ -481,7 +485,7 @@ class TrainingBridge:
         protocol.check_envid(env_id)
         agents = list(agents)
         tick = self._next_tick()
-        self.data.track(agents, tick)
+        self.data.track(agents, tick, restart=True)
         game = self.game or SEED_GAME
         data: object = agents
         if game.has("track_spec") or game.has("random_start"):
@@ -496,7 +500,7 @@ class TrainingBridge:
         """Respawn agents (their episodes restart); the game answers with their observations."""
         agents = list(agents)
         tick = self._next_tick()
-        self.data.track(agents, tick)
+        self.data.track(agents, tick, restart=True)
         self._send(protocol.encode_command("RESET_AGENTS", env_id, agents, tick if self._ticked() else None))
 
     def remove_agents(self, env_id: str, agents: Sequence[str]) -> None:

@@ -225,7 +225,10 @@ class RacingVectorEnv(VectorEnv):
     def step(self, actions: np.ndarray):
         if self._freezer is not None:
             self._freezer.stepping()
-        actions = np.clip(np.asarray(actions, dtype=np.float32), -1.0, 1.0)
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.shape != self.action_space.shape:
+            raise ValueError(f"actions must have shape {self.action_space.shape} (cars, controls), got {actions.shape}")
+        actions = np.clip(actions, -1.0, 1.0)
         got = self.session.step(self.session.agent_ids, actions)
         self._steps += 1
         self._stack[:, :-1] = self._stack[:, 1:]

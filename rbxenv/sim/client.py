@@ -53,7 +53,7 @@ class SimGame:
         self.ticked = False
         self.tick = 0  # tick of the latest command applied
         self.actions: dict[str, np.ndarray] = {}  # latest action per car (held in real time)
-        self.waiting_venvs: set[str] = set()  # lockstep with per-venv ACTIONs: venvs not yet acted
+        self.acted_venvs: set[str] = set()  # lockstep with per-venv ACTIONs: venvs acted since the last step
         self.stats = {"steps": 0, "bad_commands": 0}
 
     # ------------------------------------------------------------------ commands
@@ -113,9 +113,10 @@ class SimGame:
             self._set_actions(cmd.data)
             if self.realtime:
                 return []
-            # Lockstep with a seed trainer: step once every venv with cars has its actions.
-            self.waiting_venvs.discard(cmd.envid)
-            if self.waiting_venvs:
+            # Lockstep with a seed trainer: step once every venv with live cars has its actions.
+            self.acted_venvs.add(cmd.envid)
+            envids = sim.envids
+            if not {envids[v] for v in np.unique(sim.venv[sim.live])} <= self.acted_venvs:
                 return []
             return self.step()
         raise ProtocolError(f"unhandled command {name}", "unknown_command")
@@ -150,8 +151,7 @@ class SimGame:
         actions = np.stack([self.actions[aid] for aid in ids])
         result = sim.step(actions)
         self.stats["steps"] += 1
-        envids = sim.envids
-        self.waiting_venvs = {envids[v] for v in np.unique(sim.venv[sim.live])}
+        self.acted_venvs.clear()
         live = np.flatnonzero(result.live)
         if live.size == 0:
             return []
