@@ -12,6 +12,7 @@ import pytest
 from rbxenv import tracks
 from rbxenv.sim import Sim, SimConfig, rules
 from rbxenv.sim.raycast import cast_segments
+from rbxenv.sim.reference import PurePursuitDriver, drive_laps, reference_lap_time
 
 CFG = SimConfig()
 VECTORS = Path(__file__).parent / "vectors" / "rules.json"
@@ -302,3 +303,34 @@ def test_rules_reproduce_the_shared_vectors():
                 else:
                     np.testing.assert_allclose(np.asarray(got["expected"][key], dtype=float), np.asarray(want, dtype=float),
                                                rtol=1e-7, atol=1e-7, err_msg=msg)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- reference driver
+
+
+def test_reference_driver_laps_every_method_without_crashing():
+    specs = [tracks.generate(seed, method) for method in tracks.METHODS for seed in range(10)]
+    times = drive_laps(specs)
+    assert np.isfinite(times).all(), (
+        f"failed laps: {[s['name'] for s, t in zip(specs, times, strict=True) if not np.isfinite(t)]}"
+    )
+    speeds = np.array([s["length"] for s in specs]) / times
+    assert (speeds > 0.6 * CFG.max_speed).all() and (speeds < CFG.nitro_max_speed).all()
+
+
+def test_laps_lap_time_and_progress_info():
+    sim = Sim(seed=0)
+    sim.spawn("e", ["car_0_env_e"], track=oval(a=120.0, b=90.0, half_width=14.0))
+    driver = PurePursuitDriver(sim)
+    laps = []
+    for _ in range(400):
+        res = sim.step(driver.act())
+        assert res.live[0] and not (res.terminated[0] or res.truncated[0])
+        if res.lap[0] > (laps[-1][0] if laps else 0):
+            laps.append((int(res.lap[0]), float(res.lap_time[0]), float(res.reward[0])))
+    assert [lap for lap, _, _ in laps[:2]] == [1, 2]
+    assert laps[0][2] > CFG.lap_reward  # the lap bonus on top of progress
+    length = sim.track("e").length
+    assert all(length / CFG.nitro_max_speed < t < length / 20 for _, t, _ in laps)
+    assert reference_lap_time(sim.track("e").spec) == pytest.approx(laps[0][1])
+    assert 0.0 <= res.progress[0] <= 1.0 and res.info(0)["lap"] == res.lap[0]
