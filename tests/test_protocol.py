@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -948,3 +949,57 @@ def test_fuzz_round_trip_of_valid_observations(num_rays, n, tick, batch, data):
     np.testing.assert_array_equal(out.reward, reward)
     np.testing.assert_array_equal(out.terminated, term)
     np.testing.assert_array_equal(out.truncated, trunc)
+
+
+# ============================================================================================
+# Shared vectors (tests/vectors/messages.json, also run against roblox/src/shared/Protocol.luau)
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "messages.json").read_text(encoding="utf-8"))
+
+
+def _case_id(case: dict) -> str:
+    return case.get("note") or case["raw"][:60]
+
+
+def test_vectors_schema():
+    assert set(VECTORS) == {
+        "about",
+        "valid_commands",
+        "invalid_commands",
+        "valid_game_messages",
+        "invalid_game_messages",
+    }
+    for case in VECTORS["invalid_commands"] + VECTORS["invalid_game_messages"]:
+        assert case["code"] in p.ERROR_CODES and case["error_contains"]
+    for case in VECTORS["valid_game_messages"]:
+        assert case["kind"] in ("packet", "obs", "hello", "error")
+
+
+@pytest.mark.parametrize("case", VECTORS["valid_commands"], ids=_case_id)
+def test_vector_valid_command(case):
+    cmd = decode_command(case["raw"])
+    assert (cmd.name, cmd.envid, cmd.tick) == (case["name"], case["envid"], case["tick"])
+
+
+@pytest.mark.parametrize("case", VECTORS["invalid_commands"], ids=_case_id)
+def test_vector_invalid_command(case):
+    fails(decode_command, case["raw"], case["code"], case["error_contains"])
+
+
+@pytest.mark.parametrize("case", VECTORS["valid_game_messages"], ids=_case_id)
+def test_vector_valid_game_message(case):
+    out = decode_game_message(case["raw"], case["obs_size"])
+    kind = {Hello: "hello", ErrorMessage: "error"}.get(type(out))
+    if isinstance(out, ObsBatch):
+        kind = "obs" if "type" in json.loads(case["raw"]) else "packet"
+        assert sorted(out.agent_ids) == sorted(case["agents"])
+        assert out.obs.shape == (len(case["agents"]), case["obs_size"])
+        assert out.tick == case["tick"]
+    else:
+        assert case["agents"] is None and case["tick"] is None
+    assert kind == case["kind"]
+
+
+@pytest.mark.parametrize("case", VECTORS["invalid_game_messages"], ids=_case_id)
+def test_vector_invalid_game_message(case):
+    fails(game, case["raw"], case["code"], case["error_contains"])
