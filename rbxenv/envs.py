@@ -113,6 +113,7 @@ class RacingParallelEnv(ParallelEnv):
 
     def __init__(self, session: GameSession):
         self.session = session
+        self.render_mode = None
         self.game = session.open()
         self.possible_agents = list(session.agent_ids)
         self.agents: list[str] = []
@@ -139,6 +140,9 @@ class RacingParallelEnv(ParallelEnv):
         if self._freezer is not None:
             self._freezer.stepping()
         ids = [aid for aid in self.agents if aid in actions]
+        if not ids:  # every car has finished: nothing to send, nothing will come back
+            self.agents = []
+            return {}, {}, {}, {}, {}
         rows = np.clip(np.asarray([actions[aid] for aid in ids], dtype=np.float32).reshape(len(ids), -1), -1, 1)
         got = self.session.step(ids, rows)
         obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}

@@ -1,0 +1,62 @@
+"""Stable-Baselines3 PPO on rbxenv through the seed's SuperSuit pipeline.
+
+    pip install -r requirements-dev.txt        # stable-baselines3 is a dev dependency
+    python examples/sb3_ppo.py --timesteps 200000
+
+The pipeline of the original architecture document:
+
+    env -> ss.frame_stack_v1(env, 4) -> ss.pettingzoo_env_to_vec_env_v1 -> SB3VecEnvWrapper -> VecNormalize
+
+SuperSuit's vector conversion needs every agent present on every step, so cars that end early
+are kept as "black death" agents (zero observations, no reward) until the whole ParallelEnv resets;
+our own ``make_vec_env`` resets each car on its own instead, which is why the single-file scripts use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import supersuit as ss
+from stable_baselines3 import PPO
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+from supersuit.vector import ConcatVecEnv
+from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
+
+import rbxenv
+
+
+def make_sb3_env(num_agents: int = 5, num_venvs: int = 1, frame_stack: int = 4, **env_kwargs) -> VecNormalize:
+    env = rbxenv.make_parallel_env(num_agents=num_agents, num_venvs=num_venvs, **env_kwargs)
+    env = ss.black_death_v3(env)  # finished cars stay as zero-observation agents until the env resets
+    env = ss.frame_stack_v1(env, frame_stack)
+    env = ss.pettingzoo_env_to_vec_env_v1(env)
+    # ss.concat_vec_envs_v1 would deep-copy the env (live sockets can't be copied): build its parts directly.
+    env = SB3VecEnvWrapper(ConcatVecEnv([lambda: env]))
+    env = VecMonitor(env)
+    return VecNormalize(env, norm_obs=True, norm_reward=True, clip_obs=10.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timesteps", type=int, default=200_000, help="agent steps to train for")
+    parser.add_argument("--num-agents", type=int, default=5, help="cars per venv")
+    parser.add_argument("--num-venvs", type=int, default=1, help="venvs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", default="runs/sb3_ppo", help="where to save the model and normaliser")
+    args = parser.parse_args()
+
+    env = make_sb3_env(args.num_agents, args.num_venvs, sim_seed=args.seed)
+    try:
+        set_random_seed(args.seed)  # not PPO(seed=...): SuperSuit's ConcatVecEnv has no seed() to forward to
+        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, verbose=1)
+        model.learn(total_timesteps=args.timesteps)
+        model.save(f"{args.save}/model")
+        env.save(f"{args.save}/vecnormalize.pkl")
+        print(f"saved {args.save}/model.zip and {args.save}/vecnormalize.pkl")
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    main()
