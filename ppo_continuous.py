@@ -1,0 +1,699 @@
+"""PPO for Roblox racing: train AI drivers on the embedded headless simulator or a live Roblox game.
+
+    python ppo_continuous.py --num-agents 5                   # embedded simulator, nothing else needed
+    python ppo_continuous.py --no-sim --port 8765             # wait for Roblox Studio (press Play)
+    python ppo_continuous.py --resume runs/<run>/checkpoint.pt  # carry on where a run stopped
+    tensorboard --logdir runs
+
+Single-file, CleanRL style (after CleanRL's ppo_continuous_action.py): read it top to bottom.
+One vector slot per car (``make_vec_env``); every car of every venv feeds the same policy.
+
+- Policy: Gaussian with a state-independent log-std; separate actor and critic MLPs (tanh).
+- Observation normalisation lives INSIDE the model (running mean/var buffers), so a saved or
+  exported policy takes raw game observations: norm = clip((obs - mean) / sqrt(var + eps), -clip, clip).
+- Truncated episodes (time limit, track change) bootstrap from V(final_obs); crashes do not.
+- Checkpoints use the shared format "rbxenv-checkpoint-v1" (see ``save_checkpoint``), which
+  ``export_onnx.py`` turns into ONNX / Luau.
+- Held-out evaluation: the deterministic policy (mean action) drives one car per held-out track
+  (tracks never used in training) from the start grid: lap completion, crash rate, lap time.
+- Ctrl-C / SIGTERM / a lost game: the run saves a checkpoint, closes the env and says where it is.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+
+from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env
+
+CHECKPOINT_FORMAT = "rbxenv-checkpoint-v1"
+ACTION_NAMES = ["throttle", "steering", "nitro"]
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (first part of the run name)"""
+    seed: int = 1
+    """seed of torch, numpy, the track draws and the simulator"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    torch_threads: int = 1
+    """torch CPU threads (1 is fastest on small machines: the simulator needs a core too)"""
+    track: bool = False
+    """if toggled, also log to Weights & Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "rbxenv"
+    """the wandb project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+
+    # Game / environment
+    num_agents: int = 5
+    """cars per venv (they race each other; venvs never interact)"""
+    num_venvs: int = 16
+    """venvs, each with its own track; the policy sees num_agents * num_venvs cars per step"""
+    frame_stack: int = 4
+    """observations stacked per car (oldest first)"""
+    track_change_steps: int = 1500
+    """every this many steps each venv moves to a new training track (0: keep tracks)"""
+    track_seeds: list[int] | None = None
+    """train on these track seeds only (default: random draws from the training seeds)"""
+    track_method: str | None = None
+    """restrict tracks to one generation method ("polar", "hull", "grid")"""
+    start: str = "random"
+    """where cars (re)spawn in training: "random" point of the track or the start "grid\""""
+    collisions: bool = True
+    """car-car collisions inside a venv"""
+    no_sim: bool = False
+    """do not start the embedded simulator: wait for a game (Roblox Studio) on --host/--port"""
+    host: str = "127.0.0.1"
+    """address the trainer listens on (the game connects to it)"""
+    port: int = 0
+    """port the trainer listens on (0: any free port; use a fixed one such as 8765 with --no-sim)"""
+    mode: str = "lockstep"
+    """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
+    wait_timeout: float = 300.0
+    """with --no-sim: seconds to wait for the game to connect"""
+
+    # Algorithm
+    total_timesteps: int = 5_000_000
+    """total agent-steps (cars x steps) of the run"""
+    learning_rate: float = 3e-4
+    """the learning rate of the optimizer"""
+    num_steps: int = 64
+    """steps per car per rollout (the rollout holds num_steps * num_envs transitions)"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing (linear to 0 at total_timesteps)"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches per epoch"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """toggles advantages normalization"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggles whether or not to use a clipped loss for the value function, as per the paper"""
+    ent_coef: float = 0.0
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: float | None = None
+    """stop the update epochs early once the approximate KL exceeds this (None: never)"""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the actor and of the critic"""
+    init_logstd: float = -0.5
+    """initial log standard deviation of the Gaussian policy"""
+    norm_obs: bool = True
+    """normalise observations with running statistics kept inside the model"""
+    norm_reward: bool = True
+    """scale rewards by the running std of the discounted return (CleanRL / gymnasium style)"""
+
+    # Checkpoints, evaluation, video
+    save_model: bool = False
+    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt"""
+    save_every: int = 500_000
+    """agent-steps between periodic checkpoints (with --save-model)"""
+    resume: str | None = None
+    """continue the run of this checkpoint (same run dir; step, optimizer and normalisation carry on)"""
+    eval_every: int = 500_000
+    """agent-steps between held-out evaluations (0: never; one also runs at the end)"""
+    eval_episodes: int = 10
+    """held-out tracks per evaluation (one car, one episode each, from the start grid)"""
+    capture_video: bool = False
+    """at each evaluation, save a top-down GIF under runs/{run_name}/videos/ and a trajectory picture"""
+
+    # filled in at runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+# ====================================================================================================
+# Model
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_std: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [layer_init(nn.Linear(in_dim, width)), nn.Tanh()]
+        in_dim = width
+    layers.append(layer_init(nn.Linear(in_dim, out_dim), std=out_std))
+    return nn.Sequential(*layers)
+
+
+class Agent(nn.Module):
+    OBS_EPS = 1e-8
+    OBS_CLIP = 10.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64), init_logstd: float = 0.0):
+        super().__init__()
+        # Running observation statistics (Welford / parallel variance), saved with the weights.
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_var", torch.ones(obs_dim))
+        self.register_buffer("obs_count", torch.tensor(1e-4, dtype=torch.float64))
+        self.critic = mlp(obs_dim, hidden, 1, out_std=1.0)
+        self.actor_mean = mlp(obs_dim, hidden, act_dim, out_std=0.01)
+        self.actor_logstd = nn.Parameter(torch.full((1, act_dim), float(init_logstd)))
+
+    @torch.no_grad()
+    def update_obs_stats(self, obs: torch.Tensor) -> None:
+        batch_mean, batch_var, n = obs.mean(0).double(), obs.var(0, unbiased=False).double(), obs.shape[0]
+        mean, var, count = self.obs_mean.double(), self.obs_var.double(), self.obs_count
+        delta, total = batch_mean - mean, count + n
+        new_mean = mean + delta * n / total
+        m2 = var * count + batch_var * n + delta**2 * count * n / total
+        self.obs_mean.copy_(new_mean)
+        self.obs_var.copy_(m2 / total)
+        self.obs_count.fill_(total)
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        # Exactly what export_onnx.py reproduces from the checkpoint's "policy" entry.
+        return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + self.OBS_EPS)).clamp(-self.OBS_CLIP, self.OBS_CLIP)
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.normalize(obs))
+
+    def get_action_and_value(self, obs: torch.Tensor, action: torch.Tensor | None = None):
+        x = self.normalize(obs)
+        action_mean = self.actor_mean(x)
+        action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
+        probs = Normal(action_mean, action_std)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
+
+    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The exported policy: the mean action, clipped to the action box."""
+        return self.actor_mean(self.normalize(obs)).clamp(-1.0, 1.0)
+
+
+class RewardScaler:
+    """Reward scaling, CleanRL / gymnasium ``NormalizeReward`` style, vectorised over cars.
+
+    Each car keeps its running discounted return G = gamma * G + r (reset when its episode ends);
+    rewards are divided by the running std of G (no mean subtraction, so the sign of every reward
+    is kept) and clipped to [-10, 10]. This puts the value targets near unit scale whatever the
+    game's reward magnitude (a clean lap earns ~500 raw per 100 s here).
+    """
+
+    def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8, clip: float = 10.0):
+        self.gamma, self.eps, self.clip = gamma, eps, clip
+        self.returns = np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+        self.returns = self.returns * self.gamma + reward
+        batch_mean, batch_var, n = self.returns.mean(), self.returns.var(), len(self.returns)
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+        self.returns[done] = 0.0
+        return np.clip(reward / np.sqrt(self.var + self.eps), -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+# ====================================================================================================
+# Checkpoints
+
+
+def policy_export(agent: Agent, frame_stack: int) -> dict:
+    """The self-describing deterministic actor of a checkpoint (plain tensors and lists only)."""
+    obs_dim = agent.obs_mean.shape[0]
+    linears = [m for m in agent.actor_mean if isinstance(m, nn.Linear)]
+    return {
+        "obs_dim": obs_dim,
+        "act_dim": linears[-1].out_features,
+        "frame_stack": frame_stack,
+        "obs_size": obs_dim // frame_stack,
+        "num_rays": obs_dim // frame_stack - 3,
+        "obs_mean": agent.obs_mean.detach().float().clone(),
+        "obs_var": agent.obs_var.detach().float().clone(),
+        "obs_eps": Agent.OBS_EPS,
+        "obs_clip": Agent.OBS_CLIP,
+        "layers": [{"weight": m.weight.detach().clone(), "bias": m.bias.detach().clone()} for m in linears],
+        "activation": "tanh",
+        "squash": "clip",  # action = clip(mean, -1, 1)
+        "action_names": ACTION_NAMES[: linears[-1].out_features],
+    }
+
+
+def save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra) -> None:
+    """Shared checkpoint format (SAC and export_onnx.py use it too); written atomically."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "algo": "ppo",
+        "args": vars(args),
+        "global_step": int(global_step),
+        "run_name": run_name,
+        "model": agent.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "extra": extra,
+        "policy": policy_export(agent, args.frame_stack),
+    }
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint behind
+
+
+# ====================================================================================================
+# Evaluation on held-out tracks
+
+
+@torch.no_grad()
+def evaluate(agent: Agent, envs, seed: int = 0, record: bool = False) -> dict:
+    """Drive every car of ``envs`` (deterministic policy) until each has finished one episode.
+
+    Returns lap completion (>= 1 lap before the episode ended), crash rate, mean best lap time
+    (nan if no lap), mean progress in laps, and with ``record`` the per-step poses of every car.
+    """
+    obs, _ = envs.reset(seed=seed)
+    n = envs.num_envs
+    done = np.zeros(n, dtype=bool)
+    laps, crashed, progress = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n)
+    lap_time = np.full(n, np.nan)
+    poses: list[dict] = []
+    while not done.all():
+        action = agent.act_deterministic(torch.as_tensor(obs)).numpy()
+        obs, _, _, _, infos = envs.step(action)
+        if record:
+            poses.append({key: np.where(done, np.nan, infos[key]) for key in ("x", "y", "heading", "speed")})
+        if "_episode" in infos:
+            new = infos["_episode"] & ~done
+            ep = infos["episode"]
+            laps[new], crashed[new], progress[new] = ep["laps"][new], ep["crashed"][new], ep["progress"][new]
+            lap_time[new] = ep["lap_time"][new]
+            done |= new
+    timed = lap_time[np.isfinite(lap_time)]
+    return {
+        "lap_completion": float((laps >= 1).mean()),
+        "crash_rate": float(crashed.mean()),
+        "lap_time": float(timed.mean()) if len(timed) else float("nan"),
+        "progress": float(progress.mean()),
+        "poses": poses,
+    }
+
+
+def save_eval_video(envs, poses: list[dict], run_dir: str, global_step: int, writer: SummaryWriter) -> None:
+    """Top-down GIF of held-out track 0 under runs/{run}/videos/ and a trajectory picture in TensorBoard."""
+    from rbxenv.sim import render  # lazy: only --capture-video needs the renderer
+
+    spec = envs.session.tracks[envs.session.venv_ids[0]]
+    if spec is None or not poses:
+        return
+    xs = np.array([[p["x"][0], p["y"][0]] for p in poses])
+    speeds = np.array([p["speed"][0] for p in poses])
+    keep = np.isfinite(xs).all(1)
+    xs, speeds = xs[keep], speeds[keep]
+    picture = render.render_trajectories(spec, [xs], [speeds], size=512)
+    writer.add_image("eval/trajectory", picture, global_step, dataformats="HWC")
+    headings = np.array([p["heading"][0] for p in poses])[keep]
+    os.makedirs(f"{run_dir}/videos", exist_ok=True)
+    render.save_gif(f"{run_dir}/videos/eval_{global_step}.gif", spec, xs, headings, speeds)
+
+
+# ====================================================================================================
+# Training
+
+
+class GracefulStop:
+    """The first Ctrl-C / SIGTERM asks the loop to stop at the next step (checkpoint, close, exit)."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop right now
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to abort) ...", flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(args: Args) -> str:
+    """Run PPO with ``args``; returns the path of the last checkpoint (or "" without --save-model)."""
+    checkpoint = None
+    if args.resume:
+        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+        if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("algo") != "ppo":
+            raise SystemExit(f"{args.resume}: not a PPO {CHECKPOINT_FORMAT} checkpoint")
+        run_name = checkpoint["run_name"]
+        args.save_model = True  # a resumed run keeps its checkpoint up to date
+    else:
+        run_name = f"{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = f"runs/{run_name}"
+    checkpoint_path = args.resume or f"{run_dir}/checkpoint.pt"
+    args.batch_size = int(args.num_agents * args.num_venvs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True, resume="allow")  # fmt: skip
+    global_step = checkpoint["global_step"] if checkpoint else 0
+    writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint else None)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]),
+        global_step,
+    )
+
+    # seeding
+    random.seed(args.seed)
+    rng = np.random.default_rng(args.seed)  # minibatch shuffling
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cpu")  # small MLPs: the CPU is faster than shipping batches to a GPU
+
+    # env setup
+    envs = make_vec_env(
+        num_agents=args.num_agents,
+        num_venvs=args.num_venvs,
+        frame_stack=args.frame_stack,
+        track_change_steps=args.track_change_steps or None,
+        sim=None if args.no_sim else "embedded",
+        host=args.host,
+        port=args.port,
+        mode=args.mode,
+        start=args.start,
+        collisions=args.collisions,
+        track_seeds=args.track_seeds,
+        track_method=args.track_method,
+        sim_seed=args.seed,
+        wait_timeout=args.wait_timeout,
+    )
+    eval_envs = None
+    num_envs = envs.num_envs
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+
+    agent = Agent(obs_dim, act_dim, tuple(args.hidden_sizes), args.init_logstd).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    reward_scaler = RewardScaler(num_envs, args.gamma)
+    if checkpoint:
+        agent.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        reward_scaler.load_state_dict(checkpoint["extra"]["reward_scaler"])
+        torch.set_rng_state(checkpoint["extra"]["torch_rng"])
+        rng.bit_generator.state = checkpoint["extra"]["numpy_rng"]
+        print(f"resumed {run_name} at step {global_step} from {args.resume}", flush=True)
+
+    def save(path: str = checkpoint_path) -> str:
+        extra = {
+            "reward_scaler": reward_scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": rng.bit_generator.state,
+        }
+        save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra)
+        return path
+
+    # ALGO Logic: Storage setup
+    obs = torch.zeros((args.num_steps, num_envs, obs_dim))
+    actions = torch.zeros((args.num_steps, num_envs, act_dim))
+    logprobs = torch.zeros((args.num_steps, num_envs))
+    rewards = torch.zeros((args.num_steps, num_envs))
+    dones = torch.zeros((args.num_steps, num_envs))
+    values = torch.zeros((args.num_steps, num_envs))
+
+    stop = GracefulStop()
+    reason = None  # why the loop ended: "finished", "interrupted", "the game was lost ..."
+    start_time, start_step = time.time(), global_step
+    next_save = global_step + args.save_every
+    next_eval = global_step + args.eval_every if args.eval_every else None
+    try:
+        next_obs, _ = envs.reset(seed=args.seed + global_step)
+        next_obs = torch.as_tensor(next_obs)
+        next_done = torch.zeros(num_envs)
+        first_iteration = global_step // args.batch_size + 1
+        for iteration in range(first_iteration, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+            episodes: dict[str, list[np.ndarray]] = {
+                k: [] for k in ("r", "l", "laps", "progress", "lap_time", "crashed")
+            }
+            for step in range(0, args.num_steps):
+                global_step += num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
+
+                # ALGO LOGIC: action logic
+                with torch.no_grad():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                    values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs, reward, terminations, truncations, infos = envs.step(action.numpy())
+                done = np.logical_or(terminations, truncations)
+                if args.norm_reward:
+                    reward = reward_scaler(reward, done)
+                # Truncation (time limit, track change) is not failure: the episode would have gone
+                # on, so bootstrap it with V(final_obs) folded into this step's reward. Terminations
+                # (crash, stuck, wrong way) really end the return: no bootstrap.
+                truncated_only = truncations & ~terminations
+                if truncated_only.any():
+                    with torch.no_grad():
+                        final_values = agent.get_value(torch.as_tensor(infos["final_obs"][truncated_only])).flatten()
+                    reward = reward.copy()
+                    reward[truncated_only] += args.gamma * final_values.numpy()
+                rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
+                next_obs, next_done = torch.as_tensor(next_obs), torch.as_tensor(done, dtype=torch.float32)
+
+                if "_episode" in infos:
+                    mask = infos["_episode"]
+                    for key in episodes:
+                        episodes[key].append(np.asarray(infos["episode"][key])[mask])
+                if stop.requested:
+                    raise KeyboardInterrupt
+
+            # bootstrap value if not done
+            with torch.no_grad():
+                next_value = agent.get_value(next_obs).reshape(1, -1)
+                advantages = torch.zeros_like(rewards)
+                lastgaelam = 0
+                for t in reversed(range(args.num_steps)):
+                    if t == args.num_steps - 1:
+                        nextnonterminal = 1.0 - next_done
+                        nextvalues = next_value
+                    else:
+                        nextnonterminal = 1.0 - dones[t + 1]
+                        nextvalues = values[t + 1]
+                    delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                    advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                returns = advantages + values
+
+            # flatten the batch
+            b_obs = obs.reshape((-1, obs_dim))
+            b_logprobs = logprobs.reshape(-1)
+            b_actions = actions.reshape((-1, act_dim))
+            b_advantages = advantages.reshape(-1)
+            b_returns = returns.reshape(-1)
+            b_values = values.reshape(-1)
+
+            # Optimizing the policy and value network
+            b_inds = np.arange(args.batch_size)
+            clipfracs = []
+            for _epoch in range(args.update_epochs):
+                rng.shuffle(b_inds)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    end = start + args.minibatch_size
+                    mb_inds = b_inds[start:end]
+
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()
+
+                    with torch.no_grad():
+                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                    mb_advantages = b_advantages[mb_inds]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                    # Policy loss
+                    pg_loss1 = -mb_advantages * ratio
+                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                    # Value loss
+                    newvalue = newvalue.view(-1)
+                    if args.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                        v_clipped = b_values[mb_inds] + torch.clamp(
+                            newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+                        )
+                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                        v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                        v_loss = 0.5 * v_loss_max.mean()
+                    else:
+                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    optimizer.step()
+
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
+
+            # The observation statistics move only between updates, so that the log-probs stored
+            # during the rollout stay exact for the update that uses them.
+            if args.norm_obs:
+                agent.update_obs_stats(b_obs)
+
+            y_pred, y_true = b_values.numpy(), b_returns.numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+            writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            line = f"step {global_step}/{args.total_timesteps} | {sps} SPS"
+            if episodes["r"]:
+                ep = {key: np.concatenate(value) for key, value in episodes.items()}
+                lap_times = ep["lap_time"][np.isfinite(ep["lap_time"])]
+                writer.add_scalar("charts/episodic_return", ep["r"].mean(), global_step)
+                writer.add_scalar("charts/episodic_length", ep["l"].mean(), global_step)
+                writer.add_scalar("charts/laps", ep["laps"].mean(), global_step)
+                writer.add_scalar("charts/progress", ep["progress"].mean(), global_step)
+                writer.add_scalar("charts/crash_rate", ep["crashed"].mean(), global_step)
+                if len(lap_times):
+                    writer.add_scalar("charts/lap_time", lap_times.mean(), global_step)
+                line += (
+                    f" | return {ep['r'].mean():.1f} | laps {ep['laps'].mean():.2f} | crash {ep['crashed'].mean():.2f}"
+                )
+            eta = (args.num_iterations * args.batch_size - global_step) / max(sps, 1)
+            print(f"{line} | ETA {format_seconds(eta)}", flush=True)
+
+            last = iteration == args.num_iterations
+            if next_eval is not None and (global_step >= next_eval or last):
+                next_eval = global_step + args.eval_every
+                if eval_envs is None:
+                    # The held-out evaluation always runs on the embedded simulator in lockstep:
+                    # deterministic, and it needs no second game even when training on Roblox.
+                    eval_envs = make_vec_env(
+                        num_agents=1,
+                        num_venvs=args.eval_episodes,
+                        frame_stack=args.frame_stack,
+                        track_change_steps=None,
+                        start="grid",
+                        track_seeds=list(HELDOUT_TRACK_SEEDS)[: args.eval_episodes],
+                        sim_seed=args.seed,
+                    )
+                if eval_envs.single_observation_space.shape != envs.single_observation_space.shape:
+                    print("eval: skipped (the game's observation differs from the simulator's)", flush=True)
+                    next_eval = None
+                else:
+                    t0 = time.time()
+                    result = evaluate(agent, eval_envs, seed=args.seed, record=args.capture_video)
+                    for key in ("lap_completion", "crash_rate", "lap_time", "progress"):
+                        writer.add_scalar(f"eval/{key}", result[key], global_step)
+                    if args.capture_video:
+                        save_eval_video(eval_envs, result["poses"], run_dir, global_step, writer)
+                    print(
+                        f"eval on {args.eval_episodes} held-out tracks: lap completion {result['lap_completion']:.0%}"
+                        f" | crash rate {result['crash_rate']:.0%} | lap time {result['lap_time']:.1f} s"
+                        f" | progress {result['progress']:.2f} laps ({time.time() - t0:.1f} s)",
+                        flush=True,
+                    )
+                    start_time += time.time() - t0  # SPS counts training time only
+            if args.save_model and (global_step >= next_save or last):
+                next_save = global_step + args.save_every
+                save()
+        reason = "finished"
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    except BridgeClosed as error:
+        # Ctrl-C in a terminal also stops the embedded simulator (same process group).
+        reason = "interrupted" if stop.requested else f"the game was lost ({error})"
+    finally:
+        envs.close()
+        if eval_envs is not None:
+            eval_envs.close()
+        writer.close()
+    if reason == "finished":
+        if args.save_model:
+            print(f"finished at step {global_step}; checkpoint: {checkpoint_path}", flush=True)
+            return checkpoint_path
+        print(f"finished at step {global_step} (add --save-model to keep the policy)", flush=True)
+        return ""
+    save()
+    print(f"{reason} at step {global_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})")
+    return checkpoint_path
+
+
+def parse_args() -> Args:
+    """tyro CLI; with --resume the checkpoint's arguments are the defaults, flags given override them."""
+    args = tyro.cli(Args)
+    if args.resume:
+        saved = torch.load(args.resume, map_location="cpu", weights_only=False).get("args", {})
+        known = {key: value for key, value in saved.items() if key in Args.__dataclass_fields__}
+        known["resume"] = args.resume
+        args = tyro.cli(Args, default=Args(**known))
+    return args
+
+
+if __name__ == "__main__":
+    train(parse_args())
