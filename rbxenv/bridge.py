@@ -86,7 +86,7 @@ class Observations:
 class _Slot:
     """One agent's latest observation plus what accumulated since the trainer last read it."""
 
-    __slots__ = ("obs", "reward", "terminated", "truncated", "info", "fresh", "expected_tick")
+    __slots__ = ("obs", "reward", "terminated", "truncated", "info", "fresh", "expected_tick", "episode_tick")
 
     def __init__(self):
         self.obs: np.ndarray | None = None
@@ -96,6 +96,7 @@ class _Slot:
         self.info: dict = {}
         self.fresh = False  # an observation answering the latest command is waiting
         self.expected_tick = -1
+        self.episode_tick = -1  # tick of the spawn/reset that started this episode
 
 
 class DataBridge:
@@ -117,6 +118,7 @@ class DataBridge:
                 slot = self.slots.get(aid)
                 if slot is None or restart:
                     slot = self.slots[aid] = _Slot()
+                    slot.episode_tick = tick
                 # An ending already received stays deliverable: a parked car sends nothing more.
                 slot.fresh = slot.terminated or slot.truncated
                 slot.expected_tick = tick
@@ -135,6 +137,10 @@ class DataBridge:
                 slot = self.slots.get(aid)
                 if slot is None:
                     unknown.append(aid)
+                    continue
+                if batch.tick is not None and batch.tick < slot.episode_tick:
+                    # sent before the game applied the spawn/reset: the episode it belongs to is over
+                    self.stats["old_episode_packets"] += 1
                     continue
                 slot.reward += batch.reward[k]
                 done = batch.terminated[k] or batch.truncated[k]
@@ -254,6 +260,8 @@ class TrainingBridge:
                 server = loop.run_until_complete(self._serve())
             except BaseException as err:  # noqa: BLE001 - reported to the starting thread
                 failure.append(err)
+                self._loop = None  # nothing to close()
+                loop.close()
                 ready.set()
                 return
             self.port = server.sockets[0].getsockname()[1]
@@ -359,9 +367,10 @@ class TrainingBridge:
             return
         game = SEED_GAME
         token = (query.get("token") or [None])[0]
-        if first is not None:
+        first_is_hello = first is not None and _is_hello(first)
+        if first_is_hello:
             try:
-                msg = protocol.decode_game_message(first, SEED_GAME.obs_size) if _looks_like_hello(first) else None
+                msg = protocol.decode_game_message(first, SEED_GAME.obs_size)
             except ProtocolError as err:
                 await conn.send(protocol.encode_error(err.code, str(err)).decode())
                 if err.code == "unsupported_version":
@@ -388,7 +397,7 @@ class TrainingBridge:
         log.info("game attached: %s (protocol %d, %s mode)", game.game, game.protocol, game.mode)
         sender = asyncio.create_task(self._send_loop(conn, self._outbox))
         try:
-            if first is not None and not _looks_like_hello(first):
+            if first is not None and not first_is_hello:
                 await self._receive(conn, first)
             async for frame in conn:
                 await self._receive(conn, frame)
@@ -522,6 +531,7 @@ class TrainingBridge:
         """
         if self.game is not None and self.game.has("batch"):
             tick = self._next_tick()
+            actions = {env_id: dict(per_venv) for env_id, per_venv in actions.items()}  # orjson takes dicts only
             for per_venv in actions.values():
                 self.data.track(per_venv.keys(), tick)
             self._send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
@@ -567,7 +577,13 @@ class TrainingBridge:
         self.data.clear()
 
 
-def _looks_like_hello(frame: str | bytes) -> bool:
-    # Cheap pre-check so a seed game's first observation packet is not parsed twice.
-    head = frame[:200] if isinstance(frame, str | bytes) else ""
-    return (b'"hello"' in head) if isinstance(head, bytes) else ('"hello"' in head)
+def _is_hello(frame: str | bytes) -> bool:
+    """Whether a frame is a JSON object with ``"type": "hello"`` (wherever the key comes: Roblox's
+    JSONEncode orders keys as it likes). The substring test spares parsing seed packets twice."""
+    if '"hello"' not in frame if isinstance(frame, str) else b'"hello"' not in frame:
+        return False
+    try:
+        msg = protocol.load_json(frame)
+    except ProtocolError:
+        return True  # too large or broken: let decode_game_message say so to the game
+    return type(msg) is dict and msg.get("type") == "hello"
