@@ -13,6 +13,7 @@ from rbxenv import tracks
 from rbxenv.sim import Sim, SimConfig, rules
 from rbxenv.sim.raycast import cast_segments
 from rbxenv.sim.reference import PurePursuitDriver, drive_laps, reference_lap_time
+from rbxenv.sim.render import GRASS, PALETTE, ROAD, render, render_trajectories
 
 CFG = SimConfig()
 VECTORS = Path(__file__).parent / "vectors" / "rules.json"
@@ -196,7 +197,11 @@ def test_collisions_on_cars_push_apart_and_are_seen():
     assert gap >= 2 * CFG.car_radius - 0.5 and sim.pos[1, 1] < sim.pos[0, 1]
     hit = [r for r in results if r.collided[1]]
     assert hit and all(r.collided[0] for r in hit)
-    assert min(r.reward[0] for r in hit) == pytest.approx(0.1 * 0 - CFG.contact_penalty, abs=0.3)
+    assert sim.speed[0] > 5 and sim.speed[1] < 30  # the bump passed speed to the car in front
+    for i in range(2):
+        total = sum(float(r.reward[i]) for r in results)
+        contacts = sum(bool(r.collided[i]) for r in results)
+        assert total == pytest.approx(CFG.progress_reward * sim.net[i] - CFG.contact_penalty * contacts, abs=1e-4)
 
 
 def test_venvs_on_the_same_coordinates_never_interact():
@@ -334,3 +339,20 @@ def test_laps_lap_time_and_progress_info():
     assert all(length / CFG.nitro_max_speed < t < length / 20 for _, t, _ in laps)
     assert reference_lap_time(sim.track("e").spec) == pytest.approx(laps[0][1])
     assert 0.0 <= res.progress[0] <= 1.0 and res.info(0)["lap"] == res.lap[0]
+
+
+# --------------------------------------------------------------------------- renderer
+
+
+def test_render_draws_track_and_cars():
+    sim = Sim(seed=0)
+    sim.spawn("e", ["car_0_env_e", "car_1_env_e"], track=oval())
+    img = render(sim, size=400)
+    assert img.shape == (400, 400, 3) and img.dtype == np.uint8
+    colors = {tuple(c) for c in img.reshape(-1, 3)}
+    assert GRASS in colors and ROAD in colors
+    near = lambda c: (np.abs(img.astype(int) - c).sum(axis=2) < 40).any()  # noqa: E731
+    assert near(PALETTE[0]) and near(PALETTE[1])
+    xs = np.column_stack([np.linspace(140, 150, 20), np.linspace(-20, 20, 20)])
+    paths = render_trajectories(oval(), xs, np.linspace(0, 90, 20), size=96)
+    assert paths.shape == (96, 96, 3) and not np.array_equal(paths, render_trajectories(oval(), xs[:1], [0.0], size=96))

@@ -36,7 +36,7 @@ class SimConfig:
     nitro_threshold: float = 0.5  # nitro action must exceed this to boost
     nitro_burn: float = 0.35  # fuel per second while boosting
     nitro_regen: float = 0.05  # fuel per second otherwise
-    contact_speed_factor: float = 0.9  # speed multiplier per physics substep in car-car contact
+    contact_restitution: float = 0.2  # car-car bumps: 0 = cars end at equal speed, 1 = elastic
     progress_reward: float = 0.1  # per stud of signed progress
     lap_reward: float = 10.0
     contact_penalty: float = 0.5  # per decision step in contact with another car

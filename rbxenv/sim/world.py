@@ -450,8 +450,16 @@ class Sim:
     # ------------------------------------------------------------------ step
 
     def _contacts(self, active: np.ndarray) -> np.ndarray:
-        """Push overlapping cars of the same venv apart (half each) and damp their speed."""
-        r2 = 2.0 * self.config.car_radius
+        """Resolve overlaps between cars of the same venv; returns which cars touched another.
+
+        Overlapping circles are pushed apart (half the overlap each) and, when approaching, get an
+        inelastic impulse along the contact normal n: each car's velocity changes by
+        ±(1 + restitution) / 2 * (relative velocity · n) * n, of which the car keeps the part along
+        its heading (the car model cannot slide). A faster car bumping a slower one ahead thus
+        slows down while the other speeds up, with no sticky contacts.
+        """
+        cfg = self.config
+        r2 = 2.0 * cfg.car_radius
         o = self._others
         rel = self.pos[o] - self.pos[:, None, :]  # (n, C, 2) towards the other car
         d2 = rel[..., 0] ** 2 + rel[..., 1] ** 2
@@ -465,9 +473,13 @@ class Sim:
         nx = np.where(d > 1e-9, rel[..., 0] / np.maximum(d, 1e-9), tie)
         ny = np.where(d > 1e-9, rel[..., 1] / np.maximum(d, 1e-9), 0.0)
         depth = np.where(hit, r2 - d, 0.0) * 0.5
+        fx, fy = np.cos(self.heading), np.sin(self.heading)
+        vx, vy = self.speed * fx, self.speed * fy
+        closing = (vx[o] - vx[:, None]) * nx + (vy[o] - vy[:, None]) * ny  # < 0: approaching
+        impulse = np.where(hit & (closing < 0.0), 0.5 * (1.0 + cfg.contact_restitution) * closing, 0.0)
         self.pos[:, 0] -= (depth * nx).sum(axis=1)
         self.pos[:, 1] -= (depth * ny).sum(axis=1)
-        self.speed[contact] *= self.config.contact_speed_factor
+        self.speed = self.speed + (impulse * nx).sum(axis=1) * fx + (impulse * ny).sum(axis=1) * fy
         return contact
 
     def step(self, actions: np.ndarray) -> StepResult:
