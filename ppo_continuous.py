@@ -328,21 +328,26 @@ def evaluate(agent: Agent, envs, seed: int = 0, record: bool = False) -> dict:
 
 
 def save_eval_video(envs, poses: list[dict], run_dir: str, global_step: int, writer: SummaryWriter) -> None:
-    """Top-down GIF of held-out track 0 under runs/{run}/videos/ and a trajectory picture in TensorBoard."""
-    from rbxenv.sim import render  # lazy: only --capture-video needs the renderer
+    """Top-down GIF of held-out track 0 under runs/{run}/videos/ and its trajectory picture in TensorBoard."""
+    from PIL import Image
+
+    from rbxenv.sim.render import render_trajectories  # lazy: only --capture-video needs the renderer
 
     spec = envs.session.tracks[envs.session.venv_ids[0]]
-    if spec is None or not poses:
-        return
-    xs = np.array([[p["x"][0], p["y"][0]] for p in poses])
+    xs = np.array([[p["x"][0], p["y"][0]] for p in poses]).reshape(-1, 2)
     speeds = np.array([p["speed"][0] for p in poses])
-    keep = np.isfinite(xs).all(1)
+    keep = np.isfinite(xs).all(1)  # car 0 until its episode ended
     xs, speeds = xs[keep], speeds[keep]
-    picture = render.render_trajectories(spec, [xs], [speeds], size=512)
-    writer.add_image("eval/trajectory", picture, global_step, dataformats="HWC")
-    headings = np.array([p["heading"][0] for p in poses])[keep]
+    if spec is None or len(xs) < 2:
+        return
+    writer.add_image("eval/trajectory", render_trajectories(spec, xs, speeds, size=512), global_step,
+                     dataformats="HWC")  # fmt: skip
+    stride = 15  # one frame per second of game time, played at 10x
+    ends = [*range(stride, len(xs), stride), len(xs)]
+    frames = [Image.fromarray(render_trajectories(spec, xs[:k], speeds[:k], size=256)) for k in ends]
     os.makedirs(f"{run_dir}/videos", exist_ok=True)
-    render.save_gif(f"{run_dir}/videos/eval_{global_step}.gif", spec, xs, headings, speeds)
+    frames[0].save(f"{run_dir}/videos/eval_{global_step}.gif", save_all=True, append_images=frames[1:],
+                   duration=100, loop=0)  # fmt: skip
 
 
 # ====================================================================================================
