@@ -1,0 +1,145 @@
+"""Rollout speed of the full stack next to its parts, measured side by side in one run.
+
+    python bench/env_speed.py [--num-venvs 5 --num-agents 5 --seconds 10]
+
+1. in-process sim: ``Sim.step`` with random actions (no sockets, no JSON): the simulator's cost.
+2. env: ``make_vec_env`` with a random policy, frame stack 4 (trainer + bridge + sim child process).
+3. echo: a bare WebSocket round trip of the same payloads (one ACTION_BATCH out, one obs batch
+   back, peer in a child process replying with a canned frame): the transport limit.
+Prints agent-steps/s for each and the ratios. Target: env >= 0.5 x echo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rbxenv import make_vec_env, protocol  # noqa: E402
+from rbxenv.sim import Sim  # noqa: E402
+from rbxenv.tracks import generate  # noqa: E402
+
+
+def bench_inprocess(num_venvs: int, num_agents: int, seconds: float) -> float:
+    sim = Sim(seed=0)
+    for v in range(num_venvs):
+        sim.spawn(
+            f"v{v}", [protocol.agent_id(i, f"v{v}") for i in range(num_agents)], track=generate(v), start="random"
+        )
+    rng = np.random.default_rng(0)
+    n = len(sim.agent_ids)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        result = sim.step(rng.uniform(-1, 1, (n, 3)).astype(np.float32))
+        ended = np.flatnonzero(result.terminated | result.truncated)
+        if ended.size:
+            sim.reset_indices(ended)
+        steps += 1
+    return steps * n / (time.perf_counter() - t0)
+
+
+def bench_env(num_venvs: int, num_agents: int, seconds: float) -> tuple[float, bytes, bytes]:
+    env = make_vec_env(num_agents=num_agents, num_venvs=num_venvs, frame_stack=4)
+    try:
+        env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        shape = env.action_space.shape
+        for _ in range(20):  # warm up
+            env.step(rng.uniform(-1, 1, shape).astype(np.float32))
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            env.step(rng.uniform(-1, 1, shape).astype(np.float32))
+            steps += 1
+        rate = steps * env.num_envs / (time.perf_counter() - t0)
+        # A real pair of frames of this size, for the echo benchmark.
+        ids = env.session.agent_ids
+        actions = rng.uniform(-1, 1, shape).astype(np.float32)
+        batch: dict = {}
+        for aid, row in zip(ids, actions, strict=True):
+            batch.setdefault(aid.split("_env_")[1], {})[aid] = row
+        out_frame = protocol.encode_command("ACTION_BATCH", None, batch, 1)
+        infos = [{"progress": 0.5, "lap": 0, "lap_time": None, "speed": 41.2, "collided": False, "cause": None,
+                  "x": 12.5, "y": -3.25, "heading": 1.5} for _ in ids]  # fmt: skip
+        obs = rng.uniform(0, 1, (len(ids), 13)).astype(np.float32)
+        zeros = np.zeros(len(ids), dtype=bool)
+        in_frame = protocol.encode_obs(ids, obs, np.full(len(ids), 0.25), zeros, zeros, infos, 1, True)
+        return rate, out_frame, in_frame
+    finally:
+        env.close()
+
+
+ECHO_PEER = """
+import asyncio, sys
+from websockets.asyncio.client import connect
+async def main(url, reply):
+    async with connect(url, compression=None, max_size=None) as ws:
+        async for _ in ws:
+            await ws.send(reply)
+asyncio.run(main(sys.argv[1], sys.stdin.read()))
+"""
+
+
+def bench_echo(out_frame: bytes, in_frame: bytes, num_cars: int, seconds: float) -> float:
+    from websockets.asyncio.server import serve
+
+    result: list[float] = []
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        async def handler(ws) -> None:
+            text = out_frame.decode()
+            for _ in range(20):
+                await ws.send(text)
+                await ws.recv()
+            steps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                await ws.send(text)
+                protocol.decode_game_message(await ws.recv(), 13)  # parsing is part of the transport cost
+                steps += 1
+            result.append(steps * num_cars / (time.perf_counter() - t0))
+            done.set()
+
+        async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            peer = subprocess.Popen(
+                [sys.executable, "-c", ECHO_PEER, f"ws://127.0.0.1:{port}"], stdin=subprocess.PIPE, text=True
+            )
+            peer.stdin.write(in_frame.decode())
+            peer.stdin.close()
+            await done.wait()
+            peer.terminate()
+            peer.wait()
+
+    asyncio.run(main())
+    return result[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-venvs", type=int, default=5)
+    parser.add_argument("--num-agents", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    args = parser.parse_args()
+    cars = args.num_venvs * args.num_agents
+    print(f"{args.num_venvs} venvs x {args.num_agents} cars = {cars} cars, frame stack 4, random actions")
+    inproc = bench_inprocess(args.num_venvs, args.num_agents, args.seconds)
+    print(f"in-process sim       {inproc:10,.0f} agent-steps/s")
+    env, out_frame, in_frame = bench_env(args.num_venvs, args.num_agents, args.seconds)
+    print(f"env (full stack)     {env:10,.0f} agent-steps/s")
+    echo = bench_echo(out_frame, in_frame, cars, args.seconds)
+    print(
+        f"WebSocket echo       {echo:10,.0f} agent-steps/s  ({len(out_frame)} B out, {len(in_frame)} B back per tick)"
+    )
+    print(f"env / echo = {env / echo:.2f}   (target >= 0.5)   env / in-process = {env / inproc:.2f}")
+
+
+if __name__ == "__main__":
+    main()
