@@ -3,7 +3,7 @@
 Walls are two closed polylines (left and right edge). Wall segment ``i`` of either side joins wall
 points ``i`` and ``i + 1`` and borders the road cell between cross-sections ``X_i`` and
 ``X_{i+1}`` (``X_i`` = the segment from left point i to right point i). A car only tests the wall
-segments of a window of cells around its centre-line index; ``ray_window`` computes a window
+segments of a window of cells around its centre-line index; ``ray_windows`` computes windows
 that is provably large enough (see its docstring), so windowed rays equal brute-force rays.
 """
 
@@ -28,17 +28,22 @@ def cast_segments(origin: np.ndarray, dirs: np.ndarray, seg: np.ndarray) -> np.n
     origin (n, 2), dirs (n, R, 2) unit vectors, seg (n, S, 4) rows (ax, ay, ex, ey).
     Solve origin + t * r = a + u * e with q = a - origin:
     t = (q × e) / (r × e), u = (q × r) / (r × e); a hit needs t >= 0 and 0 <= u <= 1.
+    The (n, R, S) part runs in float32 on coordinates relative to the car (errors ~1e-5 studs):
+    it is most of the simulator's time.
     """
-    qx = seg[:, None, :, 0] - origin[:, 0, None, None]  # (n, 1, S)
-    qy = seg[:, None, :, 1] - origin[:, 1, None, None]
-    ex, ey = seg[:, None, :, 2], seg[:, None, :, 3]
-    rx, ry = dirs[:, :, 0, None], dirs[:, :, 1, None]  # (n, R, 1)
+    f32 = np.float32
+    qx = (seg[:, :, 0] - origin[:, 0, None]).astype(f32)[:, None, :]  # (n, 1, S)
+    qy = (seg[:, :, 1] - origin[:, 1, None]).astype(f32)[:, None, :]
+    ex = seg[:, None, :, 2].astype(f32)
+    ey = seg[:, None, :, 3].astype(f32)
+    rx = dirs[:, :, 0, None].astype(f32)  # (n, R, 1)
+    ry = dirs[:, :, 1, None].astype(f32)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / (rx * ey - ry * ex)  # parallel -> inf, and then t/u are inf or nan: no hit
         t = (qx * ey - qy * ex) * inv
         u = (qx * ry - qy * rx) * inv
         hit = (t >= 0.0) & (u >= 0.0) & (u <= 1.0)
-    return np.where(hit, t, np.inf).min(axis=2)
+    return np.where(hit, t, np.inf).min(axis=2).astype(np.float64)
 
 
 def cast_circles(
@@ -116,16 +121,18 @@ def _reach(left: np.ndarray, right: np.ndarray, ray_length: float) -> np.ndarray
     return reach
 
 
-def ray_window(left: np.ndarray, right: np.ndarray, ray_length: float, cell_margin: int = 2) -> int:
-    """Half-width K (in cells) of a wall window around a car's centre-line index that is exact.
+def ray_windows(
+    left: np.ndarray, right: np.ndarray, ray_length: float, cell_margin: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per centre-line index h, the wall cells h - lo[h] .. h + hi[h] that rays can reach.
 
     Why it is exact: a ray starts inside the road and stays inside it until its first hit, so to
     hit the wall of a cell j cells away it must cross every cross-section in between, and
     ``_reach`` bounds how far that can go with a ray of ``ray_length``: a car in cell c reaches
     cells c - reach_backward(X_c) .. c + reach_forward(X_{c+1}). A car's projection segment is
     within ``cell_margin`` cells of the cell it is really in (cross-sections are tilted by half
-    the turn angle at each point), which the margin covers. A window of 2K+1 >= M cells simply
-    covers the whole track. tests/test_sim.py checks windowed rays against brute force.
+    the turn angle at each point), which the margin covers. Where the window would cover the
+    whole loop, it is the whole loop. tests/test_sim.py checks windowed rays against brute force.
     """
     lp = np.asarray(left, dtype=np.float64)
     rp = np.asarray(right, dtype=np.float64)
@@ -135,4 +142,5 @@ def ray_window(left: np.ndarray, right: np.ndarray, ray_length: float, cell_marg
     cells = range(-cell_margin, cell_margin + 1)
     lo = np.max([np.roll(back, -d) - d for d in cells], axis=0)
     hi = np.max([np.roll(fwd, -d) + d for d in cells], axis=0)
-    return int(min(max(lo.max(), hi.max()), m // 2 + 1))
+    whole = lo + hi + 1 >= m
+    return np.where(whole, 0, lo), np.where(whole, m - 1, hi)

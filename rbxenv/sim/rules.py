@@ -95,6 +95,56 @@ def observation(
 # --------------------------------------------------------------------------- physics
 
 
+def car_controls(action: np.ndarray, cfg: SimConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode actions (n, 3) into (throttle, curvature, wants_nitro), constant over a decision step.
+
+    throttle = clip(action[0], -1, 1); steering = clip(action[1], -1, 1);
+    curvature = -tan(steering * max_steer) / wheelbase (1/studs, > 0 = left: steering +1 = right);
+    wants_nitro = action[2] > nitro_threshold and throttle > 0.
+    """
+    throttle = np.minimum(np.maximum(action[:, 0], -1.0), 1.0)
+    steer = np.minimum(np.maximum(action[:, 1], -1.0), 1.0)
+    curvature = np.tan(steer * cfg.max_steer) * (-1.0 / cfg.wheelbase)
+    return throttle, curvature, (action[:, 2] > cfg.nitro_threshold) & (throttle > 0.0)
+
+
+def car_physics_substep(
+    speed: np.ndarray,
+    heading: np.ndarray,
+    pos: np.ndarray,
+    fuel: np.ndarray,
+    throttle: np.ndarray,
+    curvature: np.ndarray,
+    wants: np.ndarray,
+    cfg: SimConfig,
+    dt: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``car_physics_step`` with the controls already decoded by ``car_controls`` (the hot path)."""
+    boost = wants & (fuel > 0.0)
+    top = np.where(boost, cfg.nitro_max_speed, cfg.max_speed)
+    v = speed
+    coast = np.copysign(np.maximum(np.abs(v) * (1.0 - cfg.drag_linear * dt) - cfg.drag_const * dt, 0.0), v)
+    gas = throttle * np.where(boost, cfg.nitro_accel * dt, cfg.accel * dt)
+    forward = np.where(v < top, np.minimum(v + gas, top), np.maximum(coast, top))
+    brake = v + throttle * (cfg.brake * dt)
+    v_pos = np.where(v >= 0.0, forward, np.minimum(brake, 0.0))
+    reverse = np.maximum(v + throttle * (cfg.accel * dt), -cfg.reverse_max_speed)
+    v_neg = np.where(v > 0.0, np.maximum(brake, 0.0), reverse)
+    new_v = np.where(throttle > 0.0, v_pos, np.where(throttle < 0.0, v_neg, coast))
+
+    regen = np.where(wants, fuel, np.minimum(fuel + cfg.nitro_regen * dt, 1.0))
+    new_fuel = np.where(boost, np.maximum(fuel - cfg.nitro_burn * dt, 0.0), regen)
+
+    cap = cfg.max_lateral_accel / np.maximum(new_v * new_v, 1e-12)  # grip: |curvature| <= a / v²
+    new_heading = heading + new_v * np.minimum(np.maximum(curvature, -cap), cap) * dt
+
+    step = new_v * dt
+    new_pos = np.empty_like(pos)
+    new_pos[:, 0] = pos[:, 0] + step * np.cos(new_heading)
+    new_pos[:, 1] = pos[:, 1] + step * np.sin(new_heading)
+    return new_v, new_heading, new_pos, new_fuel
+
+
 def car_physics_step(
     speed: np.ndarray,
     heading: np.ndarray,
@@ -106,49 +156,23 @@ def car_physics_step(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One physics substep of the kinematic bicycle car. Returns new (speed, heading, pos, fuel).
 
-    action = (throttle, steering, nitro), each clipped to [-1, 1].
+    action = (throttle, steering, nitro), throttle and steering clipped to [-1, 1].
     1. wants = nitro > nitro_threshold and throttle > 0; boost = wants and fuel > 0
     2. speed v (top = nitro_max_speed with boost else max_speed, a = nitro_accel / accel):
        throttle > 0, v >= 0: v < top -> min(v + throttle * a * dt, top); else coast down to top
        throttle > 0, v < 0:  brake: min(v + throttle * brake * dt, 0)
        throttle < 0, v > 0:  brake: max(v + throttle * brake * dt, 0)
        throttle < 0, v <= 0: reverse: max(v + throttle * accel * dt, -reverse_max_speed)
-       throttle = 0:         coast: v - sign(v) * min(|v|, (drag_linear * |v| + drag_const) * dt)
+       throttle = 0:         coast: sign(v) * max(|v| * (1 - drag_linear * dt) - drag_const * dt, 0)
+                             (drag = drag_linear * |v| + drag_const, never flipping the sign)
     3. fuel: boost -> max(fuel - nitro_burn * dt, 0); not wants -> min(fuel + nitro_regen * dt, 1);
        wants with an empty tank -> unchanged (else regen and burn would alternate: endless boost)
-    4. yaw rate = -v * tan(steering * max_steer) / wheelbase  (steering +1 = right = clockwise),
-       clipped to ±max_lateral_accel / |v|; heading += yaw rate * dt (with the new v)
+    4. curvature k = -tan(steering * max_steer) / wheelbase (steering +1 = right = clockwise),
+       clipped to ±max_lateral_accel / v² (grip: yaw rate v k at most max_lateral_accel / |v|);
+       heading += v * k * dt (with the new v)
     5. pos += v * (cos heading, sin heading) * dt (with the new v and heading)
     """
-    throttle = np.clip(action[:, 0], -1.0, 1.0)
-    steer = np.clip(action[:, 1], -1.0, 1.0)
-    wants = (action[:, 2] > cfg.nitro_threshold) & (throttle > 0.0)
-    boost = wants & (fuel > 0.0)
-    top = np.where(boost, cfg.nitro_max_speed, cfg.max_speed)
-    acc = np.where(boost, cfg.nitro_accel, cfg.accel)
-
-    v = speed
-    a = np.abs(v)
-    coast = np.sign(v) * np.maximum(a - (cfg.drag_linear * a + cfg.drag_const) * dt, 0.0)
-    forward = np.where(v < top, np.minimum(v + throttle * acc * dt, top), np.maximum(coast, top))
-    brake = v + throttle * (cfg.brake * dt)
-    v_pos = np.where(v >= 0.0, forward, np.minimum(brake, 0.0))
-    reverse = np.maximum(v + throttle * (cfg.accel * dt), -cfg.reverse_max_speed)
-    v_neg = np.where(v > 0.0, np.maximum(brake, 0.0), reverse)
-    new_v = np.where(throttle > 0.0, v_pos, np.where(throttle < 0.0, v_neg, coast))
-
-    regen = np.where(wants, fuel, np.minimum(fuel + cfg.nitro_regen * dt, 1.0))
-    new_fuel = np.where(boost, np.maximum(fuel - cfg.nitro_burn * dt, 0.0), regen)
-
-    yaw = new_v * np.tan(steer * cfg.max_steer) * (-1.0 / cfg.wheelbase)
-    cap = cfg.max_lateral_accel / np.maximum(np.abs(new_v), 1e-6)
-    new_heading = heading + np.clip(yaw, -cap, cap) * dt
-
-    step = new_v * dt
-    new_pos = np.empty_like(pos)
-    new_pos[:, 0] = pos[:, 0] + step * np.cos(new_heading)
-    new_pos[:, 1] = pos[:, 1] + step * np.sin(new_heading)
-    return new_v, new_heading, new_pos, new_fuel
+    return car_physics_substep(speed, heading, pos, fuel, *car_controls(action, cfg), cfg, dt)
 
 
 # --------------------------------------------------------------------------- centre line

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rbxenv.sim import rules
-from rbxenv.sim.raycast import cast_circles, cast_segments, ray_window, wall_table
+from rbxenv.sim.raycast import cast_circles, cast_segments, ray_windows, wall_table
 from rbxenv.sim.rules import SimConfig
 
 PROJECT_WINDOW = 3  # segments searched either side of the last index each substep
@@ -77,7 +77,8 @@ class Track:
     segments: np.ndarray  # (M, 9) rules.segment_table
     walls: np.ndarray  # (M, 2, 4) raycast.wall_table
     length: float
-    ray_window: int
+    ray_lo: np.ndarray  # (M,) rays from centre-line index h reach wall cells h - lo[h] .. h + hi[h]
+    ray_hi: np.ndarray
 
     @classmethod
     def from_spec(cls, spec: dict, cfg: SimConfig) -> Track:
@@ -85,6 +86,7 @@ class Track:
         w = np.asarray(spec["half_width"], dtype=np.float64)
         left, right = _walls(spec, c, w)
         seg = rules.segment_table(c, w)
+        lo, hi = ray_windows(left, right, cfg.ray_length)
         return cls(
             spec=spec,
             centerline=c,
@@ -94,7 +96,8 @@ class Track:
             segments=seg,
             walls=wall_table(left, right),
             length=float(seg[:, 5].sum()),
-            ray_window=ray_window(left, right, cfg.ray_length),
+            ray_lo=lo,
+            ray_hi=hi,
         )
 
     def point_at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,26 +197,30 @@ class Sim:
     def _repack(self) -> None:
         """Rebuild the packed track tables and the per-venv neighbour table of every car."""
         venvs = list(self._venvs.values())
-        self._ray_k = max([v.track.ray_window for v in venvs], default=1)
-        pad = max(self._ray_k, PROJECT_WINDOW)
-        segs, walls, base = [np.zeros((0, 9))], [np.zeros((0, 2, 4))], 0
+        # one window length for all cars: the longest window of any venv (extra cells are harmless)
+        span = max([int((v.track.ray_lo + v.track.ray_hi).max()) + 1 for v in venvs], default=1)
+        pad = max(span, PROJECT_WINDOW)
+        segs, walls, lows, base = [np.zeros((0, 9))], [np.zeros((0, 2, 4))], [np.zeros(0, np.int64)], 0
         for v in venvs:
             m = len(v.track.segments)
             wrap = np.arange(-pad, m + pad) % m
             segs.append(v.track.segments[wrap])
             walls.append(v.track.walls[wrap])
+            lows.append(v.track.ray_lo[wrap])
             v.base = base + pad
             base += m + 2 * pad
         self._seg_pack = np.concatenate(segs)
         self._wall_pack = np.concatenate(walls)
+        self._ray_lo_pack = np.concatenate(lows)
         self._proj_offsets = np.arange(-PROJECT_WINDOW, PROJECT_WINDOW + 1)
-        self._ray_offsets = np.arange(-self._ray_k, self._ray_k + 1)
+        self._ray_offsets = np.arange(span)
 
         order = {v.envid: i for i, v in enumerate(venvs)}
         n = len(self._ids)
         self.venv = np.array([order[self._car_env[a]] for a in self._ids], np.int64) if n else self.venv
         self.base = np.array([venvs[v].base for v in self.venv], np.int64)
         self.length = np.array([venvs[v].track.length for v in self.venv])
+        self.seg_count = np.array([len(venvs[v].track.segments) for v in self.venv], np.int64)
         # others[c]: the other cars of c's venv, padded with c itself (masked by others_valid)
         members = [np.flatnonzero(self.venv == i) for i in range(len(venvs))]
         width = max([len(m) for m in members], default=1)
@@ -382,7 +389,7 @@ class Sim:
                 self.hint[cars] = k
         seg = self._seg_pack[self.base[idx, None] + self.hint[idx, None] + self._proj_offsets]
         k, _, s, _, _ = rules.project_window(self.pos[idx], seg)
-        self.hint[idx] = (self.hint[idx] + k - PROJECT_WINDOW) % self._seg_count(idx)
+        self.hint[idx] = (self.hint[idx] + k - PROJECT_WINDOW) % self.seg_count[idx]
         self.s[idx] = s
         self.speed[idx] = 0.0
         self.fuel[idx] = 1.0
@@ -410,10 +417,6 @@ class Sim:
         self.hint[i] = k[0]
         self.s[i] = s[0]
 
-    def _seg_count(self, idx=slice(None)) -> np.ndarray:
-        counts = np.array([len(v.track.segments) for v in self._venvs.values()], np.int64)
-        return counts[self.venv[idx]]
-
     # ------------------------------------------------------------------ observation
 
     def _rays(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
@@ -423,7 +426,8 @@ class Sim:
             return np.zeros((0, self.config.num_rays))
         ang = self.heading[idx, None] - self._angles  # right-positive angles turn clockwise
         dirs = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
-        walls = self._wall_pack[self.base[idx, None] + self.hint[idx, None] + self._ray_offsets]
+        at = self.base[idx] + self.hint[idx]
+        walls = self._wall_pack[(at - self._ray_lo_pack[at])[:, None] + self._ray_offsets]
         dist = cast_segments(pos, dirs, walls.reshape(len(pos), -1, 4))
         if self.collisions and self._others.shape[1] and len(pos):
             others = self._others[idx]
@@ -490,18 +494,19 @@ class Sim:
         if self.frozen:
             return self._result(self._observe(), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
         act = np.asarray(actions, dtype=np.float64).reshape(n, 3)
-        act = np.where(live[:, None], np.nan_to_num(act), 0.0)  # parked cars get no input
+        act = np.where(live[:, None] & (act == act), act, 0.0)  # parked cars (and NaN) get no input
+        throttle, curvature, wants = rules.car_controls(act, cfg)
         speed_parked = self.speed.copy()
         fuel_before = self.fuel
         self.speed = np.where(live, self.speed, 0.0)  # ... and do not move
         s_before = self.s
         crashed = np.zeros(n, bool)
         collided = np.zeros(n, bool)
-        seg_count = self._seg_count()
+        seg_count = self.seg_count
         dt = cfg.dt
         for _ in range(cfg.substeps):
-            self.speed, self.heading, self.pos, self.fuel = rules.car_physics_step(
-                self.speed, self.heading, self.pos, self.fuel, act, cfg, dt
+            self.speed, self.heading, self.pos, self.fuel = rules.car_physics_substep(
+                self.speed, self.heading, self.pos, self.fuel, throttle, curvature, wants, cfg, dt
             )
             if self.collisions:
                 collided |= self._contacts(live & ~crashed)
@@ -512,7 +517,8 @@ class Sim:
             if crash_now.any():  # a crashed car stops where it hit the wall
                 crashed |= crash_now
                 self.speed[crashed] = 0.0
-                act[crashed] = 0.0
+                throttle = np.where(crashed, 0.0, throttle)
+                wants = wants & ~crashed
 
         progress = np.where(live, rules.progress_delta(s_before, self.s, self.length), 0.0)
         self.net += progress
