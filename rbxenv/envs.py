@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from pettingzoo import ParallelEnv
 
-from rbxenv.bridge import Observations
+from rbxenv.bridge import BridgeClosed, Observations
 from rbxenv.protocol import GameSpec
 from rbxenv.session import HELDOUT_TRACK_SEEDS, TRAIN_TRACK_SEEDS, GameSession
 
@@ -76,15 +76,18 @@ class _FreezeWhenIdle:
         while not self._stop.wait(self.idle / 4):
             with self._lock:
                 if not self.frozen and time.monotonic() - self.last_step > self.idle and self.session.bridge.connected:
-                    self.session.bridge.freeze(True)
-                    self.frozen = True
+                    try:
+                        self.session.bridge.freeze(True)
+                        self.frozen = True
+                    except BridgeClosed:  # the game just left; the stepping thread will notice
+                        pass
 
     def stepping(self) -> None:
         with self._lock:
             self.last_step = time.monotonic()
             if self.frozen:
-                self.session.bridge.freeze(False)
                 self.frozen = False
+                self.session.bridge.freeze(False)
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,7 +147,17 @@ class RacingParallelEnv(ParallelEnv):
             self.agents = []
             return {}, {}, {}, {}, {}
         rows = np.clip(np.asarray([actions[aid] for aid in ids], dtype=np.float32).reshape(len(ids), -1), -1, 1)
-        got = self.session.step(ids, rows)
+        try:
+            got = self.session.step(ids, rows)
+        except BridgeClosed:
+            if self.session.reconnect_timeout <= 0:
+                raise
+            self.session.reconnect()  # every episode was interrupted: all agents end, truncated
+            self.agents = []
+            blank = {"cause": "disconnected"}
+            return ({a: self._obs_space.low * 0 for a in ids}, dict.fromkeys(ids, 0.0), dict.fromkeys(ids, False),
+                    dict.fromkeys(ids, True), {a: dict(blank) for a in ids})  # fmt: skip
+
         obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}
         for k, aid in enumerate(got.agent_ids):
             obs[aid] = got.obs[k]
@@ -233,7 +246,12 @@ class RacingVectorEnv(VectorEnv):
         if actions.shape != self.action_space.shape:
             raise ValueError(f"actions must have shape {self.action_space.shape} (cars, controls), got {actions.shape}")
         actions = np.clip(actions, -1.0, 1.0)
-        got = self.session.step(self.session.agent_ids, actions)
+        try:
+            got = self.session.step(self.session.agent_ids, actions)
+        except BridgeClosed:
+            if self.session.reconnect_timeout <= 0:
+                raise
+            return self._after_reconnect(self.session.reconnect())
         self._steps += 1
         self._stack[:, :-1] = self._stack[:, 1:]
         self._stack[:, -1] = got.obs
@@ -265,6 +283,31 @@ class RacingVectorEnv(VectorEnv):
             fresh = self._respawn(rows, rotate)
             self._restart_stacks(rows, fresh.obs[[fresh.agent_ids.index(self.session.agent_ids[k]) for k in rows]])
         return self._stacked(), reward, terminated, truncated, infos
+
+    def _after_reconnect(self, fresh: Observations):
+        """Every episode was interrupted by the lost game: end them all as truncated, start anew.
+
+        The step whose answer never came gets reward 0 and its final observation is the last one
+        received, so bootstrapping from it stays sound and no batch holds made-up data.
+        """
+        n = self.num_envs
+        done = np.ones(n, dtype=bool)
+        infos = _info_arrays(fresh.infos)
+        infos["final_obs"] = self._stack.reshape(n, -1).copy()
+        infos["_final_obs"] = done
+        infos["episode"] = {
+            "r": self._ep_return.astype(np.float32),
+            "l": self._ep_length.copy(),
+            "laps": np.zeros(n, dtype=np.int64),
+            "progress": np.zeros(n),
+            "lap_time": self._ep_best_lap.copy(),
+            "crashed": np.zeros(n, dtype=bool),
+        }
+        infos["_episode"] = done
+        infos["reconnected"] = True
+        order = [fresh.agent_ids.index(aid) for aid in self.session.agent_ids]
+        self._restart_stacks(slice(None), fresh.obs[order])
+        return self._stacked(), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool), done, infos
 
     def _venvs_due_for_new_track(self) -> list[int]:
         # Venvs change tracks in turn (staggered) so the policy keeps seeing new shapes.
@@ -323,6 +366,7 @@ def make_parallel_env(
     track_method: str | None = None,
     wait_timeout: float = 300.0,
     obs_timeout: float = 10.0,
+    reconnect_timeout: float = 60.0,
     sim_seed: int = 0,
 ) -> RacingParallelEnv:
     """A PettingZoo ParallelEnv of ``num_venvs`` venvs with ``num_agents`` cars each.
@@ -342,13 +386,17 @@ def make_parallel_env(
             None draws training tracks at random from ``TRAIN_TRACK_SEEDS``.
         track_method: restrict tracks to one generation method ("polar", "hull", "grid").
         obs_timeout: seconds to wait for observations before raising TimeoutError.
+        reconnect_timeout: when the game disconnects mid-run, seconds to wait for it to come back
+            (the embedded simulator is relaunched); the interrupted episodes end as truncated and
+            every venv is respawned. After that ``rbxenv.BridgeClosed`` is raised; 0 raises at once.
         sim_seed: seed of the embedded simulator.
     """
     return RacingParallelEnv(
         _session(
             num_agents, num_venvs, host=host, port=port, token=token, sim=sim, mode=mode, tick_hz=tick_hz,
             start=start, collisions=collisions, track_seeds=track_seeds, track_method=track_method,
-            wait_timeout=wait_timeout, obs_timeout=obs_timeout, sim_seed=sim_seed,
+            wait_timeout=wait_timeout, obs_timeout=obs_timeout, reconnect_timeout=reconnect_timeout,
+            sim_seed=sim_seed,
         )
     )  # fmt: skip
 
@@ -371,6 +419,7 @@ def make_vec_env(
     track_method: str | None = None,
     wait_timeout: float = 300.0,
     obs_timeout: float = 10.0,
+    reconnect_timeout: float = 60.0,
     sim_seed: int = 0,
 ) -> RacingVectorEnv:
     """A Gymnasium vector env with one slot per car (``num_envs = num_agents * num_venvs``).
@@ -383,7 +432,8 @@ def make_vec_env(
         _session(
             num_agents, num_venvs, host=host, port=port, token=token, sim=sim, mode=mode, tick_hz=tick_hz,
             start=start, collisions=collisions, track_seeds=track_seeds, track_method=track_method,
-            wait_timeout=wait_timeout, obs_timeout=obs_timeout, sim_seed=sim_seed,
+            wait_timeout=wait_timeout, obs_timeout=obs_timeout, reconnect_timeout=reconnect_timeout,
+            sim_seed=sim_seed,
         ),
         frame_stack=frame_stack,
         track_change_steps=track_change_steps,

@@ -61,6 +61,7 @@ class GameSession:
         track_method: str | None = None,
         wait_timeout: float = 300.0,
         obs_timeout: float = 10.0,
+        reconnect_timeout: float = 60.0,
         sim_seed: int = 0,
     ):
         if num_agents < 1 or num_venvs < 1:
@@ -77,6 +78,8 @@ class GameSession:
         self.track_seeds = list(track_seeds) if track_seeds is not None else None
         self.track_method = track_method
         self.wait_timeout, self.sim_seed = wait_timeout, sim_seed
+        self.reconnect_timeout = reconnect_timeout
+        self.reconnects = 0
         self.venv_ids = [f"v{k}" for k in range(num_venvs)]
         self.agent_ids = [agent_id(i, v) for v in self.venv_ids for i in range(num_agents)]
         self.index = {aid: k for k, aid in enumerate(self.agent_ids)}
@@ -113,6 +116,40 @@ class GameSession:
         self.bridge.update_collisions(self.collisions)
         return self.game
 
+    def reconnect(self) -> Observations:
+        """The game went away mid-run: wait for it to come back, then respawn every venv.
+
+        The embedded simulator is relaunched; a Roblox game has ``reconnect_timeout`` seconds to
+        reconnect (one line says so). Venvs come back on the tracks they had. Raises BridgeClosed
+        when the game does not return in time, or returns with other spaces.
+        """
+        old = self.game
+        print(
+            f"rbxenv: the game disconnected; waiting up to {self.reconnect_timeout:g} s for it to reconnect "
+            f"to {self.bridge.url}" + (" (relaunching the simulator)" if self.sim == "embedded" else ""),
+            flush=True,
+        )
+        if self.sim == "embedded":
+            if self.process is not None:
+                _stop_process(self.process)
+            self.process = self._launch_sim()
+        self.game = self.bridge.wait_for_game(self.reconnect_timeout)
+        if old is not None and (self.game.obs_size, self.game.action_size) != (old.obs_size, old.action_size):
+            raise BridgeClosed(
+                f"the game came back with obs_size={self.game.obs_size}, action_size={self.game.action_size} "
+                f"instead of {old.obs_size}, {old.action_size}: restart the training run"
+            )
+        self.reconnects += 1
+        self.bridge.update_collisions(self.collisions)
+        ids: list[str] = []
+        for venv, envid in enumerate(self.venv_ids):
+            venv_ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
+            self.bridge.spawn_agents(envid, venv_ids, track=self.tracks[envid], start=self.start)
+            ids += venv_ids
+        got = self.bridge.get_observations(ids)
+        print(f"rbxenv: the game is back ({self.game.game}); every venv respawned", flush=True)
+        return got
+
     def _launch_sim(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "rbxenv.sim", "--url", self.bridge.url, "--seed", str(self.sim_seed)]
         if self.mode == "realtime":
@@ -122,6 +159,8 @@ class GameSession:
             env["RBXENV_TOKEN"] = self.bridge.token  # the sim client presents it in its hello
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
         # If the user never calls close() (or the interpreter dies on an exception), still stop the child.
+        if self._finalizer is not None:
+            self._finalizer()
         self._finalizer = weakref.finalize(self, _stop_process, proc)
         atexit.register(self._finalizer)
         return proc

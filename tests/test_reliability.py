@@ -1,0 +1,96 @@
+"""A lost game never costs the run: the env waits, the game comes back, training continues."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import rbxenv
+from rbxenv import BridgeClosed
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_game(port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rbxenv.sim", "--url", f"ws://127.0.0.1:{port}"], stdin=subprocess.DEVNULL
+    )
+
+
+def drive(env, steps: int) -> list[dict]:
+    events = []
+    for _ in range(steps):
+        obs, reward, term, trunc, infos = env.step(np.tile([0.4, 0.0, 0.0], (env.num_envs, 1)).astype(np.float32))
+        assert obs.shape == (env.num_envs, env.single_observation_space.shape[0])
+        assert np.isfinite(obs).all() and np.isfinite(reward).all()
+        if infos.get("reconnected"):
+            events.append({"term": term.copy(), "trunc": trunc.copy(), "reward": reward.copy(), "infos": infos})
+    return events
+
+
+def test_embedded_sim_killed_mid_rollout_is_relaunched_and_training_goes_on():
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, track_change_steps=None, reconnect_timeout=30)
+    try:
+        env.reset(seed=0)
+        drive(env, 10)
+        tracks_before = {k: v["name"] for k, v in env.session.tracks.items()}
+        old = env.session.process
+        os.kill(old.pid, signal.SIGKILL)
+        events = drive(env, 30)
+        assert len(events) == 1, "exactly one step reports the interruption"
+        ev = events[0]
+        assert ev["trunc"].all() and not ev["term"].any(), "interrupted episodes end truncated, not terminated"
+        assert (ev["reward"] == 0).all()
+        assert ev["infos"]["_final_obs"].all()
+        assert env.session.reconnects == 1
+        assert env.session.process.pid != old.pid and env.session.process.poll() is None
+        assert {k: v["name"] for k, v in env.session.tracks.items()} == tracks_before, "venvs keep their tracks"
+    finally:
+        env.close()
+
+
+def test_external_game_killed_and_restarted():
+    port = free_port()
+    game = start_game(port)
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=1, sim=None, port=port, reconnect_timeout=30)
+    try:
+        env.reset(seed=0)
+        drive(env, 5)
+        game.send_signal(signal.SIGKILL)
+        game.wait()
+        game = start_game(port)  # the user restarts the game (Roblox: press Play again)
+        events = drive(env, 20)
+        assert len(events) == 1
+        assert env.session.reconnects == 1
+    finally:
+        env.close()
+        game.wait(timeout=10)
+
+
+def test_game_that_never_comes_back_raises_bridge_closed_after_the_timeout():
+    port = free_port()
+    game = start_game(port)
+    env = rbxenv.make_vec_env(num_agents=1, num_venvs=1, sim=None, port=port, reconnect_timeout=1.0)
+    try:
+        env.reset(seed=0)
+        game.send_signal(signal.SIGKILL)
+        game.wait()
+        t0 = time.monotonic()
+        with pytest.raises(BridgeClosed, match="no game connected"):
+            drive(env, 5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        env.close()
