@@ -1,0 +1,695 @@
+"""TrainingBridge over real loopback WebSockets: a scripted game (websockets' sync client) plays
+the other end, so the handshake, the seed formats, tick ids, stale packets, bad frames, auth and
+shutdown are exercised exactly as a Roblox place or the simulator would meet them.
+
+Every test binds port 0 on 127.0.0.1; seed games wait a 0.2 s handshake timeout instead of 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from types import MappingProxyType
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from rbxenv import protocol
+from rbxenv.bridge import BridgeClosed, TrainingBridge, is_loopback
+from rbxenv.protocol import SEED_GAME, GameSpec
+
+pytestmark = pytest.mark.timeout(10)
+
+HANDSHAKE = 0.2
+OBS = [0.5] * 10 + [1.0, 0.25, 0.0]
+CAPS = ["batch", "tick", "info", "track_spec", "random_start"]
+
+
+def hello(**changes) -> dict:
+    msg = {
+        "type": "hello",
+        "protocol": 1,
+        "game": "test game",
+        "obs_size": 13,
+        "num_rays": 10,
+        "action_size": 3,
+        "tick_hz": 15,
+        "mode": "lockstep",
+        "capabilities": CAPS,
+    }
+    msg.update(changes)
+    return msg
+
+
+def entry(obs=None, reward=0.0, terminated=False, truncated=False, info=None) -> dict:
+    out = {"obs": OBS if obs is None else obs, "reward": reward, "terminated": terminated, "truncated": truncated}
+    if info is not None:
+        out["info"] = info
+    return out
+
+
+def eventually(check, timeout: float = 2.0) -> bool:
+    """Poll ``check`` (the network thread updates stats after the game already saw the outcome)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def obs_of(value: float) -> list[float]:
+    return [value] * 13
+
+
+class Game:
+    """The game's end of one connection."""
+
+    def __init__(self, url: str):
+        self._client = connect(url, open_timeout=3, close_timeout=1, max_size=None)
+        self.ws = self._client.__enter__()
+
+    def send(self, msg) -> None:
+        self.ws.send(msg if isinstance(msg, str | bytes) else json.dumps(msg))
+
+    def recv(self, timeout: float = 3) -> dict:
+        frame = self.ws.recv(timeout)
+        assert isinstance(frame, str), "the trainer must send text frames"
+        return json.loads(frame)
+
+    def packet(self, agents: dict, tick: int | None = None, batch: bool = False) -> None:
+        self.send({"type": "obs", "tick": tick, "agents": agents} if batch or tick is not None else agents)
+
+    def barrier(self) -> None:
+        """Wait until the trainer has handled everything sent so far (it answers a bad frame in order)."""
+        self.send("barrier")
+        reply = self.recv()
+        assert reply["type"] == "error" and reply["code"] == "bad_json", reply
+
+    def close_code(self, timeout: float = 3) -> int | None:
+        """Read until the trainer closes the connection; its close code."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.ws.recv(max(0.01, deadline - time.monotonic()))
+        except ConnectionClosed:
+            return self.ws.close_code
+        raise AssertionError("the trainer did not close the connection")
+
+    def close(self) -> None:
+        self._client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def bridge():
+    b = TrainingBridge(port=0, handshake_timeout=HANDSHAKE, obs_timeout=3).start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@contextmanager
+def game_at(url: str, first: dict | str | None = None):
+    g = Game(url)
+    try:
+        if first is not None:
+            g.send(first)
+        yield g
+    finally:
+        g.close()
+
+
+@pytest.fixture
+def v1(bridge):
+    """A version-1 lockstep game with every capability, handshake done."""
+    with game_at(bridge.url, hello()) as g:
+        assert g.recv()["type"] == "welcome"
+        bridge.wait_for_game(3)
+        yield g
+
+
+@pytest.fixture
+def seed(bridge):
+    """A seed game: no hello, attached after the handshake timeout."""
+    with game_at(bridge.url) as g:
+        assert bridge.wait_for_game(3) == SEED_GAME
+        yield g
+
+
+# ============================================================================================
+# Handshake
+
+
+def test_hello_gets_welcome_and_game_spec(bridge):
+    with game_at(bridge.url, hello(capabilities=["batch", "tick", "telepathy"], mode="realtime", tick_hz=30)) as g:
+        assert g.recv() == {"type": "welcome", "protocol": 1, "capabilities": ["batch", "tick"]}
+        spec = bridge.wait_for_game(3)
+        assert spec == GameSpec(1, "test game", 13, 10, 3, 30.0, "realtime", frozenset({"batch", "tick"}))
+        assert bridge.game == spec and bridge.connected
+
+
+def test_hello_with_type_key_last_and_a_long_preamble(bridge):
+    # Roblox's JSONEncode orders keys as it likes: "type" may come after 200+ characters.
+    msg = {"game": "g" * 300, "capabilities": CAPS, "protocol": 1, "num_rays": 20, "obs_size": 23, "type": "hello"}
+    with game_at(bridge.url, json.dumps(msg)) as g:
+        assert g.recv()["type"] == "welcome"
+        assert bridge.wait_for_game(3).obs_size == 23
+
+
+def test_hello_in_a_binary_frame_is_accepted(bridge):
+    with game_at(bridge.url, json.dumps(hello()).encode()) as g:
+        assert g.recv()["type"] == "welcome"
+        assert bridge.wait_for_game(3).protocol == 1
+
+
+def test_unknown_protocol_version_gets_error_and_close_1002(bridge):
+    with game_at(bridge.url, hello(protocol=2)) as g:
+        err = g.recv()
+        assert err["type"] == "error" and err["code"] == "unsupported_version" and "protocol" in err["message"]
+        assert g.close_code() == 1002
+    assert not bridge.connected
+
+
+def test_bad_hello_gets_an_error_and_the_game_is_treated_as_a_seed_game(bridge):
+    with game_at(bridge.url, hello(obs_size=14)) as g:
+        err = g.recv()
+        assert err["code"] == "bad_message" and "hello.obs_size" in err["message"]
+        assert bridge.wait_for_game(3) == SEED_GAME
+
+
+def test_hello_after_the_first_frame_is_an_error(v1, bridge):
+    v1.send(hello())
+    err = v1.recv()
+    assert err["code"] == "bad_message" and "first frame" in err["message"]
+    assert bridge.game.protocol == 1
+
+
+def test_wait_for_game_timeout(bridge):
+    with pytest.raises(BridgeClosed, match="no game connected to ws://127.0.0.1"):
+        bridge.wait_for_game(0.05)
+
+
+# ============================================================================================
+# Seed games
+
+
+def test_seed_game_defaults_and_spawn_as_a_plain_list(bridge):
+    t0 = time.monotonic()
+    with game_at(bridge.url) as g:
+        assert bridge.wait_for_game(3) == SEED_GAME
+        assert time.monotonic() - t0 >= HANDSHAKE * 0.9  # it waited for a hello that never came
+        ids = ["car_0_env_a", "car_1_env_a"]
+        bridge.spawn_agents("a", ids, track={"ignored": True}, start="random", seed=3)
+        assert g.recv() == {"command": "SPAWN_AGENTS", "envid": "a", "data": ids}  # no tick, no spawn object
+        g.packet({ids[0]: entry(obs_of(0.1), 0.0), ids[1]: entry(obs_of(0.2), 0.0)})
+        got = bridge.get_observations(ids)
+        assert got.agent_ids == ids
+        assert got.obs.dtype == np.float32 and got.obs.shape == (2, 13)
+        np.testing.assert_allclose(got.obs[:, 0], [0.1, 0.2])
+
+
+def test_seed_game_gets_per_venv_action_commands(seed, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    bridge.spawn_agents("b", ["car_0_env_b"])
+    assert seed.recv()["envid"] == "a" and seed.recv()["envid"] == "b"
+    seed.packet({"car_0_env_a": entry(), "car_0_env_b": entry()})
+    bridge.get_observations(["car_0_env_a", "car_0_env_b"])
+    bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.5, 0.0]}, "b": {"car_0_env_b": np.array([-1.0, 0, 1])}})
+    assert seed.recv() == {"command": "ACTION", "envid": "a", "data": {"car_0_env_a": [1.0, 0.5, 0.0]}}
+    assert seed.recv() == {"command": "ACTION", "envid": "b", "data": {"car_0_env_b": [-1.0, 0.0, 1.0]}}
+    seed.packet({"car_0_env_a": entry(obs_of(0.3), 1.5)})
+    seed.packet({"car_0_env_b": entry(obs_of(0.4), -10.0, terminated=True)})
+    got = bridge.get_observations(["car_0_env_a", "car_0_env_b"])
+    assert got.reward.tolist() == [1.5, -10.0]
+    assert got.terminated.tolist() == [False, True] and got.truncated.tolist() == [False, False]
+
+
+def test_seed_game_commands(seed, bridge):
+    bridge.freeze(True)
+    assert seed.recv() == {"command": "FREEZE", "envid": None, "data": True}
+    bridge.update_collisions(False)
+    assert seed.recv() == {"command": "UPDATE_COLLISIONS", "envid": None, "data": False}
+    bridge.spawn_agents("a", ["car_0_env_a", "car_1_env_a"])
+    seed.recv()
+    bridge.reset_agents("a", ["car_0_env_a"])
+    assert seed.recv() == {"command": "RESET_AGENTS", "envid": "a", "data": ["car_0_env_a"]}
+    bridge.remove_agents("a", ["car_1_env_a"])
+    assert seed.recv() == {"command": "REMOVE_AGENTS", "envid": "a", "data": ["car_1_env_a"]}
+    bridge.close_environment("a")
+    assert seed.recv() == {"command": "CLOSE", "envid": "a", "data": None}
+    bridge.close_all()
+    assert seed.recv() == {"command": "CLOSE_ALL", "envid": None, "data": None}
+
+
+def test_seed_game_whose_first_frame_is_a_packet(bridge):
+    # not a hello: a seed game, and the frame itself is handled (here: an agent nobody spawned)
+    with game_at(bridge.url, {"car_0_env_a": entry()}) as g:
+        err = g.recv()
+        assert err["code"] == "unknown_agent" and "car_0_env_a" in err["message"]
+        assert bridge.wait_for_game(3) == SEED_GAME
+
+
+def test_real_time_packets_sum_rewards_and_keep_the_latest_observation(seed, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    seed.recv()
+    seed.packet({"car_0_env_a": entry(obs_of(0.1), 1.0, info={"lap": 0, "progress": 0.1})})
+    seed.packet({"car_0_env_a": entry(obs_of(0.2), 2.0, info={"lap": 0, "progress": 0.2})})
+    seed.packet({"car_0_env_a": entry(obs_of(0.3), 3.5, truncated=True, info={"lap": 1, "cause": "time_limit"})})
+    seed.barrier()
+    got = bridge.get_observation("car_0_env_a")
+    assert got["reward"] == 6.5
+    assert got["obs"][0] == np.float32(0.3)
+    assert got["truncated"] is True and got["terminated"] is False
+    assert got["info"] == {"lap": 1, "cause": "time_limit"}
+    # everything was handed over: nothing is pending any more
+    with pytest.raises(TimeoutError):
+        bridge.get_observation("car_0_env_a", timeout=0.05)
+
+
+def test_reward_flags_and_info_reset_after_each_read(seed, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    seed.recv()
+    seed.packet({"car_0_env_a": entry(reward=1.0, terminated=True, info={"cause": "wall"})})
+    assert bridge.get_observation("car_0_env_a")["terminated"] is True
+    seed.packet({"car_0_env_a": entry(reward=0.5)})
+    got = bridge.get_observation("car_0_env_a")
+    assert (got["reward"], got["terminated"], got["info"]) == (0.5, False, {})
+
+
+# ============================================================================================
+# Version 1: tick ids, ACTION_BATCH, obs batches
+
+
+def test_spawn_object_and_ticks_for_a_v1_game(v1, bridge):
+    track = {"centerline": [[float(k), 0.0] for k in range(8)], "half_width": [5.0] * 8}
+    bridge.spawn_agents("a", ["car_0_env_a"], track=track, start="random", seed=7)
+    cmd = v1.recv()
+    assert cmd == {
+        "command": "SPAWN_AGENTS",
+        "envid": "a",
+        "data": {"agents": ["car_0_env_a"], "start": "random", "track": track, "seed": 7},
+        "tick": 1,
+    }
+    assert protocol.decode_command(json.dumps(cmd)).data["start"] == "random"
+    bridge.reset_agents("a", ["car_0_env_a"])
+    assert v1.recv() == {"command": "RESET_AGENTS", "envid": "a", "data": ["car_0_env_a"], "tick": 2}
+    bridge.send_actions("a", {"car_0_env_a": [0.0, 0.0, 0.0]})
+    assert v1.recv()["tick"] == 3
+
+
+def test_spawn_for_a_game_without_track_spec_or_random_start(bridge):
+    with game_at(bridge.url, hello(capabilities=["tick"])) as g:
+        g.recv()
+        bridge.wait_for_game(3)
+        bridge.spawn_agents("a", ["car_0_env_a"], track={"x": 1}, start="random")
+        assert g.recv() == {"command": "SPAWN_AGENTS", "envid": "a", "data": ["car_0_env_a"], "tick": 1}
+
+
+def test_action_batch_with_tick_ids(v1, bridge):
+    ids = {"a": ["car_0_env_a", "car_1_env_a"], "b": ["car_0_env_b"]}
+    for env, agents in ids.items():
+        bridge.spawn_agents(env, agents)
+        tick = v1.recv()["tick"]
+        v1.packet({aid: entry() for aid in agents}, tick=tick)
+    everyone = ids["a"] + ids["b"]
+    bridge.get_observations(everyone)
+
+    rows = np.arange(9, dtype=np.float32).reshape(3, 3).T / 10  # non-contiguous rows
+    tick = bridge.send_action_batch(
+        {"a": {"car_0_env_a": rows[0], "car_1_env_a": rows[1]}, "b": {"car_0_env_b": rows[2]}}
+    )
+    cmd = v1.recv()
+    assert cmd["command"] == "ACTION_BATCH" and cmd["tick"] == tick == 3 and cmd["envid"] is None
+    np.testing.assert_allclose(cmd["data"]["a"]["car_1_env_a"], rows[1], rtol=1e-6)
+    assert set(cmd["data"]) == {"a", "b"}
+
+    v1.packet({aid: entry(obs_of(k / 10), reward=k) for k, aid in enumerate(everyone)}, tick=tick)
+    got = bridge.get_observations(everyone)
+    assert got.reward.tolist() == [0.0, 1.0, 2.0]
+    np.testing.assert_allclose(got.obs[:, 5], [0.0, 0.1, 0.2])
+    assert bridge.send_action_batch({"a": MappingProxyType({"car_0_env_a": (0, 0, 0)})}) == 4  # any Mapping
+    assert v1.recv()["data"] == {"a": {"car_0_env_a": [0, 0, 0]}}
+
+
+def test_stale_packets_are_not_the_answer_but_their_reward_and_flags_count(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observation("car_0_env_a")
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1, 0, 0]}})
+    v1.recv()
+    # a packet answering an older command arrives after the new one was sent
+    v1.packet({"car_0_env_a": entry(obs_of(0.9), 2.0, truncated=False, info={"lap": 7})}, tick=tick - 1)
+    v1.barrier()
+    with pytest.raises(TimeoutError):
+        bridge.get_observation("car_0_env_a", timeout=0.1)
+    assert bridge.stats["stale_packets"] == 1
+    v1.packet({"car_0_env_a": entry(obs_of(0.1), 0.5, info={"lap": 0})}, tick=tick)
+    got = bridge.get_observation("car_0_env_a")
+    assert got["obs"][0] == np.float32(0.1)  # the fresh observation, not the stale one
+    assert got["reward"] == 2.5  # but nothing is lost
+    assert got["info"] == {"lap": 0}
+
+
+def test_stale_packet_flags_are_kept(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a", "car_1_env_a"])
+    v1.packet({"car_0_env_a": entry(), "car_1_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observations(["car_0_env_a", "car_1_env_a"])
+    bridge.send_actions("a", {"car_0_env_a": [1, 0, 0], "car_1_env_a": [1, 0, 0]})
+    tick = v1.recv()["tick"]
+    # car 0 ended in a packet of the previous step: the game parks it, so that packet is its answer
+    v1.packet({"car_0_env_a": entry(obs_of(0.7), -10.0, terminated=True, info={"cause": "wall"})}, tick=tick - 1)
+    v1.packet({"car_1_env_a": entry(obs_of(0.2), 1.0, truncated=True)}, tick=tick - 1)
+    got = bridge.get_observations(["car_0_env_a", "car_1_env_a"])
+    assert got.terminated.tolist() == [True, False] and got.truncated.tolist() == [False, True]
+    assert got.reward.tolist() == [-10.0, 1.0]
+    assert got.infos[0] == {"cause": "wall"}
+    np.testing.assert_allclose(got.obs[:, 0], [0.7, 0.2])
+    assert bridge.stats["stale_packets"] == 0  # ending packets are never stale
+
+
+def test_stale_reward_and_ending_add_up_with_the_answer(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observation("car_0_env_a")
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1, 0, 0]}})
+    v1.recv()
+    v1.packet({"car_0_env_a": entry(obs_of(0.1), 0.25)}, tick=tick - 1)
+    v1.packet({"car_0_env_a": entry(obs_of(0.2), 0.5)}, tick=tick - 1)
+    v1.packet({"car_0_env_a": entry(obs_of(0.3), -10.0, terminated=True)}, tick=tick)
+    v1.barrier()
+    got = bridge.get_observation("car_0_env_a")
+    assert (got["reward"], got["terminated"], got["obs"][0]) == (-9.25, True, np.float32(0.3))
+    assert bridge.stats["stale_packets"] == 2
+
+
+def test_packets_of_an_episode_ended_by_a_reset_are_dropped(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observation("car_0_env_a")
+    bridge.send_actions("a", {"car_0_env_a": [1, 0, 0]})
+    old = v1.recv()["tick"]
+    bridge.reset_agents("a", ["car_0_env_a"])
+    reset_tick = v1.recv()["tick"]
+    # the old episode crashes while the reset is in flight
+    v1.packet({"car_0_env_a": entry(obs_of(0.9), -10.0, terminated=True, info={"cause": "wall"})}, tick=old)
+    v1.barrier()
+    with pytest.raises(TimeoutError):
+        bridge.get_observation("car_0_env_a", timeout=0.1)
+    v1.packet({"car_0_env_a": entry(obs_of(0.0), 0.0)}, tick=reset_tick)
+    got = bridge.get_observation("car_0_env_a")
+    assert (got["terminated"], got["reward"], got["obs"][0]) == (False, 0.0, 0.0)
+
+
+def test_untagged_packets_of_a_v1_game_are_always_fresh(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.recv()
+    v1.packet({"car_0_env_a": entry(reward=1.0)}, batch=True)  # "tick": null
+    assert bridge.get_observation("car_0_env_a")["reward"] == 1.0
+
+
+def test_obs_size_follows_the_handshake(bridge):
+    with game_at(bridge.url, hello(num_rays=4, obs_size=7)) as g:
+        g.recv()
+        bridge.wait_for_game(3)
+        bridge.spawn_agents("a", ["car_0_env_a"])
+        tick = g.recv()["tick"]
+        g.packet({"car_0_env_a": entry(obs=OBS)}, tick=tick)
+        err = g.recv()
+        assert err["code"] == "bad_message" and "expected 7 numbers, got 13" in err["message"]
+        g.packet({"car_0_env_a": entry(obs=[0.5] * 7)}, tick=tick)
+        assert bridge.get_observation("car_0_env_a")["obs"].shape == (7,)
+
+
+# ============================================================================================
+# Bad frames: an error back, the connection keeps working
+
+
+def _still_works(game: Game, bridge: TrainingBridge, reward: float) -> None:
+    game.packet({"car_0_env_a": entry(reward=reward)})
+    assert bridge.get_observation("car_0_env_a")["reward"] == reward
+
+
+@pytest.fixture
+def spawned(seed, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    seed.recv()
+    return seed
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "fragment"),
+    [
+        ("{not json", "bad_json", "not valid JSON"),
+        ('{"car_0_env_a": {"obs": [NaN]}}', "bad_json", "not valid JSON"),
+        ("[1, 2, 3]", "bad_message", "expected a JSON object"),
+        (b'{"car_0_env_a": {}}', "bad_message", "binary frame"),
+        ({"car_0_env_a": entry(obs=OBS[:12])}, "bad_message", "car_0_env_a.obs: expected 13 numbers, got 12"),
+        ({"car_0_env_a": entry(reward=True)}, "bad_message", "car_0_env_a.reward"),
+        ({"car_9_env_a": entry()}, "unknown_agent", "car_9_env_a"),
+        ({"car_0_env_zz": entry()}, "unknown_agent", "never spawned"),
+        ({"type": "welcome"}, "unknown_command", "welcome"),
+        ({"type": "obs", "tick": "3", "agents": {}}, "bad_message", "obs.tick"),
+    ],
+)
+def test_bad_frames_get_an_error_and_the_connection_keeps_working(spawned, bridge, frame, code, fragment):
+    spawned.send(frame)
+    err = spawned.recv()
+    assert err["type"] == "error" and err["code"] == code and fragment in err["message"], err
+    assert bridge.stats["bad_frames"] == 1 and bridge.stats[f"bad_frames.{code}"] == 1
+    _still_works(spawned, bridge, 1.25)
+
+
+def test_oversized_frame_gets_too_large_and_the_connection_keeps_working(spawned, bridge):
+    big = json.dumps({"type": "error", "message": "x" * (3 * protocol.MAX_FRAME_BYTES // 2)})
+    spawned.send(big)
+    err = spawned.recv()
+    assert err["code"] == "too_large" and "exceeds" in err["message"]
+    spawned.send(big.encode())  # binary and oversized: still an error, not a disconnect
+    assert spawned.recv()["type"] == "error"
+    _still_works(spawned, bridge, 2.0)
+
+
+def test_frame_beyond_the_hard_limit_closes_the_connection(spawned, bridge):
+    with pytest.raises(ConnectionClosed):  # websockets refuses it (1009) instead of buffering 16 MiB+
+        spawned.send("x" * (16 * protocol.MAX_FRAME_BYTES + 1))
+        spawned.recv()
+    assert spawned.ws.close_code == 1009
+    with pytest.raises(BridgeClosed, match="disconnected"):
+        bridge.get_observation("car_0_env_a", timeout=3)
+
+
+def test_one_bad_entry_spoils_only_its_packet(spawned, bridge):
+    spawned.packet({"car_0_env_a": entry(reward=5.0), "car_1_env_a": entry(obs=[])})
+    assert spawned.recv()["code"] == "bad_message"
+    _still_works(spawned, bridge, 1.0)  # the 5.0 was not counted
+
+
+def test_error_messages_from_the_game_are_counted(spawned, bridge):
+    spawned.send({"type": "error", "code": "bad_message", "message": "ACTION data for car_9_env_a"})
+    spawned.barrier()
+    assert bridge.stats["errors_from_game"] == 1
+
+
+# ============================================================================================
+# Waiting: timeouts and lost games
+
+
+def test_get_observation_timeout_says_what_is_missing(spawned, bridge):
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no observation for 1 of 1 agents \(car_0_env_a\) within 0.2 s"):
+        bridge.get_observation("car_0_env_a", timeout=0.2)
+    assert 0.15 < time.monotonic() - t0 < 1.5
+
+
+def test_get_observations_timeout_lists_the_missing_agents(seed, bridge):
+    ids = [f"car_{k}_env_a" for k in range(5)]
+    bridge.spawn_agents("a", ids)
+    seed.recv()
+    seed.packet({ids[0]: entry()})
+    with pytest.raises(TimeoutError, match=r"4 of 5 agents \(car_1_env_a, car_2_env_a, car_3_env_a \.\.\.\)"):
+        bridge.get_observations(ids, timeout=0.2)
+
+
+def test_agent_never_spawned_is_a_key_error(bridge):
+    with pytest.raises(KeyError, match="never spawned"):
+        bridge.get_observation("car_0_env_q", timeout=0.1)
+
+
+def test_game_disconnect_wakes_a_waiting_get_observations_promptly(spawned, bridge):
+    result: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            bridge.get_observations(["car_0_env_a"], timeout=8)
+        except BaseException as err:  # noqa: BLE001 - inspected below
+            result.append(err)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    spawned.close()
+    waiter.join(3)
+    assert not waiter.is_alive(), "get_observations kept waiting after the game left"
+    assert time.monotonic() - t0 < 2
+    assert isinstance(result[0], BridgeClosed) and "disconnected" in str(result[0]) and "1000" in str(result[0])
+    assert not bridge.connected
+    with pytest.raises(BridgeClosed):
+        bridge.send_actions("a", {"car_0_env_a": [0, 0, 0]})
+
+
+def test_a_new_game_can_attach_after_the_first_left(bridge):
+    with game_at(bridge.url, hello()) as g:
+        g.recv()
+        bridge.wait_for_game(3)
+    assert eventually(lambda: not bridge.connected)
+    with game_at(bridge.url) as g:
+        assert bridge.wait_for_game(3) == SEED_GAME
+        bridge.spawn_agents("a", ["car_0_env_a"])
+        g.recv()
+        g.packet({"car_0_env_a": entry(reward=3.0)})
+        assert bridge.get_observation("car_0_env_a")["reward"] == 3.0
+
+
+def test_second_game_is_closed_with_1013(v1, bridge):
+    with game_at(bridge.url) as second:
+        assert second.close_code() == 1013
+        assert "another game is already attached" in second.ws.close_reason
+    assert eventually(lambda: bridge.stats["rejected_second_game"] == 1)
+    # the first one is unaffected
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry(reward=1.0)}, tick=v1.recv()["tick"])
+    assert bridge.get_observation("car_0_env_a")["reward"] == 1.0
+
+
+# ============================================================================================
+# Security
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.com"])
+def test_binding_beyond_loopback_needs_a_token(monkeypatch, host):
+    monkeypatch.delenv("RBXENV_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="token"):
+        TrainingBridge(host=host, port=0)
+    TrainingBridge(host=host, port=0, token="s3cret")  # constructing binds nothing
+    monkeypatch.setenv("RBXENV_TOKEN", "from-env")
+    assert TrainingBridge(host=host, port=0).token == "from-env"
+
+
+def test_loopback_hosts():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("::")
+
+
+@pytest.fixture
+def secured():
+    b = TrainingBridge(host="127.0.0.1", port=0, token="s3cret", handshake_timeout=HANDSHAKE).start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "first"),
+    [
+        ("", hello()),  # v1 game without a token
+        ("", hello(token="wrong")),
+        ("", hello(token="")),
+        ("?token=wrong", hello()),
+        ("", None),  # seed game without a token
+        ("?token=wrong", None),
+        ("?token=", None),
+    ],
+)
+def test_missing_or_wrong_token_closes_with_1008(secured, path, first):
+    with game_at(secured.url + "/" + path, first) as g:
+        err = g.recv()
+        assert err == {"type": "error", "code": "unauthorized", "message": "missing or wrong token"}
+        assert g.close_code() == 1008
+    assert eventually(lambda: secured.stats["rejected_token"] == 1)
+    assert not secured.connected
+
+
+def test_right_token_in_hello_is_accepted(secured):
+    with game_at(secured.url, hello(token="s3cret")) as g:
+        assert g.recv()["type"] == "welcome"
+        assert secured.wait_for_game(3).protocol == 1
+
+
+def test_right_token_in_the_query_is_accepted(secured):
+    with game_at(secured.url + "/?token=s3cret") as g:
+        assert secured.wait_for_game(3) == SEED_GAME
+        secured.spawn_agents("a", ["car_0_env_a"])
+        assert g.recv()["command"] == "SPAWN_AGENTS"
+
+
+def test_token_in_the_query_also_serves_a_v1_game(secured):
+    with game_at(secured.url + "/?token=s3cret", hello()) as g:
+        assert g.recv()["type"] == "welcome"
+
+
+# ============================================================================================
+# Lifecycle
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_close_is_idempotent_and_frees_the_port():
+    b = TrainingBridge(port=0, handshake_timeout=HANDSHAKE).start()
+    port = b.port
+    assert port != 0 and b.url == f"ws://127.0.0.1:{port}"
+    with game_at(b.url, hello()) as g:
+        g.recv()
+        b.wait_for_game(3)
+        t0 = time.monotonic()
+        b.close()
+        b.close()
+        assert time.monotonic() - t0 < 3
+        assert g.close_code() == 1001  # going away
+    assert _port_is_free(port)
+    again = TrainingBridge(port=port).start()
+    try:
+        assert again.port == port
+    finally:
+        again.close()
+
+
+def test_calls_after_close_raise_bridge_closed(bridge):
+    bridge.close()
+    with pytest.raises(BridgeClosed, match="closed"):
+        bridge.get_observations([], timeout=1)
+    with pytest.raises(BridgeClosed):
+        bridge.freeze(True)
+
+
+def test_close_without_start_and_context_manager():
+    TrainingBridge(port=0).close()
+    with TrainingBridge(port=0, handshake_timeout=HANDSHAKE) as b:
+        with game_at(b.url):
+            assert b.wait_for_game(3) == SEED_GAME
+    assert _port_is_free(b.port)
+
+
+def test_port_in_use_is_a_clear_os_error():
+    with TrainingBridge(port=0) as first:
+        second = TrainingBridge(port=first.port)
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            second.start()
+        t0 = time.monotonic()
+        second.close()
+        assert time.monotonic() - t0 < 0.5
