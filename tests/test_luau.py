@@ -40,3 +40,64 @@ CASES = [(spec, case) for spec in SPECS for case in (spec_cases(spec) if pluau i
 @pytest.mark.parametrize(("spec", "case"), CASES, ids=[f"{s.removesuffix('.spec')}::{c}" for s, c in CASES])
 def test_spec(spec: str, case: str) -> None:
     run_spec_case(spec, case, readFile=_read_file)
+
+
+def test_policy_runner_matches_numpy() -> None:
+    """PolicyRunner's forward pass and frame stack equal a numpy reference of the exported MLP."""
+    import json
+
+    import numpy as np
+
+    from luau import LuauVM, to_python
+
+    rng = np.random.default_rng(0)
+    obs_size, stack, hidden = 13, 4, (16, 8)
+    sizes = [obs_size * stack, *hidden, 3]
+    layers = [
+        {"W": rng.normal(0, 0.5, (o, i)).tolist(), "b": rng.normal(0, 0.1, o).tolist()}
+        for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
+    weights = {
+        "obs_size": obs_size,
+        "frame_stack": stack,
+        "obs_mean": rng.normal(0, 0.3, obs_size * stack).tolist(),
+        "obs_var": rng.uniform(0.1, 2.0, obs_size * stack).tolist(),
+        "obs_eps": 1e-8,
+        "obs_clip": 2.0,
+        "layers": layers,
+        "activation": "tanh",
+        "squash": "clip",
+    }
+    frames = rng.uniform(-1.5, 1.5, (6, obs_size))
+
+    expected = []
+    stacked = np.tile(frames[0], stack)  # the first observation fills the stack
+    for k, frame in enumerate(frames):
+        if k:
+            stacked = np.concatenate([stacked[obs_size:], frame])
+        x = np.clip(
+            (stacked - weights["obs_mean"]) / np.sqrt(np.asarray(weights["obs_var"]) + 1e-8), -2.0, 2.0
+        )
+        for n, layer in enumerate(layers):
+            x = np.asarray(layer["W"]) @ x + np.asarray(layer["b"])
+            if n < len(layers) - 1:
+                x = np.tanh(x)
+        expected.append(np.clip(x, -1.0, 1.0))
+
+    vm = LuauVM()
+    out = vm.eval(
+        """
+        local Json, PolicyRunner = require("Json"), require("PolicyRunner")
+        local runner = assert(PolicyRunner.new((Json.decode(...))))
+        local frames = Json.decode(select(2, ...))
+        local actions = {}
+        for _, obs in frames do
+            table.insert(actions, runner:act("car_0_env_a", obs))
+        end
+        return Json.encode(actions)
+        """,
+        json.dumps(weights),
+        json.dumps(frames.tolist()),
+    )
+    got = np.array(json.loads(str(to_python(out[0]))))
+    np.testing.assert_allclose(got, np.array(expected), rtol=1e-9, atol=1e-12)
