@@ -101,3 +101,84 @@ def test_policy_runner_matches_numpy() -> None:
     )
     got = np.array(json.loads(str(to_python(out[0]))))
     np.testing.assert_allclose(got, np.array(expected), rtol=1e-9, atol=1e-12)
+
+
+def test_race_matches_simulator() -> None:
+    """The Luau game logic (VenvManager + Race) plays the same episode as the Python simulator:
+    same track, same actions, car-car bumps on -> same observations, rewards and endings."""
+    import json
+
+    import numpy as np
+
+    from luau import LuauVM, to_python
+    from rbxenv import tracks
+    from rbxenv.sim.world import Sim
+
+    spec = tracks.generate(5)
+    ids = [f"car_{i}_env_a" for i in range(4)]
+    steps = 90
+    rng = np.random.default_rng(2)
+    actions = np.stack(
+        [
+            rng.uniform(0.2, 1.0, (steps, len(ids))),
+            rng.uniform(-0.25, 0.25, (steps, len(ids))),
+            rng.uniform(-1.0, 1.0, (steps, len(ids))),
+        ],
+        axis=-1,
+    )
+    actions[:, 3, 1] = 1.0  # car 3 steers into the wall: a crash ending mid-episode
+
+    sim = Sim(seed=0)
+    sim.set_collisions(True)
+    sim.spawn("a", ids, track=spec, start="grid")
+    expected = []
+    for t in range(steps):
+        res = sim.step(actions[t])
+        expected.append(
+            {aid: (res.obs[k], float(res.reward[k]), bool(res.terminated[k])) for k, aid in enumerate(ids) if res.live[k]}
+        )
+
+    vm = LuauVM()
+    out = vm.eval(
+        """
+        local Json = require("Json")
+        local VenvManager, Race, Rules = require("VenvManager"), require("Race"), require("Rules")
+        local FakeWorld = require("FakeWorld")
+        local spec, ids, actions = Json.decode((...)), Json.decode((select(2, ...))), Json.decode((select(3, ...)))
+        local world = FakeWorld.new()
+        local venvs = VenvManager.new(0)
+        venvs.collisions = true
+        assert(venvs:spawn("a", ids, spec, "grid"))
+        world:buildVenv({ id = "a", slot = 0, geometry = venvs.venvs.a.geometry })
+        for _, id in ids do world:spawnCar("a", id) end
+        local race = Race.new(venvs, world, Rules.DEFAULTS)
+        local steps = {}
+        for _, row in actions do
+            for k, id in ids do
+                local car = venvs:car(id)
+                car.action = row[k]
+            end
+            local step = {}
+            for _, r in race:step() do
+                step[r.id] = { r.entry.obs, r.entry.reward, r.entry.terminated }
+            end
+            table.insert(steps, Json.object(step))
+        end
+        return Json.encode(steps)
+        """,
+        json.dumps(spec),
+        json.dumps(ids),
+        json.dumps(actions.tolist()),
+    )
+    got = json.loads(str(to_python(out[0])))
+    assert len(got) == steps
+    crashed = False
+    for t in range(steps):
+        assert sorted(got[t]) == sorted(expected[t]), f"step {t}: live cars differ"
+        for aid, (obs, reward, terminated) in expected[t].items():
+            g_obs, g_reward, g_term = got[t][aid]
+            np.testing.assert_allclose(g_obs, obs, atol=1e-4, err_msg=f"step {t} {aid} obs")
+            assert abs(g_reward - reward) < 1e-4, f"step {t} {aid} reward {g_reward} != {reward}"
+            assert g_term == terminated, f"step {t} {aid} terminated"
+            crashed |= terminated
+    assert crashed, "the scenario should end at least one episode"
