@@ -156,6 +156,9 @@ def _type_name(value: object) -> str:
     )
 
 
+_NUMBER_TYPES = frozenset({int, float})  # not bool: True is an int in Python but not a number on the wire
+
+
 def _is_number(value: object) -> bool:
     # bool is an int in Python but not a number on the wire
     return type(value) in (int, float)
@@ -179,9 +182,10 @@ def _check_vector(value: object, size: int, where: str) -> list:
         raise ProtocolError(f"{where}: expected an array of {size} numbers, got {_type_name(value)}")
     if len(value) != size:
         raise ProtocolError(f"{where}: expected {size} numbers, got {len(value)}")
-    for k, v in enumerate(value):
-        if not _is_number(v):
-            raise ProtocolError(f"{where}[{k}]: expected a number, got {_type_name(v)} {_show(v)}")
+    if not _NUMBER_TYPES.issuperset(map(type, value)):  # the hot path: one C-level pass
+        for k, v in enumerate(value):
+            if not _is_number(v):
+                raise ProtocolError(f"{where}[{k}]: expected a number, got {_type_name(v)} {_show(v)}")
     return value
 
 
@@ -264,19 +268,26 @@ def decode_hello(msg: dict) -> Hello:
     return Hello(spec, token)
 
 
+_INFO_NUMBERS = ("progress", "speed", "x", "y", "heading")
+
+
 def _check_info(info: object, where: str) -> dict | None:
     if info is None:
         return None
     if type(info) is not dict:
         raise ProtocolError(f"{where}: expected an object, got {_type_name(info)}")
-    for key in ("progress", "speed", "x", "y", "heading"):
-        if key in info:
-            _check_number(info[key], f"{where}.{key}")
-    if "lap" in info:
-        _check_int(info["lap"], f"{where}.lap", 0, 10**6)
-    if info.get("lap_time") is not None:
-        _check_number(info["lap_time"], f"{where}.lap_time")
-    if "collided" in info:
+    # Error texts are only formatted on failure: this runs for every car on every tick.
+    for key in _INFO_NUMBERS:
+        value = info.get(key, 0.0)
+        if type(value) not in _NUMBER_TYPES:
+            _check_number(value, f"{where}.{key}")
+    lap = info.get("lap", 0)
+    if type(lap) is not int or not 0 <= lap <= 10**6:
+        _check_int(lap, f"{where}.lap", 0, 10**6)
+    lap_time = info.get("lap_time")
+    if lap_time is not None and type(lap_time) not in _NUMBER_TYPES:
+        _check_number(lap_time, f"{where}.lap_time")
+    if type(info.get("collided", False)) is not bool:
         _check_bool(info["collided"], f"{where}.collided")
     cause = info.get("cause")
     if cause is not None and (not isinstance(cause, str) or cause not in ENDING_CAUSES):
@@ -301,13 +312,22 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
                 f"{where}.{aid}: expected an object with obs/reward/terminated/truncated, got {_type_name(entry)}"
             )
         try:
-            rows.append(_check_vector(entry["obs"], obs_size, f"{aid}.obs"))
-            reward[k] = _check_number(entry["reward"], f"{aid}.reward")
-            terminated[k] = _check_bool(entry["terminated"], f"{aid}.terminated")
-            truncated[k] = _check_bool(entry["truncated"], f"{aid}.truncated")
+            obs, r, term, trunc = entry["obs"], entry["reward"], entry["terminated"], entry["truncated"]
         except KeyError as err:
             raise ProtocolError(f"{aid}: missing field {err.args[0]!r}") from None
-        infos.append(_check_info(entry.get("info"), f"{aid}.info"))
+        # Fast checks first; the detailed ones (which format the error text) run only on failure.
+        if type(obs) is not list or len(obs) != obs_size or not _NUMBER_TYPES.issuperset(map(type, obs)):
+            _check_vector(obs, obs_size, f"{aid}.obs")
+        if type(r) not in _NUMBER_TYPES:
+            _check_number(r, f"{aid}.reward")
+        if type(term) is not bool:
+            _check_bool(term, f"{aid}.terminated")
+        if type(trunc) is not bool:
+            _check_bool(trunc, f"{aid}.truncated")
+        rows.append(obs)
+        reward[k], terminated[k], truncated[k] = r, term, trunc
+        info = entry.get("info")
+        infos.append(None if info is None else _check_info(info, aid + ".info"))
         ids.append(aid)
     with np.errstate(over="ignore"):  # overflow is reported just below, not as a RuntimeWarning
         obs = np.array(rows, dtype=np.float32).reshape(n, obs_size)
@@ -426,7 +446,8 @@ def _check_actions(data: object, envid: str | None, action_size: int, where: str
         _, aid_env = parse_agent_id(aid)
         if envid is not None and aid_env != envid:
             raise ProtocolError(f"{where}: agent {aid} does not belong to venv {envid}", "unknown_agent")
-        _check_vector(action, action_size, f"{where}.{aid}")
+        if type(action) is not list or len(action) != action_size or not _NUMBER_TYPES.issuperset(map(type, action)):
+            _check_vector(action, action_size, f"{where}.{aid}")  # raises, saying what is wrong
     return data
 
 

@@ -52,7 +52,7 @@ class SimGame:
         self.batch = False  # until the trainer's welcome says it takes obs batches
         self.ticked = False
         self.tick = 0  # tick of the latest command applied
-        self.actions: dict[str, np.ndarray] = {}  # latest action per car (held in real time)
+        self.actions: dict[str, list] = {}  # latest action per car (held in real time)
         self.acted_venvs: set[str] = set()  # lockstep with per-venv ACTIONs: venvs acted since the last step
         self.stats = {"steps": 0, "bad_commands": 0}
 
@@ -91,13 +91,13 @@ class SimGame:
             spawn = cmd.data
             sim.spawn(cmd.envid, spawn["agents"], track=spawn["track"], start=spawn["start"], seed=spawn["seed"])
             for aid in spawn["agents"]:
-                self.actions[aid] = np.zeros(3, dtype=np.float32)
+                self.actions[aid] = [0.0, 0.0, 0.0]
             return [self._report(spawn["agents"], envid=cmd.envid)]
         if name == "RESET_AGENTS":
             ids = self._known(cmd.data)
             sim.reset_agents(ids)
             for aid in ids:
-                self.actions[aid] = np.zeros(3, dtype=np.float32)
+                self.actions[aid] = [0.0, 0.0, 0.0]
             return [self._report(ids, envid=cmd.envid)]
         if name == "REMOVE_AGENTS":
             ids = self._known(cmd.data)
@@ -132,8 +132,7 @@ class SimGame:
         unknown = [aid for aid in actions if aid not in self.actions]
         if unknown:
             raise ProtocolError(f"actions for agents never spawned: {', '.join(unknown[:3])}", "unknown_agent")
-        for aid, row in actions.items():
-            self.actions[aid] = np.clip(np.asarray(row, dtype=np.float32), -1.0, 1.0)
+        self.actions.update(actions)  # validated lists; converted and clipped once per step
 
     def _forget(self, envid: str) -> None:
         suffix = f"_env_{envid}"
@@ -148,7 +147,7 @@ class SimGame:
         ids = sim.agent_ids
         if not ids or sim.frozen:
             return []
-        actions = np.stack([self.actions[aid] for aid in ids])
+        actions = np.clip(np.array([self.actions[aid] for aid in ids], dtype=np.float32), -1.0, 1.0)
         result = sim.step(actions)
         self.stats["steps"] += 1
         self.acted_venvs.clear()
