@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from luau import REPO, ROBLOX, luau_files, pluau, run_spec_case, spec_cases
 
 pytestmark = pytest.mark.skipif(pluau is None, reason="pluau is not installed (pip install -r requirements-dev.txt)")
@@ -33,6 +32,21 @@ def test_every_module_is_found() -> None:
     assert {"Protocol.luau", "Rules.luau", "Trainer.server.luau", "RobloxWorld.luau"} <= names
 
 
+def _stylua() -> str | None:
+    local = ROBLOX / "node_modules" / ".bin" / "stylua"  # `npm install` in roblox/ puts it here
+    return str(local) if local.exists() else shutil.which("stylua")
+
+
+def test_stylua_format() -> None:
+    """Every Luau file is formatted with roblox/stylua.toml (only where StyLua is installed: CI does
+    not need npm; `cd roblox && npm install` brings it, `npx stylua .` fixes the formatting)."""
+    stylua = _stylua()
+    if stylua is None:
+        pytest.skip("StyLua is not installed (cd roblox && npm install)")
+    result = subprocess.run([stylua, "--check", "."], cwd=ROBLOX, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"run `npx stylua .` in roblox/:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
+
+
 SPECS = sorted(p.name.removesuffix(".luau") for p in (ROBLOX / "tests").glob("*.spec.luau"))
 CASES = [(spec, case) for spec in SPECS for case in (spec_cases(spec) if pluau is not None else [])]
 
@@ -47,7 +61,6 @@ def test_policy_runner_matches_numpy() -> None:
     import json
 
     import numpy as np
-
     from luau import LuauVM, to_python
 
     rng = np.random.default_rng(0)
@@ -75,9 +88,7 @@ def test_policy_runner_matches_numpy() -> None:
     for k, frame in enumerate(frames):
         if k:
             stacked = np.concatenate([stacked[obs_size:], frame])
-        x = np.clip(
-            (stacked - weights["obs_mean"]) / np.sqrt(np.asarray(weights["obs_var"]) + 1e-8), -2.0, 2.0
-        )
+        x = np.clip((stacked - weights["obs_mean"]) / np.sqrt(np.asarray(weights["obs_var"]) + 1e-8), -2.0, 2.0)
         for n, layer in enumerate(layers):
             x = np.asarray(layer["W"]) @ x + np.asarray(layer["b"])
             if n < len(layers) - 1:
@@ -109,8 +120,8 @@ def test_race_matches_simulator() -> None:
     import json
 
     import numpy as np
-
     from luau import LuauVM, to_python
+
     from rbxenv import tracks
     from rbxenv.sim.world import Sim
 
@@ -135,7 +146,11 @@ def test_race_matches_simulator() -> None:
     for t in range(steps):
         res = sim.step(actions[t])
         expected.append(
-            {aid: (res.obs[k], float(res.reward[k]), bool(res.terminated[k])) for k, aid in enumerate(ids) if res.live[k]}
+            {
+                aid: (res.obs[k], float(res.reward[k]), bool(res.terminated[k]))
+                for k, aid in enumerate(ids)
+                if res.live[k]
+            }
         )
 
     vm = LuauVM()

@@ -1,0 +1,165 @@
+"""The Roblox game logic (Luau GameClient + a fake world whose cars move by the Luau rules) against
+the REAL trainer bridge (rbxenv.bridge.TrainingBridge) over a real WebSocket on loopback.
+
+Only the engine is faked: the socket is a Python ``websockets`` client standing in for
+``HttpService:CreateWebStreamClient`` (same three calls: connect, send text, close, plus the
+Opened / MessageReceived / Closed / Error events), the world is roblox/tests/FakeWorld.luau.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from luau import LuauVM, pluau
+
+pytestmark = pytest.mark.skipif(pluau is None, reason="pluau is not installed (pip install -r requirements-dev.txt)")
+
+bridge_mod = pytest.importorskip("rbxenv.bridge")
+
+_CLIENT = """
+local connect, url, mode = ...
+local Config, GameClient, FakeWorld = require("Config"), require("GameClient"), require("FakeWorld")
+local config, problems = Config.resolve({ Url = url, Mode = mode, ReconnectMin = 0.05, ReconnectMax = 0.2 })
+assert(#problems == 0, problems[1])
+local world = FakeWorld.new()
+local logs = {}
+local client = GameClient.new({
+    config = config,
+    world = world,
+    connect = function(url, handlers)
+        return connect(url, handlers)
+    end,
+    log = function(level, message) table.insert(logs, level .. ": " .. message) end,
+})
+return client, world, logs
+"""
+
+
+class GameThread:
+    """Runs the Luau GameClient on its own thread (the Luau VM is only touched from there),
+    pumping frames between a ``websockets`` client and the client's socket handlers."""
+
+    def __init__(self, url: str, mode: str) -> None:
+        self.url, self.mode = url, mode
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.stats: dict[str, Any] = {}
+        self.logs: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="luau-game", daemon=True)
+
+    def __enter__(self) -> GameThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the game thread did not stop"
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        ws = None
+        handlers = None
+        opened = False
+        sockets = contextlib.ExitStack()
+        try:
+            vm = LuauVM()
+
+            def py_connect(lua: Any, args: tuple) -> list:
+                nonlocal ws, handlers, opened
+                url, handlers = str(args[0]), args[1]
+                ws = sockets.enter_context(connect(url, open_timeout=5, compression=None, max_size=2**24))
+                opened = False
+                sock = vm.lua.create_table()
+                sock.set("send", vm.lua.create_function(lambda _l, a: [ws.send(str(a[1]))]))
+                sock.set("close", vm.lua.create_function(lambda _l, a: [ws.close()]))
+                return [sock]
+
+            client, _world, logs = vm.eval(_CLIENT, vm.lua.create_function(py_connect), self.url, self.mode)
+            update = vm.lua.load_chunk("local c, dt = ...; c:update(dt)", name="=update")
+            start = vm.lua.load_chunk("local c = ...; c:start()", name="=start")
+            start(client)
+            last = time.monotonic()
+            while not self.stop.is_set():
+                if ws is not None and handlers is not None and not opened:
+                    opened = True  # the Opened event fires after the factory returned
+                    handlers.get("onOpen")()
+                if ws is not None and handlers is not None:
+                    try:
+                        frame = ws.recv(timeout=0.002)
+                        handlers.get("onMessage")(frame)
+                    except TimeoutError:
+                        pass
+                    except ConnectionClosed:
+                        ws, h = None, handlers
+                        handlers = None
+                        h.get("onClose")("closed by the trainer")
+                now = time.monotonic()
+                update(client, now - last)
+                last = now
+                self.ready.set()
+            stats = client.get("stats")
+            self.stats = {str(k): v for k, v in stats}
+            self.logs = [str(x) for _, x in logs]
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test thread
+            self.error = err
+        finally:
+            sockets.close()
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+def test_luau_game_plays_an_episode_with_the_real_bridge(mode: str) -> None:
+    from rbxenv import tracks
+
+    bridge = bridge_mod.TrainingBridge(port=0, obs_timeout=10).start()
+    try:
+        with GameThread(bridge.url, mode) as game:
+            spec = bridge.wait_for_game(timeout=10)
+            assert spec.protocol == 1 and spec.obs_size == 13 and spec.num_rays == 10
+            assert spec.mode == mode
+            assert {"batch", "tick", "info", "track_spec", "random_start"} <= set(spec.capabilities)
+
+            ids = ["car_0_env_v1", "car_1_env_v1"]
+            bridge.update_collisions(True)
+            bridge.spawn_agents("v1", ids, track=tracks.generate(11), start="grid", seed=3)
+            first = bridge.get_observations(ids)
+            assert first.obs.shape == (2, 13)
+            assert np.all(first.reward == 0) and not first.terminated.any()
+            assert np.all((first.obs[:, :10] > 0) & (first.obs[:, :10] <= 1)), "rays see the walls"
+            assert first.obs[0, 10] == pytest.approx(1.0), "full nitro tank"
+
+            total = np.zeros(2)
+            for _ in range(12):
+                bridge.send_action_batch({"v1": {ids[0]: [1.0, 0.0, 0.0], ids[1]: [0.8, 0.0, 1.0]}})
+                got = bridge.get_observations(ids)
+                assert got.obs.shape == (2, 13)
+                total += got.reward
+            assert np.all(total > 0.5), f"driving forward earns progress reward, got {total}"
+            info = got.infos[0]
+            assert info["speed"] > 5 and 0 < info["progress"] < 1 and info["lap"] == 0
+            assert got.obs[1, 10] < 1.0, "car 1 burnt nitro"
+
+            bridge.reset_agents("v1", [ids[0]])
+            again = bridge.get_observation(ids[0])
+            assert again["info"]["speed"] == 0 and again["reward"] == pytest.approx(0.0, abs=1.0)
+
+            bridge.remove_agents("v1", [ids[1]])
+            bridge.close_environment("v1")
+            bridge.close_all()
+            time.sleep(0.2)  # let the last frames through before the game stops
+        assert game.stats["badFrames"] == 0, game.logs
+        assert game.stats["connects"] == 1
+        assert bridge.stats.get("bad_frames", 0) == 0, dict(bridge.stats)
+        assert bridge.stats.get("errors_from_game", 0) == 0, dict(bridge.stats)
+    finally:
+        bridge.close()
