@@ -3,12 +3,17 @@ their specs (roblox/tests/*.spec.luau), and the rules agree with the simulator's
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
-from luau import REPO, ROBLOX, luau_files, pluau, run_spec_case, spec_cases
+from luau import REPO, ROBLOX, LuauVM, compile_file, luau_files, pluau, run_spec_case, spec_cases, to_python
+
+from rbxenv import tracks
+from rbxenv.sim.world import Sim
 
 pytestmark = pytest.mark.skipif(pluau is None, reason="pluau is not installed (pip install -r requirements-dev.txt)")
 
@@ -21,8 +26,6 @@ def _read_file(relpath: str) -> str:
 
 @pytest.mark.parametrize("path", luau_files(), ids=lambda p: str(p.relative_to(ROBLOX)))
 def test_compiles(path: Path) -> None:
-    from luau import compile_file
-
     compile_file(path)
 
 
@@ -58,10 +61,6 @@ def test_spec(spec: str, case: str) -> None:
 
 def test_policy_runner_matches_numpy() -> None:
     """PolicyRunner's forward pass and frame stack equal a numpy reference of the exported MLP."""
-    import json
-
-    import numpy as np
-    from luau import LuauVM, to_python
 
     rng = np.random.default_rng(0)
     obs_size, stack, hidden = 13, 4, (16, 8)
@@ -117,13 +116,6 @@ def test_policy_runner_matches_numpy() -> None:
 def test_race_matches_simulator() -> None:
     """The Luau game logic (VenvManager + Race) plays the same episode as the Python simulator:
     same track, same actions, car-car bumps on -> same observations, rewards and endings."""
-    import json
-
-    import numpy as np
-    from luau import LuauVM, to_python
-
-    from rbxenv import tracks
-    from rbxenv.sim.world import Sim
 
     spec = tracks.generate(5)
     ids = [f"car_{i}_env_a" for i in range(4)]
@@ -197,3 +189,11 @@ def test_race_matches_simulator() -> None:
             assert g_term == terminated, f"step {t} {aid} terminated"
             crashed |= terminated
     assert crashed, "the scenario should end at least one episode"
+
+
+def test_default_track_is_a_valid_spec() -> None:
+    """The Luau built-in track passes rbxenv.tracks.validate (length, widths, corners, grid)."""
+
+    out = LuauVM().eval('local Json = require("Json"); return Json.encode(require("DefaultTrack").spec())')
+    spec = json.loads(str(to_python(out[0])))
+    assert tracks.validate(spec) == []
