@@ -46,6 +46,30 @@ def cast_segments(origin: np.ndarray, dirs: np.ndarray, seg: np.ndarray) -> np.n
     return np.where(hit, t, np.inf).min(axis=2).astype(np.float64)
 
 
+def cast_polylines(origin: np.ndarray, dirs: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """``cast_segments`` for polylines, with fewer operations (the simulator's hot path).
+
+    origin (n, 2), dirs (n, R, 2) unit vectors, pts (n, P, L, 2): L polylines of P points each,
+    segment k joining points k and k+1. With q = point - origin:
+    c = r × q says on which side of the ray's line each point lies; segment k can only be hit
+    when c_k * c_{k+1} <= 0 (it straddles the line), at t = (q_k × e) / (r × e), e = q_{k+1} - q_k;
+    a hit needs t >= 0. Runs in float32 on coordinates relative to the car (errors ~1e-5 studs).
+    """
+    f32 = np.float32
+    qx = (pts[..., 0] - origin[:, 0, None, None]).astype(f32)[:, None]  # (n, 1, P, L)
+    qy = (pts[..., 1] - origin[:, 1, None, None]).astype(f32)[:, None]
+    rx = dirs[:, :, 0, None, None].astype(f32)  # (n, R, 1, 1)
+    ry = dirs[:, :, 1, None, None].astype(f32)
+    c = rx * qy - ry * qx  # (n, R, P, L)
+    straddle = c[:, :, :-1] * c[:, :, 1:] <= 0.0
+    ex = qx[:, :, 1:] - qx[:, :, :-1]
+    ey = qy[:, :, 1:] - qy[:, :, :-1]
+    with np.errstate(divide="ignore", invalid="ignore"):  # parallel: inf or nan, never a hit
+        t = (qx[:, :, :-1] * ey - qy[:, :, :-1] * ex) / (rx * ey - ry * ex)
+    hit = straddle & (t >= 0.0)
+    return np.where(hit, t, np.inf).min(axis=(2, 3)).astype(np.float64)
+
+
 def cast_circles(
     origin: np.ndarray, dirs: np.ndarray, centers: np.ndarray, valid: np.ndarray, radius: float
 ) -> np.ndarray:

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rbxenv.sim import rules
-from rbxenv.sim.raycast import cast_circles, cast_segments, ray_windows, wall_table
+from rbxenv.sim.raycast import cast_circles, cast_polylines, ray_windows, wall_table
 from rbxenv.sim.rules import SimConfig
 
-PROJECT_WINDOW = 3  # segments searched either side of the last index each substep
-# A car moves at most nitro_max_speed / 60 Hz = 1.5 studs per substep, well under one ~4-stud
-# segment, so the nearest segment is always within ±1 of the previous one; 3 leaves room for
-# short segments.
+PROJECT_WINDOW = 4  # segments searched either side of the index at the start of a decision step
+# A car moves at most nitro_max_speed / 15 Hz = 6 studs per decision step, under two ~4-stud
+# segments, so its nearest segment at every substep is within ±2 of the previous step's; 4 leaves
+# room for short segments and collision pushes.
 
 _CAR_INDEX = re.compile(r"^car_(\d+)_env_")
 
@@ -200,20 +200,23 @@ class Sim:
         # one window length for all cars: the longest window of any venv (extra cells are harmless)
         span = max([int((v.track.ray_lo + v.track.ray_hi).max()) + 1 for v in venvs], default=1)
         pad = max(span, PROJECT_WINDOW)
-        segs, walls, lows, base = [np.zeros((0, 9))], [np.zeros((0, 2, 4))], [np.zeros(0, np.int64)], 0
+        pad += 1
+        segs, walls, lows, highs, base = [np.zeros((0, 9))], [np.zeros((0, 2, 2))], [], [], 0
         for v in venvs:
             m = len(v.track.segments)
             wrap = np.arange(-pad, m + pad) % m
             segs.append(v.track.segments[wrap])
-            walls.append(v.track.walls[wrap])
+            walls.append(np.stack([v.track.left, v.track.right], axis=1)[wrap])
             lows.append(v.track.ray_lo[wrap])
+            highs.append(v.track.ray_hi[wrap])
             v.base = base + pad
             base += m + 2 * pad
         self._seg_pack = np.concatenate(segs)
-        self._wall_pack = np.concatenate(walls)
-        self._ray_lo_pack = np.concatenate(lows)
+        self._wall_pts = np.concatenate(walls)  # (T, side, xy): wall point i of both sides
+        self._ray_lo_pack = np.concatenate(lows or [np.zeros(0, np.int64)])
+        self._ray_span_pack = self._ray_lo_pack + np.concatenate(highs or [np.zeros(0, np.int64)]) + 1
         self._proj_offsets = np.arange(-PROJECT_WINDOW, PROJECT_WINDOW + 1)
-        self._ray_offsets = np.arange(span)
+        self._ray_offsets = np.arange(span + 1)
 
         order = {v.envid: i for i, v in enumerate(venvs)}
         n = len(self._ids)
@@ -426,9 +429,11 @@ class Sim:
             return np.zeros((0, self.config.num_rays))
         ang = self.heading[idx, None] - self._angles  # right-positive angles turn clockwise
         dirs = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
+        # wall points of cells h - lo[h] .. h + hi[h], all cars padded to the longest window
         at = self.base[idx] + self.hint[idx]
-        walls = self._wall_pack[(at - self._ray_lo_pack[at])[:, None] + self._ray_offsets]
-        dist = cast_segments(pos, dirs, walls.reshape(len(pos), -1, 4))
+        span = int(self._ray_span_pack[at].max())
+        pts = self._wall_pts[(at - self._ray_lo_pack[at])[:, None] + self._ray_offsets[: span + 1]]
+        dist = cast_polylines(pos, dirs, pts)
         if self.collisions and self._others.shape[1] and len(pos):
             others = self._others[idx]
             valid = self._others_valid[idx] & self.live[others]
@@ -500,25 +505,35 @@ class Sim:
         fuel_before = self.fuel
         self.speed = np.where(live, self.speed, 0.0)  # ... and do not move
         s_before = self.s
-        crashed = np.zeros(n, bool)
         collided = np.zeros(n, bool)
-        seg_count = self.seg_count
-        dt = cfg.dt
-        for _ in range(cfg.substeps):
+        substeps, dt = cfg.substeps, cfg.dt
+        pos = np.empty((substeps, n, 2))
+        heading = np.empty((substeps, n))
+        fuel = np.empty((substeps, n))
+        for j in range(substeps):
             self.speed, self.heading, self.pos, self.fuel = rules.car_physics_substep(
                 self.speed, self.heading, self.pos, self.fuel, throttle, curvature, wants, cfg, dt
             )
             if self.collisions:
-                collided |= self._contacts(live & ~crashed)
-            seg = self._seg_pack[self.base[:, None] + self.hint[:, None] + self._proj_offsets]
-            k, _, self.s, lateral, half_width = rules.project_window(self.pos, seg)
-            self.hint = (self.hint + k - PROJECT_WINDOW) % seg_count
-            crash_now = rules.is_crash(lateral, half_width, cfg) & live
-            if crash_now.any():  # a crashed car stops where it hit the wall
-                crashed |= crash_now
-                self.speed[crashed] = 0.0
-                throttle = np.where(crashed, 0.0, throttle)
-                wants = wants & ~crashed
+                collided |= self._contacts(live)
+            pos[j], heading[j], fuel[j] = self.pos, self.heading, self.fuel
+
+        # Walls: project the positions of all substeps at once (one call instead of one per
+        # substep). A car that touched a wall is put back where it first did, stopped; only car
+        # contacts in the remaining substeps of that step saw it drive on.
+        window = self.base[:, None] + self.hint[:, None] + self._proj_offsets
+        seg = self._seg_pack[np.tile(window, (substeps, 1))]
+        k, _, s, lateral, half_width = rules.project_window(pos.reshape(-1, 2), seg)
+        crash = rules.is_crash(lateral, half_width, cfg).reshape(substeps, n) & live
+        crashed = crash.any(axis=0)
+        last = np.where(crashed, crash.argmax(axis=0), substeps - 1)
+        cars = np.arange(n)
+        at = last * n + cars
+        self.pos, self.heading, self.fuel = pos[last, cars], heading[last, cars], fuel[last, cars]
+        self.s = s[at]
+        self.hint = (self.hint + k[at] - PROJECT_WINDOW) % self.seg_count
+        if crashed.any():
+            self.speed = np.where(crashed, 0.0, self.speed)
 
         progress = np.where(live, rules.progress_delta(s_before, self.s, self.length), 0.0)
         self.net += progress
