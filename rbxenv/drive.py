@@ -1,0 +1,273 @@
+"""Drive a game with an exported policy: the "use" mode. onnxruntime only, no torch.
+
+    python -m rbxenv.drive policy.onnx                              # embedded simulator, 5 cars, until Ctrl-C
+    python -m rbxenv.drive policy.onnx --heldout --episodes 10      # held-out tracks, stop after 10 episodes
+    python -m rbxenv.drive policy.onnx --no-sim --port 8765         # drive the cars of a Roblox place
+
+The policy (written by ``export_onnx.py``) drives every car of ``--num-venvs`` venvs of
+``--num-agents`` cars through the same bridge and vector env the trainers use (``make_vec_env``:
+per-car frame stacks, each car respawning on its own), with its deterministic action. Each finished
+episode prints one line (laps, lap times, how it ended); Ctrl-C or the end prints a summary. The
+ONNX metadata (frame size, ray count, frame stack, actions) is checked against what the game
+announces, and a mismatch is reported in one line (exit code 2) instead of driving blind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+
+class DriveError(Exception):
+    """A problem the user can fix (file, metadata, game mismatch): one line, exit code 2."""
+
+
+@dataclass
+class OnnxPolicy:
+    """An exported policy: obs [N, obs_dim] float32 -> action [N, act_dim], with its metadata."""
+
+    path: Path
+    session: object
+    input_name: str
+    obs_dim: int
+    act_dim: int
+    frame_stack: int
+    obs_size: int
+    num_rays: int | None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.asarray(obs, dtype=np.float32)})[0]
+
+    @property
+    def description(self) -> str:
+        m = self.meta
+        origin = (
+            f"{m.get('algo', '?')} run {m.get('source_run', '?')} step {m.get('global_step', '?')}"
+            if m
+            else "no rbxenv metadata"
+        )
+        return f"{self.path} ({origin}; {self.frame_stack} x {self.obs_size} obs -> {self.act_dim} actions)"
+
+
+def load_policy(path: str | Path, frame_stack: int | None = None) -> OnnxPolicy:
+    """Open an ONNX policy with onnxruntime and read its rbxenv metadata (DriveError if unusable)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.exists():
+        raise DriveError(f"{path}: no such file")
+    if path.is_dir():
+        raise DriveError(f"{path}: is a directory, not an ONNX file")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # a small MLP: one thread is fastest, and leaves the game a core
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 4  # our own message below says what is wrong
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DriveError(f"{path}: not a readable ONNX model ({first})") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0].shape) != 2 or len(outputs[0].shape) != 2:
+        raise DriveError(
+            f"{path}: not a driving policy (expected one input [batch, obs] and one output [batch, actions])"
+        )
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    obs_dim, act_dim = inputs[0].shape[1], outputs[0].shape[1]
+    if not isinstance(obs_dim, int) or not isinstance(act_dim, int):
+        raise DriveError(f"{path}: the policy's observation and action sizes must be fixed numbers")
+    try:
+        stack = frame_stack or int(meta.get("frame_stack", 0)) or 4
+        obs_size = int(meta.get("obs_size", 0)) or obs_dim // stack
+        num_rays = int(meta["num_rays"]) if "num_rays" in meta else None
+        meta_obs_dim = int(meta.get("obs_dim", obs_dim))
+    except ValueError:
+        raise DriveError(f"{path}: unreadable rbxenv metadata {meta}") from None
+    if stack * obs_size != obs_dim or meta_obs_dim != obs_dim:
+        raise DriveError(
+            f"{path}: the model takes {obs_dim} inputs, which is not frame_stack {stack} x obs_size {obs_size}"
+            + ("" if meta else " (no rbxenv metadata: pass --frame-stack)")
+        )
+    return OnnxPolicy(path, session, inputs[0].name, obs_dim, act_dim, stack, obs_size, num_rays, meta)
+
+
+def check_game(policy: OnnxPolicy, game) -> None:
+    """The game's announced spaces must be the policy's (DriveError naming both sides otherwise)."""
+    problems = []
+    if game.obs_size != policy.obs_size:
+        problems.append(f"frames of {game.obs_size} floats (policy: {policy.obs_size})")
+    if policy.num_rays is not None and game.num_rays != policy.num_rays:
+        problems.append(f"{game.num_rays} rays (policy: {policy.num_rays})")
+    if game.action_size != policy.act_dim:
+        problems.append(f"{game.action_size} actions (policy: {policy.act_dim})")
+    if problems:
+        raise DriveError(
+            f"the game ({game.game}) does not match {policy.path}: it sends {', '.join(problems)}; "
+            "drive a game configured like the one the policy was trained on (e.g. Config.NumRays), or retrain"
+        )
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds:.2f} s" if math.isfinite(seconds) else "-"
+
+
+@dataclass
+class Tally:
+    episodes: int = 0
+    laps: int = 0
+    completed: int = 0  # episodes with at least one lap
+    crashed: int = 0
+    lap_times: list[float] = field(default_factory=list)
+    steps: int = 0
+
+    def summary(self, elapsed: float) -> str:
+        n = max(self.episodes, 1)
+        best = min(self.lap_times) if self.lap_times else math.nan
+        mean = float(np.mean(self.lap_times)) if self.lap_times else math.nan
+        return (
+            f"summary: {self.episodes} episodes | {self.laps} laps | lap completion {self.completed / n:.0%} | "
+            f"crash rate {self.crashed / n:.0%} | lap time mean {_fmt_time(mean)}, best {_fmt_time(best)} | "
+            f"{self.steps} decisions in {elapsed:.1f} s"
+        )
+
+
+def drive(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy, args.frame_stack)
+    from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env
+
+    track_seeds = (
+        list(HELDOUT_TRACK_SEEDS)[args.track_offset : args.track_offset + args.num_venvs] if args.heldout else None
+    )
+    port = args.port if args.port is not None else (8765 if args.no_sim else 0)
+    print(f"driving with {policy.description}", flush=True)
+    try:
+        envs = make_vec_env(
+            num_agents=args.num_agents,
+            num_venvs=args.num_venvs,
+            frame_stack=policy.frame_stack,
+            track_change_steps=None,
+            host=args.host,
+            port=port,
+            token=args.token,
+            sim=None if args.no_sim else "embedded",
+            mode="realtime" if args.realtime else "lockstep",
+            start=args.start,
+            track_seeds=track_seeds,
+            wait_timeout=args.wait_timeout,
+            sim_seed=args.seed,
+        )
+    except (BridgeClosed, OSError, ValueError) as exc:
+        raise DriveError(str(exc).splitlines()[0]) from None
+    tally, start = Tally(), time.monotonic()
+    reason = "finished"
+    try:
+        check_game(policy, envs.game)
+        obs, infos = envs.reset(seed=args.seed)
+        session = envs.session
+        names = {}
+        for venv, envid in enumerate(session.venv_ids):
+            spec = session.tracks.get(envid)  # None: the game's own track (seed games, Roblox default)
+            names[venv] = f"track {spec.get('name', envid)}" if isinstance(spec, dict) else f"venv {envid}"
+        n = envs.num_envs
+        prev_lap = np.zeros(n)
+        lap_times: list[list[float]] = [[] for _ in range(n)]
+        while not args.episodes or tally.episodes < args.episodes:
+            if args.max_steps and tally.steps >= args.max_steps:
+                reason = f"stopped after --max-steps {args.max_steps}"
+                break
+            obs, _, terminated, truncated, infos = envs.step(policy(obs))
+            tally.steps += 1
+            lap = np.nan_to_num(infos["lap"], nan=0.0)
+            for k in np.flatnonzero(lap > prev_lap):  # a lap was completed this step
+                if math.isfinite(infos["lap_time"][k]):
+                    lap_times[k].append(float(infos["lap_time"][k]))
+            prev_lap = lap
+            if "_episode" not in infos:
+                continue
+            ep = infos["episode"]
+            for k in np.flatnonzero(infos["_episode"]):
+                tally.episodes += 1
+                laps = int(ep["laps"][k])
+                if ep["crashed"][k]:
+                    how = "crashed into a wall"
+                    tally.crashed += 1
+                elif terminated[k]:
+                    how = "stopped (stuck or wrong way)"
+                else:
+                    how = "time limit" if not args.realtime else "time limit / respawn"
+                tally.laps += laps
+                tally.completed += laps >= 1
+                tally.lap_times += lap_times[k]
+                times = ", ".join(f"{t:.2f}" for t in lap_times[k]) or "-"
+                print(
+                    f"episode {tally.episodes:3d} | {session.agent_ids[k]} on {names[int(session.venv_of[k])]} | "
+                    f"laps {laps} | lap times (s) {times} | progress {ep['progress'][k]:.2f} laps | "
+                    f"{how} after {int(ep['l'][k])} steps | return {ep['r'][k]:.1f}",
+                    flush=True,
+                )
+                lap_times[k] = []
+                prev_lap[k] = 0.0
+                if args.episodes and tally.episodes >= args.episodes:
+                    break
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    except BridgeClosed as exc:
+        reason = f"the game was lost ({str(exc).splitlines()[0]})"
+    finally:
+        envs.close()
+    if reason != "finished":
+        print(reason, flush=True)
+    print(tally.summary(time.monotonic() - start), flush=True)
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rbxenv.drive",
+        description="Drive the cars of a game (embedded simulator or Roblox) with an exported ONNX policy.",
+    )
+    parser.add_argument("policy", help="policy.onnx written by export_onnx.py")
+    parser.add_argument("--no-sim", action="store_true", help="do not start the embedded simulator: wait for a game (Roblox Studio)")  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the game connects to it)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: 8765 with --no-sim, any free port otherwise)")  # fmt: skip
+    parser.add_argument("--token", default=None, help="shared secret (required beyond loopback; or RBXENV_TOKEN)")
+    parser.add_argument("--wait-timeout", type=float, default=300.0, help="with --no-sim: seconds to wait for the game")
+    parser.add_argument("--num-agents", type=int, default=5, help="cars per venv")
+    parser.add_argument("--num-venvs", type=int, default=1, help="venvs (tracks)")
+    parser.add_argument(
+        "--episodes", type=int, default=0, help="stop after this many finished episodes (0: until Ctrl-C)"
+    )
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many decisions (0: no limit)")
+    parser.add_argument("--heldout", action="store_true", help="drive on held-out tracks (never used in training), one per venv")  # fmt: skip
+    parser.add_argument("--track-offset", type=int, default=0, help="with --heldout: skip this many held-out tracks")
+    parser.add_argument("--start", choices=["grid", "random"], default="grid", help="where cars (re)spawn")
+    parser.add_argument("--realtime", action="store_true", help="run the embedded simulator on its own 15 Hz clock, like Roblox")  # fmt: skip
+    parser.add_argument("--frame-stack", type=int, default=None, help="override the policy's frame stack (ONNX files without rbxenv metadata)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the track draws and the simulator")
+    args = parser.parse_args(argv)
+    for name in ("num_agents", "num_venvs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return drive(args)
+    except DriveError as exc:
+        print(f"rbxenv.drive: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
