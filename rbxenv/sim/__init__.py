@@ -49,7 +49,14 @@ fuel. ``start="random"``: a seeded random point of the centre line, facing the t
 | terminated | is_reverse for 30 steps in a row | ``"wrong_way"`` |
 | truncated | 1500 decision steps (100 s) | ``"time_limit"`` |
 
-An ended car is parked (does not move, reward 0, ``live`` False) until reset or respawned.
+An ended car is parked (does not move, reward 0, ``live`` False, invisible to the others) until
+reset or respawned. A car that touches a wall stops where it first touched it.
+
+## Car contacts (``set_collisions(True)``, per venv)
+
+Cars are circles of radius 2.5: overlapping cars are pushed apart and get an inelastic bump
+(restitution 0.2) along the contact normal, keeping the part along their heading; rays see the
+other cars of the venv. With collisions off, cars drive through each other and rays ignore them.
 
 ## Usage
 

@@ -1,10 +1,11 @@
 """The in-process headless racing simulator: venvs, cars and one vectorised ``step``.
 
 Every car of every venv lives in flat numpy arrays (index = position in ``agent_ids``) with the
-index of its venv. The tracks of all venvs are packed into two tables (centre-line segments and
-wall segments), each venv's block padded with wrapped copies so that a window of segments around
-any index is a plain slice: ``base[car] + hint[car] + arange(-K, K + 1)``. The hot path (``step``)
-is a fixed number of numpy calls per physics substep whatever the number of cars or venvs.
+index of its venv. The tracks of all venvs are packed into tables (centre-line segments, wall
+points, ray windows), each venv's block padded with wrapped copies so that a window of segments
+around any index is a plain fancy index: ``base[car] + hint[car] + arange(-K, K + 1)``, with no
+modulo and no per-venv loop. The hot path (``step``) is a fixed number of numpy calls per
+physics substep whatever the number of cars or venvs.
 Structural changes (spawn, remove, close) rebuild these tables; they are rare.
 """
 
@@ -166,6 +167,7 @@ class Sim:
         self.s = np.zeros(n)  # arc length of the projection
         self.base = np.zeros(n, np.int64)  # the venv's base in the packed tables
         self.length = np.ones(n)  # the venv's track length
+        self.seg_count = np.ones(n, np.int64)  # segments of the venv's track
         self.net = np.zeros(n)  # net progress since spawn / reset
         self.laps = np.zeros(n, np.int64)
         self.lap_start = np.zeros(n, np.int64)  # step count when the current lap started
@@ -436,9 +438,13 @@ class Sim:
         dist = cast_polylines(pos, dirs, pts)
         if self.collisions and self._others.shape[1] and len(pos):
             others = self._others[idx]
-            valid = self._others_valid[idx] & self.live[others]
+            centers = self.pos[others]
+            rel = centers - pos[:, None, :]
+            reach = self.config.ray_length + self.config.car_radius  # farther cars cannot be hit
+            near = rel[..., 0] ** 2 + rel[..., 1] ** 2 < reach * reach
+            valid = self._others_valid[idx] & self.live[others] & near
             if valid.any():
-                hit = cast_circles(pos, dirs, self.pos[others], valid, self.config.car_radius)
+                hit = cast_circles(pos, dirs, centers, valid, self.config.car_radius)
                 dist = np.minimum(dist, hit)
         return dist
 
