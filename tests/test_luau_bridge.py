@@ -22,9 +22,10 @@ pytestmark = pytest.mark.skipif(pluau is None, reason="pluau is not installed (p
 bridge_mod = pytest.importorskip("rbxenv.bridge")
 
 _CLIENT = """
-local connect, url, mode = ...
+local connect, url, mode, handshake = ...
 local Config, GameClient, FakeWorld = require("Config"), require("GameClient"), require("FakeWorld")
-local config, problems = Config.resolve({ Url = url, Mode = mode, ReconnectMin = 0.05, ReconnectMax = 0.2 })
+local config, problems =
+    Config.resolve({ Url = url, Mode = mode, Handshake = handshake, ReconnectMin = 0.05, ReconnectMax = 0.2 })
 assert(#problems == 0, problems[1])
 local world = FakeWorld.new()
 local logs = {}
@@ -44,8 +45,8 @@ class GameThread:
     """Runs the Luau GameClient on its own thread (the Luau VM is only touched from there),
     pumping frames between a ``websockets`` client and the client's socket handlers."""
 
-    def __init__(self, url: str, mode: str) -> None:
-        self.url, self.mode = url, mode
+    def __init__(self, url: str, mode: str, handshake: bool = True) -> None:
+        self.url, self.mode, self.handshake = url, mode, handshake
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -85,7 +86,9 @@ class GameThread:
                 sock.set("close", vm.lua.create_function(lambda _l, a: [ws.close()]))
                 return [sock]
 
-            client, _world, logs = vm.eval(_CLIENT, vm.lua.create_function(py_connect), self.url, self.mode)
+            client, _world, logs = vm.eval(
+                _CLIENT, vm.lua.create_function(py_connect), self.url, self.mode, self.handshake
+            )
             update = vm.lua.load_chunk("local c, dt = ...; c:update(dt)", name="=update")
             start = vm.lua.load_chunk("local c = ...; c:start()", name="=start")
             start(client)
@@ -117,17 +120,23 @@ class GameThread:
             sockets.close()
 
 
-@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+@pytest.mark.parametrize("mode", ["lockstep", "realtime", "seed"])
 def test_luau_game_plays_an_episode_with_the_real_bridge(mode: str) -> None:
+    """Handshake, spawn with a track spec, ACTION_BATCH ticks, observations back, reset, remove,
+    close; "seed" is a game without hello (seed formats: per-venv ACTIONs and seed packets)."""
     from rbxenv import tracks
 
-    bridge = bridge_mod.TrainingBridge(port=0, obs_timeout=10).start()
+    seed = mode == "seed"
+    bridge = bridge_mod.TrainingBridge(port=0, obs_timeout=10, handshake_timeout=0.3).start()
     try:
-        with GameThread(bridge.url, mode) as game:
+        with GameThread(bridge.url, "realtime" if seed else mode, handshake=not seed) as game:
             spec = bridge.wait_for_game(timeout=10)
-            assert spec.protocol == 1 and spec.obs_size == 13 and spec.num_rays == 10
-            assert spec.mode == mode
-            assert {"batch", "tick", "info", "track_spec", "random_start"} <= set(spec.capabilities)
+            if seed:
+                assert spec.protocol == 0 and not spec.capabilities
+            else:
+                assert spec.protocol == 1 and spec.obs_size == 13 and spec.num_rays == 10
+                assert spec.mode == mode
+                assert {"batch", "tick", "info", "track_spec", "random_start"} <= set(spec.capabilities)
 
             ids = ["car_0_env_v1", "car_1_env_v1"]
             bridge.update_collisions(True)
@@ -145,13 +154,15 @@ def test_luau_game_plays_an_episode_with_the_real_bridge(mode: str) -> None:
                 assert got.obs.shape == (2, 13)
                 total += got.reward
             assert np.all(total > 0.5), f"driving forward earns progress reward, got {total}"
-            info = got.infos[0]
-            assert info["speed"] > 5 and 0 < info["progress"] < 1 and info["lap"] == 0
+            if not seed:  # seed packets carry no info
+                info = got.infos[0]
+                assert info["speed"] > 5 and 0 < info["progress"] < 1 and info["lap"] == 0
             assert got.obs[1, 10] < 1.0, "car 1 burnt nitro"
+            assert got.obs[0, 11] > 0.05, "forward velocity"
 
             bridge.reset_agents("v1", [ids[0]])
             again = bridge.get_observation(ids[0])
-            assert again["info"]["speed"] == 0 and again["reward"] == pytest.approx(0.0, abs=1.0)
+            assert again["obs"][11] == pytest.approx(0.0, abs=0.05), "reset stops the car"
 
             bridge.remove_agents("v1", [ids[1]])
             bridge.close_environment("v1")
