@@ -297,27 +297,29 @@ def save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra) 
 def evaluate(agent: Agent, envs, seed: int = 0, record: bool = False) -> dict:
     """Drive every car of ``envs`` (deterministic policy) until each has finished one episode.
 
-    Returns lap completion (>= 1 lap before the episode ended), crash rate, mean best lap time
-    (nan if no lap), mean progress in laps, and with ``record`` the per-step poses of every car.
+    Returns lap completion (>= 1 lap before the episode ended), crash rate, mean time of the first
+    lap (from the start: comparable with rbxenv.sim.reference; nan if no car lapped), mean progress
+    in laps, and with ``record`` the per-step poses of every car (nan once its episode ended).
     """
     obs, _ = envs.reset(seed=seed)
     n = envs.num_envs
     done = np.zeros(n, dtype=bool)
     laps, crashed, progress = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n)
-    lap_time = np.full(n, np.nan)
+    first_lap = np.full(n, np.nan)
     poses: list[dict] = []
     while not done.all():
         action = agent.act_deterministic(torch.as_tensor(obs)).numpy()
         obs, _, _, _, infos = envs.step(action)
         if record:
             poses.append({key: np.where(done, np.nan, infos[key]) for key in ("x", "y", "heading", "speed")})
+        lapped = ~done & np.isnan(first_lap) & (np.nan_to_num(infos["lap"]) >= 1)
+        first_lap[lapped] = infos["lap_time"][lapped]
         if "_episode" in infos:
             new = infos["_episode"] & ~done
             ep = infos["episode"]
             laps[new], crashed[new], progress[new] = ep["laps"][new], ep["crashed"][new], ep["progress"][new]
-            lap_time[new] = ep["lap_time"][new]
             done |= new
-    timed = lap_time[np.isfinite(lap_time)]
+    timed = first_lap[np.isfinite(first_lap)]
     return {
         "lap_completion": float((laps >= 1).mean()),
         "crash_rate": float(crashed.mean()),

@@ -1,0 +1,183 @@
+"""ppo_continuous.py end to end through the real embedded simulator, and a learning test that can fail.
+
+The script runs as users run it (a subprocess in a temporary directory, so ``runs/`` lands there);
+the tests import it only for its model and evaluation helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ppo_continuous as ppo  # noqa: E402
+from rbxenv import make_vec_env  # noqa: E402
+
+TINY = ["--num-agents", "2", "--num-venvs", "2", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
+
+
+def run_script(cwd: Path, *flags: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "ppo_continuous.py"), *flags],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def only_run_dir(cwd: Path) -> Path:
+    runs = list((cwd / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_end_to_end_run_checkpoint_and_resume(tmp_path):
+    first = run_script(
+        tmp_path, *TINY, "--total-timesteps", "128", "--save-model", "--eval-every", "64", "--eval-episodes", "2",
+        "--capture-video", "--seed", "3",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "step 64/128" in first.stdout and "eval on 2 held-out tracks" in first.stdout
+    run_dir = only_run_dir(tmp_path)
+    ckpt_path = run_dir / "checkpoint.pt"
+    assert f"checkpoint: runs/{run_dir.name}/checkpoint.pt" in first.stdout.splitlines()[-1]
+
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert ckpt["format"] == "rbxenv-checkpoint-v1" and ckpt["algo"] == "ppo"
+    assert ckpt["global_step"] == 128 and ckpt["run_name"] == run_dir.name
+    assert ckpt["args"]["num_venvs"] == 2
+    policy = ckpt["policy"]
+    assert (policy["obs_dim"], policy["act_dim"], policy["frame_stack"], policy["obs_size"], policy["num_rays"]) == (
+        52, 3, 4, 13, 10,
+    )  # fmt: skip
+    assert policy["squash"] == "clip" and policy["action_names"] == ["throttle", "steering", "nitro"]
+    assert not list(run_dir.glob("*.tmp*")), "atomic save leaves no temp file"
+
+    tags = scalars(run_dir)
+    for tag in [
+        "charts/SPS", "charts/learning_rate", "losses/value_loss", "losses/policy_loss", "losses/entropy",
+        "losses/old_approx_kl", "losses/approx_kl", "losses/clipfrac", "losses/explained_variance",
+        "eval/lap_completion", "eval/crash_rate", "eval/lap_time",
+    ]:  # fmt: skip
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    assert list((run_dir / "videos").glob("eval_*.gif")), "--capture-video wrote a GIF"
+
+    # --resume continues the same run: same directory, the step goes on from 128, flags from the checkpoint.
+    second = run_script(tmp_path, "--resume", str(ckpt_path.relative_to(tmp_path)), "--total-timesteps", "256")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed {run_dir.name} at step 128" in second.stdout
+    assert "step 192/256" in second.stdout and "step 64/" not in second.stdout
+    assert only_run_dir(tmp_path) == run_dir
+    resumed = torch.load(ckpt_path, weights_only=False)
+    assert resumed["global_step"] == 256 and resumed["args"]["num_venvs"] == 2
+    assert resumed["model"]["obs_count"] > ckpt["model"]["obs_count"], "observation statistics carried on"
+    sps_steps = [step for step, _ in scalars(run_dir)["charts/SPS"]]
+    assert max(sps_steps) == 256 and 192 in sps_steps
+
+
+@pytest.mark.timeout(120)
+def test_sigint_saves_a_checkpoint_and_says_where(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "ppo_continuous.py"), *TINY, "--total-timesteps", "10000000", "--eval-every", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        for line in proc.stdout:  # wait for training to be under way
+            if line.startswith("step "):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step ") and "checkpoint: runs/" in last, last
+    ckpt = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)
+    assert ckpt["global_step"] > 0
+
+
+def test_policy_entry_reproduces_the_deterministic_actor():
+    """What export_onnx.py does with a checkpoint's "policy" entry gives the model's own actions."""
+    torch.manual_seed(0)
+    agent = ppo.Agent(52, 3, (32, 16))
+    agent.update_obs_stats(torch.rand(500, 52) * 3 - 1)
+    policy = ppo.policy_export(agent, frame_stack=4)
+    obs = torch.rand(64, 52) * 4 - 2
+    x = np.clip(
+        (obs.numpy() - policy["obs_mean"].numpy()) / np.sqrt(policy["obs_var"].numpy() + policy["obs_eps"]),
+        -policy["obs_clip"],
+        policy["obs_clip"],
+    )
+    for k, layer in enumerate(policy["layers"]):
+        x = x @ layer["weight"].numpy().T + layer["bias"].numpy()
+        if k < len(policy["layers"]) - 1:
+            x = np.tanh(x)
+    np.testing.assert_allclose(np.clip(x, -1, 1), agent.act_deterministic(obs).detach().numpy(), atol=1e-5)
+    assert [tuple(layer["weight"].shape) for layer in policy["layers"]] == [(32, 52), (16, 32), (3, 16)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learning: on one fixed easy track, a short run must beat the untrained policy by a clear margin.
+
+EASY_TRACK = 7  # a training-range seed
+
+
+def mean_progress(agent: ppo.Agent) -> float:
+    envs = make_vec_env(
+        num_agents=1, num_venvs=4, frame_stack=4, start="random", track_seeds=[EASY_TRACK], track_change_steps=None
+    )
+    try:
+        return ppo.evaluate(agent, envs, seed=0)["progress"]
+    finally:
+        envs.close()
+
+
+@pytest.mark.timeout(300)
+def test_short_run_learns_to_drive(tmp_path):
+    started = time.time()
+    result = run_script(
+        tmp_path, "--seed", "1", "--track-seeds", str(EASY_TRACK), "--track-change-steps", "0",
+        "--hidden-sizes", "32", "32", "--num-venvs", "8", "--total-timesteps", "400000",
+        "--eval-every", "0", "--save-model",
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_seconds = time.time() - started
+    ckpt = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)
+
+    torch.manual_seed(1)
+    untrained = ppo.Agent(52, 3, (32, 32), ckpt["args"]["init_logstd"])
+    trained = ppo.Agent(52, 3, (32, 32))
+    trained.load_state_dict(ckpt["model"])
+    before, after = mean_progress(untrained), mean_progress(trained)
+    print(f"mean progress untrained {before:.2f} laps, trained {after:.2f} laps (training {train_seconds:.0f} s)")
+    assert after > before + 1.0, (before, after)  # at least one more lap on average
