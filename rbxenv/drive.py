@@ -1,7 +1,7 @@
 """Drive a game with an exported policy: the "use" mode. onnxruntime only, no torch.
 
     python -m rbxenv.drive policy.onnx                              # embedded simulator, 5 cars, until Ctrl-C
-    python -m rbxenv.drive policy.onnx --heldout --episodes 10      # held-out tracks, stop after 10 episodes
+    python -m rbxenv.drive policy.onnx --heldout --episodes 10      # held-out tracks, 10 episodes (2 per car)
     python -m rbxenv.drive policy.onnx --no-sim --port 8765         # drive the cars of a Roblox place
 
 The policy (written by ``export_onnx.py``) drives every car of ``--num-venvs`` venvs of
@@ -178,6 +178,13 @@ def drive(args: argparse.Namespace) -> int:
             spec = session.tracks.get(envid)  # None: the game's own track (seed games, Roblox default)
             names[venv] = f"track {spec.get('name', envid)}" if isinstance(spec, dict) else f"venv {envid}"
         n = envs.num_envs
+        # --episodes N is spread evenly over the cars (car k counts its first quota[k] episodes), so a
+        # car that crashes every few seconds cannot fill the count before a good lap is finished.
+        if args.episodes:
+            quota = args.episodes // n + (np.arange(n) < args.episodes % n)
+        else:
+            quota = np.full(n, np.iinfo(np.int64).max)
+        counted = np.zeros(n, dtype=np.int64)
         prev_lap = np.zeros(n)
         lap_times: list[list[float]] = [[] for _ in range(n)]
         while not args.episodes or tally.episodes < args.episodes:
@@ -195,6 +202,9 @@ def drive(args: argparse.Namespace) -> int:
                 continue
             ep = infos["episode"]
             for k in np.flatnonzero(infos["_episode"]):
+                if counted[k] >= quota[k]:
+                    continue  # this car has driven its share: it keeps racing, uncounted
+                counted[k] += 1
                 tally.episodes += 1
                 laps = int(ep["laps"][k])
                 if ep["crashed"][k]:
@@ -203,7 +213,7 @@ def drive(args: argparse.Namespace) -> int:
                 elif terminated[k]:
                     how = "stopped (stuck or wrong way)"
                 else:
-                    how = "time limit" if not args.realtime else "time limit / respawn"
+                    how = "time limit"
                 tally.laps += laps
                 tally.completed += laps >= 1
                 tally.lap_times += lap_times[k]
@@ -214,10 +224,9 @@ def drive(args: argparse.Namespace) -> int:
                     f"{how} after {int(ep['l'][k])} steps | return {ep['r'][k]:.1f}",
                     flush=True,
                 )
+            for k in np.flatnonzero(infos["_episode"]):
                 lap_times[k] = []
                 prev_lap[k] = 0.0
-                if args.episodes and tally.episodes >= args.episodes:
-                    break
     except KeyboardInterrupt:
         reason = "interrupted"
     except BridgeClosed as exc:
@@ -244,7 +253,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-agents", type=int, default=5, help="cars per venv")
     parser.add_argument("--num-venvs", type=int, default=1, help="venvs (tracks)")
     parser.add_argument(
-        "--episodes", type=int, default=0, help="stop after this many finished episodes (0: until Ctrl-C)"
+        "--episodes",
+        type=int,
+        default=0,
+        help="stop after this many finished episodes, spread evenly over the cars (0: until Ctrl-C)",
     )
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many decisions (0: no limit)")
     parser.add_argument("--heldout", action="store_true", help="drive on held-out tracks (never used in training), one per venv")  # fmt: skip
