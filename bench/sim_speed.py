@@ -10,12 +10,16 @@ moves every car. Runs 5 venvs x 5 cars (the target: >= 50,000 agent-steps/s on 2
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from rbxenv import tracks
-from rbxenv.sim import Sim
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from rbxenv import tracks  # noqa: E402
+from rbxenv.sim import Sim  # noqa: E402
 
 
 def make_sim(num_venvs: int, cars: int, collisions: bool, seed: int = 0) -> Sim:
