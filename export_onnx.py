@@ -75,6 +75,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,25 +142,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ExportError(f"{path}: no such file")
     if path.is_dir():
         raise ExportError(f"{path}: is a directory, not a checkpoint file (try {path / 'checkpoint.pt'})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "Unsupported global" not in str(exc):
-            raise ExportError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
-        # A checkpoint whose "extra" holds other Python objects: the user's own training output,
-        # read as the training scripts read it.
+    unreadable = f"{path}: not a PyTorch checkpoint (the file is corrupt, truncated or of another kind)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then rejects
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
-            raise ExportError(f"{path}: not a readable checkpoint ({_first_line(exc2)})") from None
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if "Unsupported global" not in str(exc):
+                raise ExportError(unreadable) from None
+            # A checkpoint whose "extra" holds other Python objects: the user's own training output,
+            # read as the training scripts read it.
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:
+                raise ExportError(unreadable) from None
     if not isinstance(checkpoint, dict):
         raise ExportError(f"{path}: not an rbxenv checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
     return checkpoint
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _array(value: Any, name: str, shape: tuple[int, ...], where: str) -> np.ndarray:
