@@ -155,6 +155,9 @@ class GameSession:
         if self.mode == "realtime":
             cmd += ["--realtime", "--tick-hz", str(self.tick_hz)]
         env = dict(os.environ)
+        # The child must import this very rbxenv, whatever the working directory (no install needed).
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         if self.bridge.token:
             env["RBXENV_TOKEN"] = self.bridge.token  # the sim client presents it in its hello
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
