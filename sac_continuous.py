@@ -510,6 +510,7 @@ def train(args: Args) -> str:
     stop = GracefulStop()
     reason = None  # why the loop ended: "finished", "interrupted", "the game was lost ..."
     start_time, start_step = time.time(), global_step
+    run_start = start_time  # wall clock of this process, evaluations included
     next_log = global_step + args.log_every
     next_save = global_step + args.save_every
     next_eval = global_step + args.eval_every if args.eval_every else None
@@ -659,7 +660,8 @@ def train(args: Args) -> str:
                     print(
                         f"eval on {args.eval_episodes} held-out tracks: lap completion {result['lap_completion']:.0%}"
                         f" | crash rate {result['crash_rate']:.0%} | lap time {result['lap_time']:.1f} s"
-                        f" | progress {result['progress']:.2f} laps ({time.time() - t0:.1f} s)",
+                        f" | progress {result['progress']:.2f} laps | {format_seconds(t0 - run_start)} into the run"
+                        f" (eval took {time.time() - t0:.1f} s)",
                         flush=True,
                     )
                     start_time += time.time() - t0  # SPS counts training time only
