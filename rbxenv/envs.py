@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -346,59 +345,13 @@ class RacingVectorEnv(VectorEnv):
 # Constructors
 
 
-def _session(num_agents: int, num_venvs: int, **kwargs) -> GameSession:
-    return GameSession(num_agents, num_venvs, **kwargs)
-
-
-def make_parallel_env(
-    num_agents: int = 5,
-    num_venvs: int = 1,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    token: str | None = None,
-    sim: str | None = "embedded",
-    mode: str = "lockstep",
-    tick_hz: float = 15.0,
-    start: str = "random",
-    collisions: bool = True,
-    track_seeds: Sequence[int] | None = None,
-    track_method: str | None = None,
-    wait_timeout: float = 300.0,
-    obs_timeout: float = 10.0,
-    reconnect_timeout: float = 60.0,
-    sim_seed: int = 0,
-) -> RacingParallelEnv:
+def make_parallel_env(num_agents: int = 5, num_venvs: int = 1, **game) -> RacingParallelEnv:
     """A PettingZoo ParallelEnv of ``num_venvs`` venvs with ``num_agents`` cars each.
 
-    Args:
-        num_agents: cars per venv.
-        num_venvs: venvs (each with its own track; venvs never interact).
-        host, port: where the trainer listens (port 0: any free port; the game must know it).
-        token: shared secret, required when ``host`` is not loopback.
-        sim: ``"embedded"`` launches the headless simulator in a child process (stopped by
-            ``close()``); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
-        mode: ``"lockstep"`` or ``"realtime"`` for the embedded simulator (a game announces its own).
-        tick_hz: decisions per second for the embedded simulator in real-time mode.
-        start: ``"random"`` starts (training) or ``"grid"`` (evaluation, lap times).
-        collisions: car-car collisions inside a venv.
-        track_seeds: tracks to use, in order (e.g. ``HELDOUT_TRACK_SEEDS`` for evaluation);
-            None draws training tracks at random from ``TRAIN_TRACK_SEEDS``.
-        track_method: restrict tracks to one generation method ("polar", "hull", "grid").
-        obs_timeout: seconds to wait for observations before raising TimeoutError.
-        reconnect_timeout: when the game disconnects mid-run, seconds to wait for it to come back
-            (the embedded simulator is relaunched); the interrupted episodes end as truncated and
-            every venv is respawned. After that ``rbxenv.BridgeClosed`` is raised; 0 raises at once.
-        sim_seed: seed of the embedded simulator.
+    Keyword arguments choose the game and how to reach it (embedded simulator or Roblox, host,
+    port, token, stepping mode, starts, tracks, timeouts): see ``rbxenv.session.GameSession``.
     """
-    return RacingParallelEnv(
-        _session(
-            num_agents, num_venvs, host=host, port=port, token=token, sim=sim, mode=mode, tick_hz=tick_hz,
-            start=start, collisions=collisions, track_seeds=track_seeds, track_method=track_method,
-            wait_timeout=wait_timeout, obs_timeout=obs_timeout, reconnect_timeout=reconnect_timeout,
-            sim_seed=sim_seed,
-        )
-    )  # fmt: skip
+    return RacingParallelEnv(GameSession(num_agents, num_venvs, **game))
 
 
 def make_vec_env(
@@ -407,34 +360,14 @@ def make_vec_env(
     frame_stack: int = 4,
     *,
     track_change_steps: int | None = 1500,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    token: str | None = None,
-    sim: str | None = "embedded",
-    mode: str = "lockstep",
-    tick_hz: float = 15.0,
-    start: str = "random",
-    collisions: bool = True,
-    track_seeds: Sequence[int] | None = None,
-    track_method: str | None = None,
-    wait_timeout: float = 300.0,
-    obs_timeout: float = 10.0,
-    reconnect_timeout: float = 60.0,
-    sim_seed: int = 0,
+    **game,
 ) -> RacingVectorEnv:
     """A Gymnasium vector env with one slot per car (``num_envs = num_agents * num_venvs``).
 
     ``frame_stack`` frames per observation (oldest first); ``track_change_steps``: every this many
-    steps each venv moves to a new track (staggered across venvs; None keeps tracks). The other
-    arguments are those of ``make_parallel_env``.
+    steps each venv moves to a new track (staggered across venvs; None keeps tracks). Other
+    keyword arguments choose the game, as for ``make_parallel_env`` (see ``GameSession``).
     """
     return RacingVectorEnv(
-        _session(
-            num_agents, num_venvs, host=host, port=port, token=token, sim=sim, mode=mode, tick_hz=tick_hz,
-            start=start, collisions=collisions, track_seeds=track_seeds, track_method=track_method,
-            wait_timeout=wait_timeout, obs_timeout=obs_timeout, reconnect_timeout=reconnect_timeout,
-            sim_seed=sim_seed,
-        ),
-        frame_stack=frame_stack,
-        track_change_steps=track_change_steps,
-    )  # fmt: skip
+        GameSession(num_agents, num_venvs, **game), frame_stack=frame_stack, track_change_steps=track_change_steps
+    )

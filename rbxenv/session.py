@@ -42,7 +42,29 @@ def _stop_process(proc: subprocess.Popen) -> None:
 
 
 class GameSession:
-    """Bridge + game + venvs. See ``make_parallel_env`` for the meaning of the arguments."""
+    """Bridge + game + venvs.
+
+    Args:
+        num_agents: cars per venv.
+        num_venvs: venvs (each with its own track; venvs never interact).
+        host, port: where the trainer listens (port 0: any free port; the game must know it).
+        token: shared secret, required when ``host`` is not loopback (default: RBXENV_TOKEN).
+        sim: ``"embedded"`` launches the headless simulator in a child process (stopped by
+            ``close()``); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
+        mode: ``"lockstep"`` or ``"realtime"`` for the embedded simulator (a game announces its own).
+        tick_hz: decisions per second for the embedded simulator in real-time mode.
+        start: ``"random"`` starts (training) or ``"grid"`` (evaluation, lap times).
+        collisions: car-car collisions inside a venv.
+        track_seeds: tracks to use, in order (e.g. ``HELDOUT_TRACK_SEEDS`` for evaluation);
+            None draws training tracks at random from ``TRAIN_TRACK_SEEDS``.
+        track_method: restrict tracks to one generation method ("polar", "hull", "grid").
+        wait_timeout: seconds to wait for a game to connect when ``sim=None``.
+        obs_timeout: seconds to wait for observations before raising TimeoutError.
+        reconnect_timeout: when the game disconnects mid-run, seconds to wait for it to come back
+            (the embedded simulator is relaunched); the interrupted episodes end as truncated and
+            every venv is respawned. After that ``rbxenv.BridgeClosed`` is raised; 0 raises at once.
+        sim_seed: seed of the embedded simulator.
+    """
 
     def __init__(
         self,

@@ -8,7 +8,6 @@ Every test binds port 0 on 127.0.0.1; seed games wait a 0.2 s handshake timeout 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from types import MappingProxyType
 
 import numpy as np
 import pytest
+from netutil import port_is_free
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -639,16 +639,6 @@ def test_token_in_the_query_also_serves_a_v1_game(secured):
 # Lifecycle
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def test_close_is_idempotent_and_frees_the_port():
     b = TrainingBridge(port=0, handshake_timeout=HANDSHAKE).start()
     port = b.port
@@ -661,7 +651,7 @@ def test_close_is_idempotent_and_frees_the_port():
         b.close()
         assert time.monotonic() - t0 < 3
         assert g.close_code() == 1001  # going away
-    assert _port_is_free(port)
+    assert port_is_free(port)
     again = TrainingBridge(port=port).start()
     try:
         assert again.port == port
@@ -682,7 +672,7 @@ def test_close_without_start_and_context_manager():
     with TrainingBridge(port=0, handshake_timeout=HANDSHAKE) as b:
         with game_at(b.url):
             assert b.wait_for_game(3) == SEED_GAME
-    assert _port_is_free(b.port)
+    assert port_is_free(b.port)
 
 
 def test_port_in_use_is_a_clear_os_error():

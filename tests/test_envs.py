@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from netutil import free_port, port_is_free
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 import rbxenv
 from rbxenv import BridgeClosed
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """Nothing listens there any more and a new trainer could bind it (TIME_WAIT is fine, as for asyncio)."""
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            return False
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 # ---------------------------------------------------------------------------------------- PettingZoo
