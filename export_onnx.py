@@ -69,8 +69,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.machinery
-import importlib.util
 import json
 import os
 import sys
@@ -81,6 +79,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rbxenv.luau import load_pluau
 
 CHECKPOINT_FORMAT = "rbxenv-checkpoint-v1"
 ONNX_FORMAT = "rbxenv-policy-onnx-1"
@@ -417,25 +417,6 @@ def luau_module(policy: Policy) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def load_pluau():
-    """pluau's compiled module (its ``__init__`` needs Python 3.12 syntax, so load ``_pluau`` directly)."""
-    if "_pluau" in sys.modules:
-        return sys.modules["_pluau"]
-    spec = importlib.util.find_spec("pluau")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = Path(location) / f"_pluau{suffix}"
-            if path.exists():
-                ext = importlib.util.spec_from_file_location("_pluau", path)
-                module = importlib.util.module_from_spec(ext)
-                ext.loader.exec_module(module)
-                sys.modules["_pluau"] = module
-                return module
-    return None
 
 
 # Runs PolicyRunner:act over recorded per-car frame sequences. Buffers carry float64 both ways.

@@ -8,13 +8,11 @@ module names, so the same sources run in Roblox (via Rojo) and here.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from rbxenv.luau import load_pluau
 
 REPO = Path(__file__).resolve().parent.parent
 ROBLOX = REPO / "roblox"
@@ -23,26 +21,7 @@ SRC = ROBLOX / "src"
 MODULE_DIRS = [SRC / "shared", SRC / "policies", ROBLOX / "tests"]
 
 
-def _load_pluau() -> ModuleType | None:
-    if "_pluau" in sys.modules:
-        return sys.modules["_pluau"]
-    spec = importlib.util.find_spec("pluau")  # finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = Path(location) / f"_pluau{suffix}"
-            if path.exists():
-                ext_spec = importlib.util.spec_from_file_location("_pluau", path)
-                assert ext_spec is not None and ext_spec.loader is not None
-                module = importlib.util.module_from_spec(ext_spec)
-                ext_spec.loader.exec_module(module)
-                sys.modules["_pluau"] = module
-                return module
-    return None
-
-
-pluau = _load_pluau()
+pluau = load_pluau()
 
 
 def luau_files() -> list[Path]:
