@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("stable_baselines3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -17,6 +18,7 @@ from stable_baselines3 import PPO  # noqa: E402
 
 @pytest.mark.timeout(180)
 def test_sb3_ppo_trains_a_few_thousand_steps():
+    torch.set_num_threads(1)  # see examples/sb3_ppo.py
     env = make_sb3_env(num_agents=3, num_venvs=1, frame_stack=4)
     try:
         assert env.observation_space.shape == (52,)

@@ -1,0 +1,226 @@
+"""Learning benchmark: train for a fixed wall-clock budget, then drive tracks never seen in training.
+
+    python bench/learning.py --algos ppo sac sb3 --minutes 10 --eval-tracks 30
+
+For each algorithm, in turn (never two at once: they share the 2 cores):
+
+1. Train with its defaults for ``--minutes`` of wall-clock time. ``ppo_continuous.py`` and
+   ``sac_continuous.py`` run as users run them (``--save-model``); when the budget is up they get
+   SIGINT, which saves a checkpoint. ``sb3`` is Stable-Baselines3 PPO on the seed's SuperSuit
+   pipeline (``examples/sb3_ppo.py``), stopped by a callback at the budget.
+2. Evaluate the deterministic policy on ``--eval-tracks`` held-out tracks (``HELDOUT_TRACK_SEEDS``),
+   one car per track from the start grid, no other cars, up to 100 s: lap completion (>= 1 lap
+   before the episode ends), crash rate (ended by a wall), and the first lap time relative to the
+   privileged pure-pursuit reference driver on the same track.
+3. Report training agent-steps/s and, from the scripts' periodic held-out evaluations in
+   TensorBoard, the agent-steps at which lap completion first reached 50 %.
+
+Prints one table; ``--json PATH`` also writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rbxenv import HELDOUT_TRACK_SEEDS, make_vec_env  # noqa: E402
+from rbxenv.sim.reference import reference_lap_time  # noqa: E402
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(policy: Policy, num_tracks: int, frame_stack: int = 4) -> dict:
+    """One episode per held-out track from the grid; lap completion, crashes, lap time vs reference."""
+    envs = make_vec_env(
+        num_agents=1,
+        num_venvs=num_tracks,
+        frame_stack=frame_stack,
+        start="grid",
+        collisions=False,
+        track_seeds=list(HELDOUT_TRACK_SEEDS)[:num_tracks],
+        track_change_steps=None,
+    )
+    try:
+        obs, _ = envs.reset(seed=0)
+        specs = [envs.session.tracks[v] for v in envs.session.venv_ids]
+        finished = np.zeros(num_tracks, dtype=bool)
+        lapped = np.zeros(num_tracks, dtype=bool)
+        crashed = np.zeros(num_tracks, dtype=bool)
+        lap_time = np.full(num_tracks, np.nan)
+        while not finished.all():
+            obs, _, term, trunc, infos = envs.step(np.clip(policy(obs), -1, 1).astype(np.float32))
+            first_lap = (infos["lap"] >= 1) & np.isnan(lap_time) & ~finished
+            lap_time[first_lap] = infos["lap_time"][first_lap]
+            done = (term | trunc) & ~finished
+            if done.any():
+                ep = infos["episode"]
+                lapped[done] = ep["laps"][done] >= 1
+                crashed[done] = ep["crashed"][done]
+                finished |= done
+    finally:
+        envs.close()
+    reference = np.array([reference_lap_time(spec) for spec in specs])
+    ratio = lap_time / reference
+    return {
+        "lap_completion": float(lapped.mean()),
+        "crash_rate": float(crashed.mean()),
+        "lap_time_vs_reference": float(np.nanmean(ratio)) if lapped.any() else float("nan"),
+        "mean_lap_time": float(np.nanmean(lap_time)) if lapped.any() else float("nan"),
+        "mean_reference_lap_time": float(reference.mean()),
+    }
+
+
+def policy_from_checkpoint(path: Path) -> tuple[Policy, int]:
+    """The deterministic actor of an rbxenv-checkpoint-v1 file, through its ONNX export (checked)."""
+    onnx_path = path.with_suffix(".onnx")
+    subprocess.run([sys.executable, str(ROOT / "export_onnx.py"), str(path), "-o", str(onnx_path)], check=True)
+    from rbxenv.drive import load_policy
+
+    policy = load_policy(onnx_path)
+    return policy, policy.frame_stack
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags().get("scalars", []):
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def train_script(algo: str, minutes: float, seed: int, extra: list[str]) -> dict:
+    script = ROOT / f"{algo}_continuous.py"
+    exp_name = f"bench_{algo}_{int(time.time())}"
+    cmd = [sys.executable, str(script), "--save-model", "--seed", str(seed), "--exp-name", exp_name, *extra]
+    print("$", " ".join(cmd[1:]), flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        proc.wait(timeout=minutes * 60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # the scripts save a checkpoint and exit cleanly
+        proc.wait(timeout=120)
+    elapsed = time.monotonic() - t0
+    run_dir = max((ROOT / "runs").glob(f"{exp_name}*"), key=lambda p: p.stat().st_mtime)
+    checkpoint = run_dir / "checkpoint.pt"
+    import torch
+
+    global_step = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    sps = scalars(run_dir, "charts/SPS")
+    evals = scalars(run_dir, "eval/lap_completion")
+    reach = next((step for step, value in evals if value >= 0.5), None)
+    policy, frame_stack = policy_from_checkpoint(checkpoint)
+    return {
+        "policy": policy,
+        "frame_stack": frame_stack,
+        "agent_steps": global_step,
+        "train_seconds": elapsed,
+        "train_sps": sps[-1][1] if sps else global_step / elapsed,
+        "steps_to_50pct": reach,
+        "run_dir": str(run_dir.relative_to(ROOT)),
+    }
+
+
+def train_sb3(minutes: float, seed: int) -> dict:
+    sys.path.insert(0, str(ROOT / "examples"))
+    from sb3_ppo import make_sb3_env
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.utils import set_random_seed
+
+    class Budget(BaseCallback):
+        def __init__(self, seconds: float):
+            super().__init__()
+            self.deadline = time.monotonic() + seconds
+
+        def _on_step(self) -> bool:
+            return time.monotonic() < self.deadline
+
+    import torch
+
+    torch.set_num_threads(1)  # as our scripts do: spinning torch threads fight the simulator for the 2 cores
+    set_random_seed(seed)
+    env = make_sb3_env(num_agents=5, num_venvs=5, sim_seed=seed)
+    t0 = time.monotonic()
+    try:
+        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, verbose=0)
+        model.learn(total_timesteps=10**10, callback=Budget(minutes * 60))
+    finally:
+        env.close()
+    elapsed = time.monotonic() - t0
+    vecnorm = env  # VecNormalize: evaluation uses its frozen observation statistics
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        # SuperSuit's frame stack starts episodes with zero frames, ours with the first frame
+        # repeated: the first three steps of an episode differ slightly, nothing after.
+        return model.predict(vecnorm.normalize_obs(obs), deterministic=True)[0]
+
+    return {
+        "policy": policy,
+        "frame_stack": 4,
+        "agent_steps": int(model.num_timesteps),
+        "train_seconds": elapsed,
+        "train_sps": model.num_timesteps / elapsed,
+        "steps_to_50pct": None,
+        "run_dir": None,
+    }
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", nargs="+", default=["ppo", "sac", "sb3"], choices=["ppo", "sac", "sb3"])
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget per algorithm")
+    parser.add_argument("--eval-tracks", type=int, default=30, help="held-out tracks to evaluate on")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("extra", nargs="*", help="extra flags for the scripts, after --")
+    args = parser.parse_args()
+
+    results = {}
+    for algo in args.algos:
+        trained = train_sb3(args.minutes, args.seed) if algo == "sb3" else train_script(
+            algo, args.minutes, args.seed, args.extra
+        )  # fmt: skip
+        policy = trained.pop("policy")
+        trained.update(evaluate(policy, args.eval_tracks, trained["frame_stack"]))
+        results[algo] = trained
+        print(f"{algo}: {json.dumps(trained)}", flush=True)
+
+    print()
+    print(f"{args.minutes:g} min of training each; {args.eval_tracks} held-out tracks, one car each, from the grid")
+    header = f"{'algo':5} {'agent-steps':>12} {'train SPS':>10} {'laps %':>7} {'crash %':>8} {'lap time/ref':>12} {'steps to 50%':>13}"
+    print(header)
+    for algo, r in results.items():
+        reach = f"{r['steps_to_50pct']:,}" if r["steps_to_50pct"] is not None else "-"
+        print(
+            f"{algo:5} {r['agent_steps']:>12,} {r['train_sps']:>10,.0f} {100 * r['lap_completion']:>7.1f} "
+            f"{100 * r['crash_rate']:>8.1f} {r['lap_time_vs_reference']:>12.2f} {reach:>13}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
