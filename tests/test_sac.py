@@ -174,4 +174,4 @@ def test_sac_learns_to_drive_on_a_fixed_track(tmp_path, monkeypatch):
     trained.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"]["actor"])
     after = mean_progress(trained, track=LEARN["track_seeds"][0])
     print(f"mean progress: untrained {before:.2f} laps, trained {after:.2f} laps ({time.time() - t0:.0f} s)")
-    assert after > before + 0.5, (before, after)
+    assert after > before + 1.0, (before, after)  # laps; ~0.0 -> ~3.9 when written
