@@ -53,24 +53,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _RateLimitedLog:
-    """Log each kind of bad frame once, then at most every ``period`` seconds with a count."""
-
-    def __init__(self, period: float = 5.0):
-        self.period = period
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warn(self, code: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(code, -1e9) < self.period:
-            self._suppressed[code] += 1
-            return
-        extra = f" ({self._suppressed.pop(code)} more like it suppressed)" if self._suppressed[code] else ""
-        self._last[code] = now
-        log.warning("bad frame from game [%s]: %s%s", code, message, extra)
-
-
 @dataclass
 class Observations:
     """What ``get_observations`` returns: row k belongs to ``agent_ids[k]``."""
@@ -86,7 +68,9 @@ class Observations:
 class _Slot:
     """One agent's latest observation plus what accumulated since the trainer last read it."""
 
-    __slots__ = ("obs", "reward", "terminated", "truncated", "info", "fresh", "expected_tick", "episode_tick")
+    __slots__ = (
+        "obs", "reward", "terminated", "truncated", "info", "fresh", "fresh_at", "expected_tick", "episode_tick"
+    )  # fmt: skip
 
     def __init__(self):
         self.obs: np.ndarray | None = None
@@ -95,6 +79,7 @@ class _Slot:
         self.truncated = False
         self.info: dict = {}
         self.fresh = False  # an observation answering the latest command is waiting
+        self.fresh_at = 0.0  # time.monotonic() when it arrived
         self.expected_tick = -1
         self.episode_tick = -1  # tick of the spawn/reset that started this episode
 
@@ -107,6 +92,9 @@ class DataBridge:
         self.slots: dict[str, _Slot] = {}
         self.lost: str | None = None  # why the game is gone, when it is
         self.stats: Counter[str] = Counter()
+        # time.monotonic() when the observation that completed the latest wait() arrived (latency
+        # figures: bench/realtime_load.py); one clock read per packet, one max() per wait
+        self.ready_at = 0.0
 
     def track(self, agent_ids: Iterable[str], tick: int, restart: bool = False) -> None:
         """Make agents known and wait for an answer to the command sent with ``tick``.
@@ -132,7 +120,9 @@ class DataBridge:
     def put_batch(self, batch: ObsBatch) -> list[str]:
         """Store a packet (network thread). Returns the agent ids nobody spawned (ignored)."""
         unknown = []
+        now = time.monotonic()
         with self.cond:
+            self.stats["obs_packets"] += 1
             for k, aid in enumerate(batch.agent_ids):
                 slot = self.slots.get(aid)
                 if slot is None:
@@ -150,7 +140,8 @@ class DataBridge:
                     slot.obs = batch.obs[k]
                     if batch.infos[k] is not None:
                         slot.info = batch.infos[k]
-                    slot.fresh = True
+                    if not slot.fresh:
+                        slot.fresh, slot.fresh_at = True, now
                 else:
                     self.stats["stale_packets"] += 1
             self.cond.notify_all()
@@ -175,6 +166,7 @@ class DataBridge:
                     )
                 self.cond.wait(remaining)
             n = len(agent_ids)
+            self.ready_at = max([self.slots[aid].fresh_at for aid in agent_ids], default=time.monotonic())
             out = Observations(
                 list(agent_ids),
                 np.stack([self.slots[aid].obs for aid in agent_ids]) if n else np.zeros((0, 0), np.float32),
@@ -244,8 +236,10 @@ class TrainingBridge:
         self._conn: ServerConnection | None = None
         self._outbox: asyncio.Queue | None = None
         self._attached = threading.Event()
-        self._bad = _RateLimitedLog()
+        self._bad = protocol.RateLimitedLog(log, "bad frame from game")
+        self._game_errors = protocol.RateLimitedLog(log, "game reported an error")
         self._closing = False
+        self.action_sent_at = 0.0  # time.monotonic() when the latest actions were handed to the network thread
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -450,7 +444,7 @@ class TrainingBridge:
                     )
             elif isinstance(msg, protocol.ErrorMessage):
                 stats["errors_from_game"] += 1
-                log.warning("game reported an error [%s]: %s", msg.code, msg.message)
+                self._game_errors.warn(msg.code, msg.message)
             elif isinstance(msg, Hello):
                 raise ProtocolError("hello is only valid as the first frame of a connection")
         except ProtocolError as err:
@@ -535,9 +529,11 @@ class TrainingBridge:
             for per_venv in actions.values():
                 self.data.track(per_venv.keys(), tick)
             self._send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
+            self.action_sent_at = time.monotonic()
             return tick
         for env_id, per_venv in actions.items():
             self.send_actions(env_id, per_venv)
+        self.action_sent_at = time.monotonic()
         return self._tick
 
     def close_environment(self, env_id: str) -> None:

@@ -8,8 +8,11 @@ JSON goes through orjson (fast, and it refuses NaN/Infinity, which JSON does not
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +60,28 @@ class ProtocolError(ValueError):
     def __init__(self, message: str, code: str = "bad_message"):
         super().__init__(message)
         self.code = code
+
+
+class RateLimitedLog:
+    """Log each kind of bad input once, then at most every ``period`` seconds with a count.
+
+    Both sides use it (bridge: bad frames from the game; simulator: bad commands from the
+    trainer): a peer that floods malformed frames must not flood the log too.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, period: float = 5.0):
+        self.logger, self.what, self.period = logger, what, period
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warn(self, code: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(code, -1e9) < self.period:
+            self._suppressed[code] += 1
+            return
+        extra = f" ({self._suppressed.pop(code)} more like it suppressed)" if self._suppressed[code] else ""
+        self._last[code] = now
+        self.logger.warning("%s [%s]: %s%s", self.what, code, message, extra)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,19 @@ log = logging.getLogger("rbxenv.sim")
 
 CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start"})
 
+# What one simulator seats: a trainer (or anything that reaches its socket) cannot make it
+# allocate without bound. Car indices above MAX_CARS_PER_VENV would build that many grid slots.
+MAX_VENVS = 256
+MAX_CARS_PER_VENV = 256  # car indices 0..255
+MAX_CARS = 4096
+# Track specs the simulator builds (beyond protocol.check_track_spec's structure): finite,
+# bounded coordinates and widths, points at least MIN_SPACING apart (denser centre lines make the
+# ray windows, built once per track, grow quadratically), inner walls not collapsed into a point.
+MAX_COORD = 1e5
+MAX_HALF_WIDTH = 100.0
+MIN_SPACING, MAX_SPACING = 1.0, 100.0
+MIN_WALL_SPACING = 0.25
+
 
 def game_spec(sim: Sim, realtime: bool, tick_hz: float) -> GameSpec:
     cfg = sim.config
@@ -54,7 +67,28 @@ class SimGame:
         self.tick = 0  # tick of the latest command applied
         self.actions: dict[str, list] = {}  # latest action per car (held in real time)
         self.acted_venvs: set[str] = set()  # lockstep with per-venv ACTIONs: venvs acted since the last step
-        self.stats = {"steps": 0, "bad_commands": 0}
+        self.stats = {"steps": 0, "bad_commands": 0, "internal_errors": 0}
+        self._bad = protocol.RateLimitedLog(log, "bad command from trainer")
+        self._trainer_errors = protocol.RateLimitedLog(log, "trainer reported an error")
+
+    def receive(self, frame: str | bytes) -> list[bytes]:
+        """One frame from the trainer -> the frames to send back. Never raises: a bad command
+        gets an ``error`` frame (PROTOCOL.md §3.5), counted and logged at a limited rate."""
+        tick = self.tick
+        try:
+            if not isinstance(frame, str):
+                raise ProtocolError("binary frame: commands are JSON text frames")
+            return self.handle(protocol.decode_command(frame))
+        except ProtocolError as err:
+            code, message = err.code, str(err)
+        except Exception as err:  # noqa: BLE001 - a state the checks missed must not end the game
+            self.stats["internal_errors"] += 1
+            log.debug("command failed inside the simulator", exc_info=True)
+            code, message = "bad_message", f"the simulator could not apply this command ({type(err).__name__}: {err})"
+        self.tick = tick  # a refused command does not move the tick
+        self.stats["bad_commands"] += 1
+        self._bad.warn(code, message)
+        return [protocol.encode_error(code, message[:500])]
 
     # ------------------------------------------------------------------ commands
 
@@ -68,10 +102,13 @@ class SimGame:
         sim = self.sim
         name = cmd.name
         if name == "WELCOME":
-            self.welcome(list(cmd.data.get("capabilities", [])))
+            caps = cmd.data.get("capabilities", [])
+            if type(caps) is not list or not all(isinstance(c, str) for c in caps):
+                raise ProtocolError(f"welcome.capabilities: expected an array of strings, got {protocol._show(caps)}")
+            self.welcome(caps)
             return []
         if name == "ERROR":
-            log.warning("trainer reported an error [%s]: %s", cmd.data.code, cmd.data.message)
+            self._trainer_errors.warn(cmd.data.code[:40], cmd.data.message[:500])
             return []
         if name == "FREEZE":
             sim.freeze(cmd.data)
@@ -89,6 +126,7 @@ class SimGame:
             return []
         if name == "SPAWN_AGENTS":
             spawn = cmd.data
+            self._check_spawn(cmd.envid, spawn)
             sim.spawn(cmd.envid, spawn["agents"], track=spawn["track"], start=spawn["start"], seed=spawn["seed"])
             for aid in spawn["agents"]:
                 self.actions[aid] = [0.0, 0.0, 0.0]
@@ -106,6 +144,8 @@ class SimGame:
                 self.actions.pop(aid, None)
             return []
         if name == "ACTION_BATCH":
+            for per_venv in cmd.data.values():  # all or nothing: check every venv before applying any
+                self._set_actions(per_venv, apply=False)
             for per_venv in cmd.data.values():
                 self._set_actions(per_venv)
             return [] if self.realtime else self.step()
@@ -128,11 +168,38 @@ class SimGame:
             raise ProtocolError(f"agents never spawned: {', '.join(missing[:3])}", "unknown_agent")
         return known
 
-    def _set_actions(self, actions: dict[str, list]) -> None:
+    def _check_spawn(self, envid: str, spawn: dict) -> None:
+        """Refuse spawns beyond what this simulator seats, and tracks it cannot build in bounded time."""
+        sim = self.sim
+        new_venv = envid not in sim.envids
+        if new_venv and len(sim.envids) >= MAX_VENVS:
+            raise ProtocolError(f"SPAWN_AGENTS: this simulator runs at most {MAX_VENVS} venvs", "too_large")
+        fresh = set()
+        for aid in spawn["agents"]:
+            index = protocol.parse_agent_id(aid)[0]
+            if index >= MAX_CARS_PER_VENV:
+                raise ProtocolError(
+                    f"SPAWN_AGENTS: {aid}: this simulator seats at most {MAX_CARS_PER_VENV} cars per venv "
+                    f"(indices 0..{MAX_CARS_PER_VENV - 1})",
+                    "too_large",
+                )
+            if aid not in self.actions:
+                fresh.add(aid)
+        if len(self.actions) + len(fresh) > MAX_CARS:
+            raise ProtocolError(
+                f"SPAWN_AGENTS: {len(fresh)} more cars would make {len(self.actions) + len(fresh)}; "
+                f"this simulator runs at most {MAX_CARS}",
+                "too_large",
+            )
+        if spawn["track"] is not None:
+            check_buildable_track(spawn["track"])
+
+    def _set_actions(self, actions: dict[str, list], apply: bool = True) -> None:
         unknown = [aid for aid in actions if aid not in self.actions]
         if unknown:
             raise ProtocolError(f"actions for agents never spawned: {', '.join(unknown[:3])}", "unknown_agent")
-        self.actions.update(actions)  # validated lists; converted and clipped once per step
+        if apply:
+            self.actions.update(actions)  # validated lists; converted and clipped once per step
 
     def _forget(self, envid: str) -> None:
         suffix = f"_env_{envid}"
@@ -147,7 +214,8 @@ class SimGame:
         ids = sim.agent_ids
         if not ids or sim.frozen:
             return []
-        actions = np.clip(np.array([self.actions[aid] for aid in ids], dtype=np.float32), -1.0, 1.0)
+        # clipped in float64: a huge (finite) number must not overflow float32 on the way
+        actions = np.clip(np.array([self.actions[aid] for aid in ids]), -1.0, 1.0).astype(np.float32)
         result = sim.step(actions)
         self.stats["steps"] += 1
         self.acted_venvs.clear()
@@ -227,6 +295,34 @@ class SimGame:
         return out
 
 
+def check_buildable_track(track: dict) -> None:
+    """Bounds of a track spec the simulator will build (see MAX_COORD ...); ProtocolError if not."""
+    from rbxenv import tracks
+
+    c = np.asarray(track["centerline"], dtype=np.float64)
+    w = np.asarray(track["half_width"], dtype=np.float64)
+    grid = np.asarray(track.get("grid") or np.zeros((0, 3)), dtype=np.float64)
+    where = "SPAWN_AGENTS.data.track"
+    if not (np.abs(c).max() <= MAX_COORD and (grid.size == 0 or np.abs(grid).max() <= MAX_COORD)):
+        raise ProtocolError(f"{where}: coordinates beyond ±{MAX_COORD:g} studs")
+    if w.max() > MAX_HALF_WIDTH:
+        raise ProtocolError(f"{where}.half_width: at most {MAX_HALF_WIDTH:g} studs, got {w.max():g}")
+    seg = np.hypot(*(np.roll(c, -1, axis=0) - c).T)
+    if not MIN_SPACING <= seg.min() <= seg.max() <= MAX_SPACING:
+        raise ProtocolError(
+            f"{where}.centerline: points must be {MIN_SPACING:g}..{MAX_SPACING:g} studs apart "
+            f"(about {tracks.SPACING:g} is usual), got {seg.min():.3g}..{seg.max():.3g}"
+        )
+    for side, wall in zip(("left", "right"), tracks.walls(track), strict=True):
+        wall = np.asarray(wall, dtype=np.float64)
+        gap = np.hypot(*(np.roll(wall, -1, axis=0) - wall).T).min()
+        if not gap >= MIN_WALL_SPACING:
+            raise ProtocolError(
+                f"{where}: the {side} wall folds onto itself (points {gap:.3g} studs apart): "
+                "half_width exceeds the corner radius somewhere"
+            )
+
+
 # ---------------------------------------------------------------------------------------------- socket
 
 
@@ -263,16 +359,8 @@ async def run(
         ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz)) if realtime else None
         try:
             async for frame in ws:
-                try:
-                    if not isinstance(frame, str):
-                        raise ProtocolError("binary frame: commands are JSON text frames")
-                    cmd = protocol.decode_command(frame)
-                    for out in game.handle(cmd):
-                        await ws.send(out, text=True)
-                except ProtocolError as err:
-                    game.stats["bad_commands"] += 1
-                    log.warning("bad command from trainer [%s]: %s", err.code, err)
-                    await ws.send(protocol.encode_error(err.code, str(err)[:500]), text=True)
+                for out in game.receive(frame):
+                    await ws.send(out, text=True)
         except ConnectionClosed:
             pass
         finally:
@@ -290,7 +378,13 @@ async def _tick_loop(ws, game: SimGame, tick_hz: float) -> None:
         await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
         if time.monotonic() - next_tick > 5 * period:  # fell far behind (machine busy): don't burst
             next_tick = time.monotonic()
-        for out in game.step():
+        try:
+            frames = game.step()
+        except Exception:  # noqa: BLE001 - keep ticking; the trainer's timeouts will tell
+            game.stats["internal_errors"] += 1
+            log.exception("simulator step failed")
+            continue
+        for out in frames:
             await ws.send(out, text=True)
 
 
