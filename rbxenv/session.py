@@ -180,6 +180,9 @@ class GameSession:
         # The child must import this very rbxenv, whatever the working directory (no install needed).
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # The simulator is elementwise numpy: BLAS worker threads would only spin against the trainer.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")
         if self.bridge.token:
             env["RBXENV_TOKEN"] = self.bridge.token  # the sim client presents it in its hello
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
