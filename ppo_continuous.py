@@ -1,7 +1,7 @@
 """PPO for Roblox racing: train AI drivers on the embedded headless simulator or a live Roblox game.
 
-    python ppo_continuous.py --num-agents 5                   # embedded simulator, nothing else needed
-    python ppo_continuous.py --no-sim --port 8765             # wait for Roblox Studio (press Play)
+    python ppo_continuous.py --num-agents 5                     # embedded simulator, nothing else needed
+    python ppo_continuous.py --no-sim                           # wait for Roblox Studio on ws://127.0.0.1:8765
     python ppo_continuous.py --resume runs/<run>/checkpoint.pt  # carry on where a run stopped
     tensorboard --logdir runs
 
@@ -79,8 +79,8 @@ class Args:
     """do not start the embedded simulator: wait for a game (Roblox Studio) on --host/--port"""
     host: str = "127.0.0.1"
     """address the trainer listens on (the game connects to it)"""
-    port: int = 0
-    """port the trainer listens on (0: any free port; use a fixed one such as 8765 with --no-sim)"""
+    port: int | None = None
+    """port the trainer listens on (default: 8765 with --no-sim, any free port for the embedded simulator)"""
     mode: str = "lockstep"
     """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
     wait_timeout: float = 300.0
@@ -325,6 +325,7 @@ def evaluate(agent: Agent, envs, seed: int = 0, record: bool = False) -> dict:
         "crash_rate": float(crashed.mean()),
         "lap_time": float(timed.mean()) if len(timed) else float("nan"),
         "progress": float(progress.mean()),
+        "first_lap_times": first_lap,
         "poses": poses,
     }
 
@@ -361,8 +362,11 @@ class GracefulStop:
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C: stop right now
@@ -417,22 +421,26 @@ def train(args: Args) -> str:
     device = torch.device("cpu")  # small MLPs: the CPU is faster than shipping batches to a GPU
 
     # env setup
-    envs = make_vec_env(
-        num_agents=args.num_agents,
-        num_venvs=args.num_venvs,
-        frame_stack=args.frame_stack,
-        track_change_steps=args.track_change_steps or None,
-        sim=None if args.no_sim else "embedded",
-        host=args.host,
-        port=args.port,
-        mode=args.mode,
-        start=args.start,
-        collisions=args.collisions,
-        track_seeds=args.track_seeds,
-        track_method=args.track_method,
-        sim_seed=args.seed,
-        wait_timeout=args.wait_timeout,
-    )
+    try:
+        envs = make_vec_env(
+            num_agents=args.num_agents,
+            num_venvs=args.num_venvs,
+            frame_stack=args.frame_stack,
+            track_change_steps=args.track_change_steps or None,
+            sim=None if args.no_sim else "embedded",
+            host=args.host,
+            port=args.port if args.port is not None else (8765 if args.no_sim else 0),
+            mode=args.mode,
+            start=args.start,
+            collisions=args.collisions,
+            track_seeds=args.track_seeds,
+            track_method=args.track_method,
+            sim_seed=args.seed,
+            wait_timeout=args.wait_timeout,
+        )
+    except BridgeClosed as error:
+        writer.close()
+        raise SystemExit(f"no game to train with: {error}") from None
     eval_envs = None
     num_envs = envs.num_envs
     obs_dim = int(np.prod(envs.single_observation_space.shape))
@@ -676,6 +684,7 @@ def train(args: Args) -> str:
         # Ctrl-C in a terminal also stops the embedded simulator (same process group).
         reason = "interrupted" if stop.requested else f"the game was lost ({error})"
     finally:
+        stop.restore()
         envs.close()
         if eval_envs is not None:
             eval_envs.close()
