@@ -249,7 +249,7 @@ class RewardScaler:
 # Checkpoints
 
 
-def policy_export(agent: Agent, frame_stack: int) -> dict:
+def policy_export(agent: Agent, frame_stack: int, num_rays: int) -> dict:
     """The self-describing deterministic actor of a checkpoint (plain tensors and lists only)."""
     obs_dim = agent.obs_mean.shape[0]
     linears = [m for m in agent.actor_mean if isinstance(m, nn.Linear)]
@@ -258,7 +258,7 @@ def policy_export(agent: Agent, frame_stack: int) -> dict:
         "act_dim": linears[-1].out_features,
         "frame_stack": frame_stack,
         "obs_size": obs_dim // frame_stack,
-        "num_rays": obs_dim // frame_stack - 3,
+        "num_rays": num_rays,  # as the game announced it (PROTOCOL.md §3.1)
         "obs_mean": agent.obs_mean.detach().float().clone(),
         "obs_var": agent.obs_var.detach().float().clone(),
         "obs_eps": Agent.OBS_EPS,
@@ -270,7 +270,7 @@ def policy_export(agent: Agent, frame_stack: int) -> dict:
     }
 
 
-def save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra) -> None:
+def save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra, num_rays) -> None:
     """Shared checkpoint format (SAC and export_onnx.py use it too); written atomically."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -281,7 +281,7 @@ def save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra) 
         "model": agent.state_dict(),
         "optimizer": optimizer.state_dict(),
         "extra": extra,
-        "policy": policy_export(agent, args.frame_stack),
+        "policy": policy_export(agent, args.frame_stack, num_rays),
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -445,6 +445,7 @@ def train(args: Args) -> str:
     num_envs = envs.num_envs
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
+    num_rays = envs.game.num_rays  # what the game offers (handshake); the rest of obs_size is nitro, speed, reverse
 
     agent = Agent(obs_dim, act_dim, tuple(args.hidden_sizes), args.init_logstd).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -463,7 +464,7 @@ def train(args: Args) -> str:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": rng.bit_generator.state,
         }
-        save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra)
+        save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra, num_rays)
         return path
 
     # ALGO Logic: Storage setup

@@ -130,7 +130,7 @@ def test_policy_entry_reproduces_the_deterministic_actor():
     torch.manual_seed(0)
     agent = ppo.Agent(52, 3, (32, 16))
     agent.update_obs_stats(torch.rand(500, 52) * 3 - 1)
-    policy = ppo.policy_export(agent, frame_stack=4)
+    policy = ppo.policy_export(agent, frame_stack=4, num_rays=10)
     obs = torch.rand(64, 52) * 4 - 2
     x = np.clip(
         (obs.numpy() - policy["obs_mean"].numpy()) / np.sqrt(policy["obs_var"].numpy() + policy["obs_eps"]),
