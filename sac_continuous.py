@@ -1,7 +1,7 @@
 """SAC for Roblox racing: train AI drivers on the embedded headless simulator or a live Roblox game.
 
     python sac_continuous.py                                  # embedded simulator, nothing else needed
-    python sac_continuous.py --no-sim --port 8765             # wait for Roblox Studio (press Play)
+    python sac_continuous.py --no-sim                         # wait for Roblox Studio on ws://127.0.0.1:8765
     python sac_continuous.py --resume runs/<run>/checkpoint.pt  # carry on where a run stopped
     tensorboard --logdir runs
 
@@ -101,8 +101,8 @@ class Args:
     """do not start the embedded simulator: wait for a game (Roblox Studio) on --host/--port"""
     host: str = "127.0.0.1"
     """address the trainer listens on (the game connects to it)"""
-    port: int = 0
-    """port the trainer listens on (0: any free port; use a fixed one such as 8765 with --no-sim)"""
+    port: int | None = None
+    """port the trainer listens on (default: 8765 with --no-sim, any free port for the embedded simulator)"""
     mode: str = "lockstep"
     """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
     wait_timeout: float = 300.0
@@ -276,7 +276,7 @@ class ReplayBuffer:
 # Checkpoints
 
 
-def policy_export(actor: Actor, frame_stack: int) -> dict:
+def policy_export(actor: Actor, frame_stack: int, num_rays: int) -> dict:
     """The self-describing deterministic actor of a checkpoint (plain tensors and lists only)."""
     obs_dim = actor.obs_mean.shape[0]
     linears = [m for m in actor.trunk if isinstance(m, nn.Linear)] + [actor.fc_mean]
@@ -285,7 +285,7 @@ def policy_export(actor: Actor, frame_stack: int) -> dict:
         "act_dim": actor.fc_mean.out_features,
         "frame_stack": frame_stack,
         "obs_size": obs_dim // frame_stack,
-        "num_rays": obs_dim // frame_stack - 3,
+        "num_rays": num_rays,  # as the game announced it (PROTOCOL.md §3.1)
         "obs_mean": actor.obs_mean.detach().float().clone(),
         "obs_var": actor.obs_var.detach().float().clone(),
         "obs_eps": Actor.OBS_EPS,
@@ -297,7 +297,9 @@ def policy_export(actor: Actor, frame_stack: int) -> dict:
     }
 
 
-def save_checkpoint(path: str, args: Args, global_step: int, run_name: str, model: dict, optimizer: dict, extra: dict):
+def save_checkpoint(
+    path: str, args: Args, global_step: int, run_name: str, model: dict, optimizer: dict, extra: dict, num_rays: int
+) -> None:
     """Shared checkpoint format (PPO and export_onnx.py use it too); written atomically."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -308,7 +310,7 @@ def save_checkpoint(path: str, args: Args, global_step: int, run_name: str, mode
         "model": {name: module.state_dict() for name, module in model.items()},
         "optimizer": {name: opt.state_dict() for name, opt in optimizer.items()},
         "extra": extra,
-        "policy": policy_export(model["actor"], args.frame_stack),
+        "policy": policy_export(model["actor"], args.frame_stack, num_rays),
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -323,30 +325,32 @@ def save_checkpoint(path: str, args: Args, global_step: int, run_name: str, mode
 def evaluate(actor: Actor, envs, seed: int = 0, record: bool = False) -> dict:
     """Drive every car of ``envs`` with tanh(mean) until each car has finished one episode.
 
-    Returns lap completion (>= 1 lap in the episode), crash rate, mean best lap time (nan if no
-    lap), mean progress in laps, and with ``record`` the per-step poses of every car.
+    Returns lap completion (>= 1 lap in the episode), crash rate, mean time of the first lap (from
+    the start grid: comparable with rbxenv.sim.reference; nan if no car lapped), mean progress in
+    laps, and with ``record`` the per-step poses of every car (nan once its episode ended).
     """
     obs, _ = envs.reset(seed=seed)
     n = envs.num_envs
     finished = np.zeros(n, dtype=bool)
-    laps, crashed, progress, lap_time = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n), np.full(n, np.nan)
+    laps, crashed, progress, first_lap = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n), np.full(n, np.nan)
     poses: list[dict] = []
     while not finished.all():
         obs, _, _, _, infos = envs.step(actor.act(torch.as_tensor(obs), deterministic=True).numpy())
         if record:
             poses.append({key: np.where(finished, np.nan, infos[key]) for key in ("x", "y", "speed")})
+        lapped = ~finished & np.isnan(first_lap) & (np.nan_to_num(infos["lap"]) >= 1)
+        first_lap[lapped] = infos["lap_time"][lapped]
         if "_episode" in infos:
             new, ep = infos["_episode"] & ~finished, infos["episode"]
-            laps[new], crashed[new], progress[new], lap_time[new] = (
-                ep["laps"][new], ep["crashed"][new], ep["progress"][new], ep["lap_time"][new]
-            )  # fmt: skip
+            laps[new], crashed[new], progress[new] = ep["laps"][new], ep["crashed"][new], ep["progress"][new]
             finished |= new
-    timed = lap_time[np.isfinite(lap_time)]
+    timed = first_lap[np.isfinite(first_lap)]
     return {
         "lap_completion": float((laps >= 1).mean()),
         "crash_rate": float(crashed.mean()),
         "lap_time": float(timed.mean()) if len(timed) else float("nan"),
         "progress": float(progress.mean()),
+        "first_lap_times": first_lap,
         "poses": poses,
     }
 
@@ -386,8 +390,11 @@ class GracefulStop:
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C: stop right now
@@ -439,26 +446,31 @@ def train(args: Args) -> str:
     device = torch.device("cpu")  # small MLPs: the CPU is faster than shipping batches to a GPU
 
     # env setup
-    envs = make_vec_env(
-        num_agents=args.num_agents,
-        num_venvs=args.num_venvs,
-        frame_stack=args.frame_stack,
-        track_change_steps=args.track_change_steps or None,
-        sim=None if args.no_sim else "embedded",
-        host=args.host,
-        port=args.port,
-        mode=args.mode,
-        start=args.start,
-        collisions=args.collisions,
-        track_seeds=args.track_seeds,
-        track_method=args.track_method,
-        sim_seed=args.seed,
-        wait_timeout=args.wait_timeout,
-    )
+    try:
+        envs = make_vec_env(
+            num_agents=args.num_agents,
+            num_venvs=args.num_venvs,
+            frame_stack=args.frame_stack,
+            track_change_steps=args.track_change_steps or None,
+            sim=None if args.no_sim else "embedded",
+            host=args.host,
+            port=args.port if args.port is not None else (8765 if args.no_sim else 0),
+            mode=args.mode,
+            start=args.start,
+            collisions=args.collisions,
+            track_seeds=args.track_seeds,
+            track_method=args.track_method,
+            sim_seed=args.seed,
+            wait_timeout=args.wait_timeout,
+        )
+    except BridgeClosed as error:
+        writer.close()
+        raise SystemExit(f"no game to train with: {error}") from None
     eval_envs = None
     num_envs = envs.num_envs
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
+    num_rays = envs.game.num_rays  # what the game offers (handshake); the rest of obs_size is nitro, speed, reverse
     hidden = tuple(args.hidden_sizes)
 
     actor = Actor(obs_dim, act_dim, hidden).to(device)
@@ -502,7 +514,7 @@ def train(args: Args) -> str:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": rng.bit_generator.state,
         }
-        save_checkpoint(path, args, global_step, run_name, model, optimizers, extra)
+        save_checkpoint(path, args, global_step, run_name, model, optimizers, extra, num_rays)
         return path
 
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, rng)
@@ -679,6 +691,7 @@ def train(args: Args) -> str:
         # Ctrl-C in a terminal also stops the embedded simulator (same process group).
         reason = "interrupted" if stop.requested else f"the game was lost ({error})"
     finally:
+        stop.restore()
         envs.close()
         if eval_envs is not None:
             eval_envs.close()

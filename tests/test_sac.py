@@ -78,7 +78,9 @@ def test_replay_buffer_wraps_and_keeps_rows_together():
 
 def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    handler = signal.getsignal(signal.SIGINT)
     path = sac.train(sac.Args(exp_name="e2e", seed=3, save_model=True, capture_video=True, **TINY))
+    assert signal.getsignal(signal.SIGINT) is handler  # train() gives Ctrl-C back when it returns
     run_dir = Path(path).parent
     assert Path(path).exists() and glob.glob(f"{run_dir}/events.out.tfevents.*")
     assert glob.glob(f"{run_dir}/videos/eval_*.gif")
