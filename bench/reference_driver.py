@@ -1,0 +1,42 @@
+"""The pure-pursuit reference driver over many tracks of every generation method.
+
+    python bench/reference_driver.py [--seeds 300]
+
+One car per track from grid slot 0, all tracks at once (``rbxenv.sim.reference.drive_laps``):
+laps completed, mean lap time and mean speed per method. The reference for the learning benchmark's
+"lap time relative to the reference".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from rbxenv import tracks  # noqa: E402
+from rbxenv.sim.reference import drive_laps  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=300, help="tracks per method (seeds 0..N-1)")
+    args = parser.parse_args()
+    print(f"{'method':7} {'laps completed':>15} {'mean lap time':>14} {'mean speed':>11}")
+    t0 = time.perf_counter()
+    for method in tracks.METHODS:
+        specs = [tracks.generate(seed, method) for seed in range(args.seeds)]
+        times = drive_laps(specs)
+        done = np.isfinite(times)
+        lengths = np.array([spec["length"] for spec in specs])
+        speed = np.mean(lengths[done] / times[done]) if done.any() else float("nan")
+        print(f"{method:7} {f'{done.sum()}/{len(specs)}':>15} {np.mean(times[done]):>12.1f} s {speed:>7.0f} studs/s")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
