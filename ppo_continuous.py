@@ -127,8 +127,8 @@ class Args:
     """scale rewards by the running std of the discounted return (CleanRL / gymnasium style)"""
 
     # Checkpoints, evaluation, video
-    save_model: bool = False
-    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt"""
+    save_model: bool = True
+    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt; --no-save-model to keep nothing"""
     save_every: int = 500_000
     """agent-steps between periodic checkpoints (with --save-model)"""
     resume: str | None = None
@@ -694,7 +694,7 @@ def train(args: Args) -> str:
         if args.save_model:
             print(f"finished at step {global_step}; checkpoint: {checkpoint_path}", flush=True)
             return checkpoint_path
-        print(f"finished at step {global_step} (add --save-model to keep the policy)", flush=True)
+        print(f"finished at step {global_step} (--no-save-model: nothing was kept)", flush=True)
         return ""
     save()
     print(f"{reason} at step {global_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})")

@@ -143,8 +143,8 @@ class Args:
     """agent-steps during which the observation statistics are updated; then they freeze (-1: never)"""
 
     # Checkpoints, evaluation, video, logging
-    save_model: bool = False
-    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt"""
+    save_model: bool = True
+    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt; --no-save-model to keep nothing"""
     save_every: int = 50_000
     """agent-steps between periodic checkpoints (with --save-model)"""
     resume: str | None = None
@@ -700,7 +700,7 @@ def train(args: Args) -> str:
         if args.save_model:
             print(f"finished at step {global_step}; checkpoint: {checkpoint_path}", flush=True)
             return checkpoint_path
-        print(f"finished at step {global_step} (add --save-model to keep the policy)", flush=True)
+        print(f"finished at step {global_step} (--no-save-model: nothing was kept)", flush=True)
         return ""
     save()
     print(f"{reason} at step {global_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})")
