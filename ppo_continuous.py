@@ -382,13 +382,28 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def load_checkpoint(path: str) -> dict:
+    """A PPO checkpoint to resume from, or one clear line saying why it cannot be used."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise SystemExit(f"cannot resume: {path} does not exist") from None
+    except Exception as error:  # truncated or corrupt file, not a torch file at all
+        raise SystemExit(f"cannot resume: {path} is not a readable checkpoint ({type(error).__name__})") from None
+    if (
+        not isinstance(checkpoint, dict)
+        or checkpoint.get("format") != CHECKPOINT_FORMAT
+        or checkpoint.get("algo") != "ppo"
+    ):
+        raise SystemExit(f"cannot resume: {path} is not a PPO {CHECKPOINT_FORMAT} checkpoint")
+    return checkpoint
+
+
 def train(args: Args) -> str:
     """Run PPO with ``args``; returns the path of the last checkpoint (or "" without --save-model)."""
     checkpoint = None
     if args.resume:
-        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("algo") != "ppo":
-            raise SystemExit(f"{args.resume}: not a PPO {CHECKPOINT_FORMAT} checkpoint")
+        checkpoint = load_checkpoint(args.resume)
         run_name = checkpoint["run_name"]
         args.save_model = True  # a resumed run keeps its checkpoint up to date
     else:
@@ -705,7 +720,7 @@ def parse_args() -> Args:
     """tyro CLI; with --resume the checkpoint's arguments are the defaults, flags given override them."""
     args = tyro.cli(Args)
     if args.resume:
-        saved = torch.load(args.resume, map_location="cpu", weights_only=False).get("args", {})
+        saved = load_checkpoint(args.resume).get("args", {})
         known = {key: value for key, value in saved.items() if key in Args.__dataclass_fields__}
         known["resume"] = args.resume
         args = tyro.cli(Args, default=Args(**known))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +89,21 @@ def test_game_that_never_comes_back_raises_bridge_closed_after_the_timeout():
         assert time.monotonic() - t0 < 5
     finally:
         env.close()
+
+
+# ---------------------------------------------------------------------------------------- runs never lose work
+
+
+@pytest.mark.parametrize("script", ["ppo_continuous.py", "sac_continuous.py"])
+def test_resume_from_a_bad_checkpoint_is_one_clear_line(tmp_path, script):
+    repo = Path(__file__).resolve().parents[1]
+    corrupt = tmp_path / "checkpoint.pt"
+    corrupt.write_bytes(b"\x80\x04 not a checkpoint" * 50)
+    for path, expected in ((corrupt, "is not a readable checkpoint"), (tmp_path / "missing.pt", "does not exist")):
+        run = subprocess.run(
+            [sys.executable, str(repo / script), "--resume", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode != 0
+        assert "Traceback" not in run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"cannot resume: {path} {expected}"), run.stderr
