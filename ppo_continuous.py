@@ -128,7 +128,7 @@ class Args:
 
     # Checkpoints, evaluation, video
     save_model: bool = True
-    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt; --no-save-model to keep nothing"""
+    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt; with --no-save-model only an interrupted run saves (so no work is lost)"""
     save_every: int = 500_000
     """agent-steps between periodic checkpoints (with --save-model)"""
     resume: str | None = None
@@ -699,6 +699,8 @@ def train(args: Args) -> str:
     except BridgeClosed as error:
         # Ctrl-C in a terminal also stops the embedded simulator (same process group).
         reason = "interrupted" if stop.requested else f"the game was lost ({error})"
+    except TimeoutError as error:  # the game is connected but stopped answering (paused, hung)
+        reason = f"the game stopped answering ({error})"
     finally:
         stop.restore()
         envs.close()

@@ -144,7 +144,7 @@ class Args:
 
     # Checkpoints, evaluation, video, logging
     save_model: bool = True
-    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt; --no-save-model to keep nothing"""
+    """save checkpoints (every --save-every steps and at the end) to runs/{run_name}/checkpoint.pt; with --no-save-model only an interrupted run saves (so no work is lost)"""
     save_every: int = 50_000
     """agent-steps between periodic checkpoints (with --save-model)"""
     resume: str | None = None
@@ -571,7 +571,8 @@ def train(args: Args) -> str:
             real_next_obs = next_obs.copy()
             if "_final_obs" in infos:
                 real_next_obs[infos["_final_obs"]] = infos["final_obs"][infos["_final_obs"]]
-            rb.add(obs, real_next_obs, actions, rewards, terminations.astype(np.float32))
+            if not infos.get("lost_step"):  # a step the lost game never answered holds no real transition
+                rb.add(obs, real_next_obs, actions, rewards, terminations.astype(np.float32))
             if args.norm_obs and (args.norm_obs_steps < 0 or global_step <= args.norm_obs_steps):
                 actor.update_obs_stats(torch.as_tensor(obs))
             obs = next_obs
@@ -705,6 +706,8 @@ def train(args: Args) -> str:
     except BridgeClosed as error:
         # Ctrl-C in a terminal also stops the embedded simulator (same process group).
         reason = "interrupted" if stop.requested else f"the game was lost ({error})"
+    except TimeoutError as error:  # the game is connected but stopped answering (paused, hung)
+        reason = f"the game stopped answering ({error})"
     finally:
         stop.restore()
         envs.close()

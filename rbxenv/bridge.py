@@ -307,13 +307,19 @@ class TrainingBridge:
         return self.data.stats
 
     def wait_for_game(self, timeout: float | None = None) -> GameSpec:
-        """Block until a game is attached and its handshake (or the lack of one) is settled."""
+        """Block until a game is attached and its handshake (or the lack of one) is settled.
+
+        After a game disconnected, every call raises BridgeClosed until this is called again and
+        returns: the caller takes the new game knowingly (and respawns its venvs).
+        """
         if not self._attached.wait(timeout):
             raise BridgeClosed(
                 f"no game connected to {self.url} within {timeout:g} s: start the game "
                 "(python -m rbxenv.sim --url ..., or press Play in Roblox Studio) and point it at this URL"
             )
         assert self.game is not None
+        with self.data.cond:
+            self.data.lost = None  # the caller has the (new) game now; a previous one is forgotten
         return self.game
 
     def close(self) -> None:
@@ -384,9 +390,9 @@ class TrainingBridge:
             return
         if game.protocol:
             await conn.send(protocol.encode_welcome(game.capabilities).decode())
+        # ``data.lost`` stays set: a game that left is only forgotten once the trainer takes the
+        # new one with wait_for_game() (and respawns what it had), never silently here.
         self._conn, self.game, self._outbox = conn, game, asyncio.Queue()
-        with self.data.cond:
-            self.data.lost = None
         self._attached.set()
         log.info("game attached: %s (protocol %d, %s mode)", game.game, game.protocol, game.mode)
         sender = asyncio.create_task(self._send_loop(conn, self._outbox))
@@ -401,8 +407,8 @@ class TrainingBridge:
             sender.cancel()
             code = conn.close_code
             reason = conn.close_reason or "no reason given"
+            self._attached.clear()  # first, so wait_for_game() cannot hand out the departing game
             self._conn, self._outbox = None, None
-            self._attached.clear()
             with self.data.cond:
                 self.data.lost = (
                     f"the game disconnected (close code {code}: {reason}); restart it and the trainer"
@@ -456,9 +462,11 @@ class TrainingBridge:
     # ---------------------------------------------------------------- sending (training thread)
 
     def _send(self, frame: bytes) -> None:
-        loop, outbox = self._loop, self._outbox
+        loop, outbox, lost = self._loop, self._outbox, self.data.lost
+        if lost is not None:  # also when a new game is already attached: it has not been set up yet
+            raise BridgeClosed(lost)
         if loop is None or outbox is None:
-            raise BridgeClosed(self.data.lost or f"no game is connected to {self.url}")
+            raise BridgeClosed(f"no game is connected to {self.url}")
         loop.call_soon_threadsafe(outbox.put_nowait, frame)
 
     def _next_tick(self) -> int:
@@ -538,8 +546,7 @@ class TrainingBridge:
 
     def close_environment(self, env_id: str) -> None:
         """Destroy a venv (track and cars) in the game."""
-        suffix = f"_env_{env_id}"
-        self.data.forget([aid for aid in list(self.data.slots) if aid.endswith(suffix)])
+        self.data.forget([aid for aid in list(self.data.slots) if protocol.parse_agent_id(aid)[1] == env_id])
         self._send(protocol.encode_command("CLOSE", env_id))
 
     def close_all(self) -> None:

@@ -58,14 +58,16 @@ def action_space(game: GameSpec) -> gym.spaces.Box:
 class _FreezeWhenIdle:
     """Real-time games keep driving while the learner updates; freeze them when no step comes.
 
-    The seed froze the game during training. Here a watchdog freezes it once ``step`` has not been
-    called for ``idle`` seconds, and the next step unfreezes it: no script has to remember to.
+    The seed froze the game during training. Here a watchdog freezes it once no ``step`` has been
+    running for ``idle`` seconds, and the next step unfreezes it: no script has to remember to.
+    Never while a step waits for its answer: a frozen game sends nothing, the step would hang.
     """
 
     def __init__(self, session: GameSession, idle: float = 0.25):
         self.session, self.idle = session, idle
         self.frozen = False
-        self.last_step = time.monotonic()
+        self.busy = False  # a step is under way
+        self.last_step = time.monotonic()  # when the last step ended
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="rbxenv-freeze", daemon=True)
@@ -74,7 +76,8 @@ class _FreezeWhenIdle:
     def _watch(self) -> None:
         while not self._stop.wait(self.idle / 4):
             with self._lock:
-                if not self.frozen and time.monotonic() - self.last_step > self.idle and self.session.bridge.connected:
+                idle = not self.busy and time.monotonic() - self.last_step > self.idle
+                if idle and not self.frozen and self.session.bridge.connected:
                     try:
                         self.session.bridge.freeze(True)
                         self.frozen = True
@@ -82,11 +85,17 @@ class _FreezeWhenIdle:
                         pass
 
     def stepping(self) -> None:
+        """A step starts: unfreeze the game (raises BridgeClosed if it left meanwhile)."""
         with self._lock:
-            self.last_step = time.monotonic()
+            self.busy = True
             if self.frozen:
-                self.frozen = False
+                self.frozen = False  # a game that comes back after a loss starts unfrozen anyway
                 self.session.bridge.freeze(False)
+
+    def stepped(self) -> None:
+        with self._lock:
+            self.busy = False
+            self.last_step = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()
@@ -139,24 +148,29 @@ class RacingParallelEnv(ParallelEnv):
         return obs, {aid: dict(got.infos[k]) for k, aid in enumerate(got.agent_ids)}
 
     def step(self, actions: dict):
-        if self._freezer is not None:
-            self._freezer.stepping()
-        ids = [aid for aid in self.agents if aid in actions]
+        ids = list(self.agents)
         if not ids:  # every car has finished: nothing to send, nothing will come back
-            self.agents = []
             return {}, {}, {}, {}, {}
-        rows = np.clip(np.asarray([actions[aid] for aid in ids], dtype=np.float32).reshape(len(ids), -1), -1, 1)
+        rows = np.zeros((len(ids), self._act_space.shape[0]), dtype=np.float32)  # no action given: coast
+        for k, aid in enumerate(ids):
+            if aid in actions:
+                rows[k] = actions[aid]
+        rows = np.clip(rows, -1.0, 1.0)
         try:
+            if self._freezer is not None:
+                self._freezer.stepping()
             got = self.session.step(ids, rows)
         except BridgeClosed:
             if self.session.reconnect_timeout <= 0:
                 raise
             self.session.reconnect()  # every episode was interrupted: all agents end, truncated
             self.agents = []
-            blank = {"cause": "disconnected"}
-            return ({a: self._obs_space.low * 0 for a in ids}, dict.fromkeys(ids, 0.0), dict.fromkeys(ids, False),
-                    dict.fromkeys(ids, True), {a: dict(blank) for a in ids})  # fmt: skip
-
+            lost = {"cause": "disconnected"}
+            return ({a: np.zeros_like(self._obs_space.low) for a in ids}, dict.fromkeys(ids, 0.0),
+                    dict.fromkeys(ids, False), dict.fromkeys(ids, True), {a: dict(lost) for a in ids})  # fmt: skip
+        finally:
+            if self._freezer is not None:
+                self._freezer.stepped()
         obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}
         for k, aid in enumerate(got.agent_ids):
             obs[aid] = got.obs[k]
@@ -196,6 +210,10 @@ class RacingVectorEnv(VectorEnv):
     ``infos["final_obs"][k]`` (rows where ``infos["_final_obs"]`` is True), so truncated episodes can
     bootstrap from it. Finished episodes also put their statistics in ``infos["episode"]`` (``r``,
     ``l``, ``laps``, ``progress``, ``lap_time``, ``crashed``) with the mask ``infos["_episode"]``.
+    The per-car info arrays (``lap``, ``progress``, ``x``, ...) describe the step just taken, also
+    for cars that were respawned in it. If the game was lost and came back (``infos["reconnected"]``)
+    every episode ended truncated; ``infos["lost_step"]`` marks a step that got no answer at all
+    (reward 0, next observation = last real one): off-policy learners should not store it.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -236,77 +254,88 @@ class RacingVectorEnv(VectorEnv):
         got = self.session.spawn_all(self._rng)
         self._restart_stacks(slice(None), got.obs)
         self._steps = 0
-        return self._stacked(), _info_arrays(got.infos)
+        self._last_infos = _info_arrays(got.infos)
+        return self._stacked(), self._last_infos
 
     def step(self, actions: np.ndarray):
-        if self._freezer is not None:
-            self._freezer.stepping()
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != self.action_space.shape:
             raise ValueError(f"actions must have shape {self.action_space.shape} (cars, controls), got {actions.shape}")
         actions = np.clip(actions, -1.0, 1.0)
         try:
-            got = self.session.step(self.session.agent_ids, actions)
-        except BridgeClosed:
-            if self.session.reconnect_timeout <= 0:
-                raise
-            return self._after_reconnect(self.session.reconnect())
+            try:
+                if self._freezer is not None:
+                    self._freezer.stepping()
+                got = self.session.step(self.session.agent_ids, actions)
+            except BridgeClosed:
+                if self.session.reconnect_timeout <= 0:
+                    raise
+                got = None  # the game left before answering: handled in _advance
+            return self._advance(got)
+        finally:
+            if self._freezer is not None:
+                self._freezer.stepped()
+
+    def _advance(self, got: Observations | None):
+        n = self.num_envs
+        if got is None:
+            # No answer, so this step has no data: every episode ends here, truncated, at its last
+            # real observation with reward 0 (``infos["lost_step"]``), and restarts on the returned game.
+            reward = np.zeros(n, dtype=np.float32)
+            terminated, truncated = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+            infos = {key: self._last_infos[key].copy() for key in (*INFO_KEYS, "collided")}
+            infos["lost_step"] = True
+            return self._finish(reward, terminated, truncated, infos, [None] * n, [])
         self._steps += 1
         self._stack[:, :-1] = self._stack[:, 1:]
         self._stack[:, -1] = got.obs
         reward = got.reward.astype(np.float32)
         terminated, truncated = got.terminated.copy(), got.truncated.copy()
         infos = _info_arrays(got.infos)
-        lap_time = infos["lap_time"]
+        self._last_infos = infos
         self._ep_return += reward
         self._ep_length += 1
-        self._ep_best_lap = np.fmin(self._ep_best_lap, lap_time)
-
+        self._ep_best_lap = np.fmin(self._ep_best_lap, infos["lap_time"])
         rotate = self._venvs_due_for_new_track()
         for venv in rotate:  # moving a venv to a new track ends its cars' episodes (truncation)
             truncated[self.session.venv_of == venv] |= ~terminated[self.session.venv_of == venv]
+        return self._finish(reward, terminated, truncated, infos, [info.get("cause") for info in got.infos], rotate)
+
+    def _finish(self, reward, terminated, truncated, infos, causes, rotate):
+        """Report the episodes that ended, respawn their cars (same step), restart their stacks."""
         done = terminated | truncated
-        if done.any():
-            rows = np.flatnonzero(done)
-            infos["final_obs"] = np.where(done[:, None], self._stack.reshape(self.num_envs, -1), 0.0).astype(np.float32)
-            infos["_final_obs"] = done
-            infos["episode"] = {
-                "r": np.where(done, self._ep_return, 0.0).astype(np.float32),
-                "l": np.where(done, self._ep_length, 0),
-                "laps": np.where(done, np.nan_to_num(infos["lap"]), 0).astype(np.int64),
-                "progress": np.where(done, np.nan_to_num(infos["lap"]) + np.nan_to_num(infos["progress"]), 0.0),
-                "lap_time": np.where(done, self._ep_best_lap, np.nan),
-                "crashed": done & np.array([info.get("cause") == "wall" for info in got.infos]),
-            }
-            infos["_episode"] = done
-            fresh = self._respawn(rows, rotate)
-            self._restart_stacks(rows, fresh.obs[[fresh.agent_ids.index(self.session.agent_ids[k]) for k in rows]])
-        return self._stacked(), reward, terminated, truncated, infos
-
-    def _after_reconnect(self, fresh: Observations):
-        """Every episode was interrupted by the lost game: end them all as truncated, start anew.
-
-        The step whose answer never came gets reward 0 and its final observation is the last one
-        received, so bootstrapping from it stays sound and no batch holds made-up data.
-        """
+        if not done.any():
+            return self._stacked(), reward, terminated, truncated, infos
+        try:
+            if infos.get("lost_step"):
+                raise BridgeClosed("the game left before answering")
+            fresh = self._respawn(np.flatnonzero(done), rotate)
+        except BridgeClosed:
+            if self.session.reconnect_timeout <= 0:
+                raise
+            # Lost now (or before this step's answer): the cars still driving end here as well,
+            # truncated at this step's real observation, and every car restarts on the returned game.
+            truncated |= ~done
+            done[:] = True
+            fresh = self.session.reconnect()
+            infos["reconnected"] = True
         n = self.num_envs
-        done = np.ones(n, dtype=bool)
-        infos = _info_arrays(fresh.infos)
-        infos["final_obs"] = self._stack.reshape(n, -1).copy()
+        rows = np.flatnonzero(done)
+        infos["final_obs"] = np.where(done[:, None], self._stack.reshape(n, -1), 0.0).astype(np.float32)
         infos["_final_obs"] = done
+        laps = np.nan_to_num(infos["lap"])
         infos["episode"] = {
-            "r": self._ep_return.astype(np.float32),
-            "l": self._ep_length.copy(),
-            "laps": np.zeros(n, dtype=np.int64),
-            "progress": np.zeros(n),
-            "lap_time": self._ep_best_lap.copy(),
-            "crashed": np.zeros(n, dtype=bool),
+            "r": np.where(done, self._ep_return, 0.0).astype(np.float32),
+            "l": np.where(done, self._ep_length, 0),
+            "laps": np.where(done, laps, 0).astype(np.int64),
+            "progress": np.where(done, laps + np.nan_to_num(infos["progress"]), 0.0),
+            "lap_time": np.where(done, self._ep_best_lap, np.nan),
+            "crashed": done & np.array([cause == "wall" for cause in causes]),
         }
         infos["_episode"] = done
-        infos["reconnected"] = True
-        order = [fresh.agent_ids.index(aid) for aid in self.session.agent_ids]
-        self._restart_stacks(slice(None), fresh.obs[order])
-        return self._stacked(), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool), done, infos
+        order = {aid: k for k, aid in enumerate(fresh.agent_ids)}
+        self._restart_stacks(rows, fresh.obs[[order[self.session.agent_ids[k]] for k in rows]])
+        return self._stacked(), reward, terminated, truncated, infos
 
     def _venvs_due_for_new_track(self) -> list[int]:
         # Venvs change tracks in turn (staggered) so the policy keeps seeing new shapes.

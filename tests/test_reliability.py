@@ -91,6 +91,59 @@ def test_game_that_never_comes_back_raises_bridge_closed_after_the_timeout():
         env.close()
 
 
+def test_game_that_comes_back_before_the_trainer_notices_is_still_set_up():
+    """A new game attaching during a learner pause must not hide the loss: its venvs get respawned."""
+    port = free_port()
+    game = start_game(port)
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=1, sim=None, port=port, obs_timeout=5, reconnect_timeout=30)
+    try:
+        env.reset(seed=0)
+        drive(env, 3)
+        game.send_signal(signal.SIGKILL)
+        game.wait()
+        game = start_game(port)
+        deadline = time.monotonic() + 20
+        while not env.session.bridge.connected and time.monotonic() < deadline:
+            time.sleep(0.05)  # the trainer is busy elsewhere (a PPO update) while the game returns
+        assert env.session.bridge.connected
+        events = drive(env, 10)
+        assert len(events) == 1 and env.session.reconnects == 1
+    finally:
+        env.close()
+        game.wait(timeout=10)
+
+
+def test_realtime_game_lost_while_frozen_between_steps_is_recovered():
+    env = rbxenv.make_vec_env(
+        num_agents=2, num_venvs=1, mode="realtime", tick_hz=30, track_change_steps=None, reconnect_timeout=30
+    )
+    try:
+        env.reset(seed=0)
+        drive(env, 3)
+        time.sleep(0.6)  # the learner "updates": the watchdog freezes the game
+        assert env._freezer.frozen
+        os.kill(env.session.process.pid, signal.SIGKILL)
+        env.session.process.wait()
+        events = drive(env, 5)
+        assert len(events) == 1 and env.session.reconnects == 1
+    finally:
+        env.close()
+
+
+def test_a_slow_realtime_game_is_not_frozen_in_the_middle_of_a_step():
+    """At 2 Hz every answer takes ~0.5 s, longer than the watchdog's idle time: steps must not hang."""
+    env = rbxenv.make_vec_env(
+        num_agents=1, num_venvs=1, mode="realtime", tick_hz=2, track_change_steps=None, obs_timeout=4
+    )
+    try:
+        env.reset(seed=0)
+        t0 = time.monotonic()
+        drive(env, 3)
+        assert time.monotonic() - t0 < 3.5
+    finally:
+        env.close()
+
+
 # ---------------------------------------------------------------------------------------- runs never lose work
 
 

@@ -202,8 +202,7 @@ class SimGame:
             self.actions.update(actions)  # validated lists; converted and clipped once per step
 
     def _forget(self, envid: str) -> None:
-        suffix = f"_env_{envid}"
-        for aid in [a for a in self.actions if a.endswith(suffix)]:
+        for aid in [a for a in self.actions if protocol.parse_agent_id(a)[1] == envid]:
             del self.actions[aid]
 
     # ------------------------------------------------------------------ stepping and reporting
