@@ -479,7 +479,8 @@ def train(args: Args) -> str:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": rng.bit_generator.state,
         }
-        save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra, num_rays)
+        # The step of the last update: an interrupted rollout is discarded, and resumes redo it.
+        save_checkpoint(path, args, trained_step, run_name, agent, optimizer, extra, num_rays)
         return path
 
     # ALGO Logic: Storage setup
@@ -493,6 +494,7 @@ def train(args: Args) -> str:
     stop = GracefulStop()
     reason = None  # why the loop ended: "finished", "interrupted", "the game was lost ..."
     start_time, start_step = time.time(), global_step
+    trained_step = global_step  # agent-steps the saved model has learned from
     next_save = global_step + args.save_every
     next_eval = global_step + args.eval_every if args.eval_every else None
     try:
@@ -629,6 +631,7 @@ def train(args: Args) -> str:
             y_pred, y_true = b_values.numpy(), b_returns.numpy()
             var_y = np.var(y_true)
             explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+            trained_step = global_step
 
             # TRY NOT TO MODIFY: record rewards for plotting purposes
             sps = int((global_step - start_step) / (time.time() - start_time))
@@ -714,7 +717,7 @@ def train(args: Args) -> str:
         print(f"finished at step {global_step} (--no-save-model: nothing was kept)", flush=True)
         return ""
     save()
-    print(f"{reason} at step {global_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})")
+    print(f"{reason} at step {trained_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})")
     return checkpoint_path
 
 
