@@ -15,6 +15,7 @@ our own ``make_vec_env`` resets each car on its own instead, which is why the si
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import supersuit as ss
 import torch
@@ -34,6 +35,9 @@ def make_sb3_env(num_agents: int = 5, num_venvs: int = 1, frame_stack: int = 4, 
     env = ss.pettingzoo_env_to_vec_env_v1(env)
     # ss.concat_vec_envs_v1 would deep-copy the env (live sockets can't be copied): build its parts directly.
     env = SB3VecEnvWrapper(ConcatVecEnv([lambda: env]))
+    # SuperSuit's SB3VecEnvWrapper answers no attribute queries, so SB3 cannot read render_mode
+    # (rbxenv renders nothing through the env) and would warn about it on every construction.
+    warnings.filterwarnings("ignore", message="The `render_mode` attribute is not defined", category=UserWarning)
     env = VecMonitor(env)
     return VecNormalize(env, norm_obs=True, norm_reward=True, clip_obs=10.0)
 
