@@ -16,7 +16,7 @@ One vector slot per car (``make_vec_env``); every car of every venv feeds one re
   is one gradient step per vector step, the default 0.25 is 6.25. Each gradient step samples
   ``--batch-size`` transitions. On this simulator gradient steps, not the game, bound the speed; the
   default reached 90% held-out lap completion after 25k agent-steps (under a minute) where 0.04
-  needed 200k (bench/notes_sac.md). In real time (Roblox: 15 decisions/s) the
+  needed 200k (BENCHMARKS.md, "SAC"). In real time (Roblox: 15 decisions/s) the
   game does not wait for the updates: lower ``--utd`` if the cars drive on stale actions.
 - Bootstrapping: a crash / stuck / wrong-way termination ends the return (done = terminated); a
   truncation (time limit, track change) does not, and its transition stores the episode's real last
