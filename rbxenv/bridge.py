@@ -83,6 +83,10 @@ class _Slot:
         self.expected_tick = -1
         self.episode_tick = -1  # tick of the spawn/reset that started this episode
 
+    def drain(self) -> None:
+        """Forget what accumulated (handed over, or cleared): the next packets start afresh."""
+        self.reward, self.terminated, self.truncated, self.fresh, self.info = 0.0, False, False, False, {}
+
 
 class DataBridge:
     """Per-agent observation slots shared by the network thread and the training thread."""
@@ -165,26 +169,19 @@ class DataBridge:
                         f"{timeout:g} s: is the game paused, frozen, or not spawning these agents?"
                     )
                 self.cond.wait(remaining)
-            n = len(agent_ids)
-            self.ready_at = max([self.slots[aid].fresh_at for aid in agent_ids], default=time.monotonic())
+            slots = [self.slots[aid] for aid in agent_ids]
+            n = len(slots)
+            self.ready_at = max([slot.fresh_at for slot in slots], default=time.monotonic())
             out = Observations(
                 list(agent_ids),
-                np.stack([self.slots[aid].obs for aid in agent_ids]) if n else np.zeros((0, 0), np.float32),
-                np.empty(n),
-                np.empty(n, dtype=bool),
-                np.empty(n, dtype=bool),
-                [],
+                np.stack([slot.obs for slot in slots]) if n else np.zeros((0, 0), np.float32),
+                np.array([slot.reward for slot in slots], dtype=np.float64),
+                np.array([slot.terminated for slot in slots], dtype=bool),
+                np.array([slot.truncated for slot in slots], dtype=bool),
+                [slot.info for slot in slots],
             )
-            for k, aid in enumerate(agent_ids):
-                slot = self.slots[aid]
-                out.reward[k], out.terminated[k], out.truncated[k] = (
-                    slot.reward,
-                    slot.terminated,
-                    slot.truncated,
-                )
-                out.infos.append(slot.info)
-                slot.reward, slot.terminated, slot.truncated, slot.fresh = 0.0, False, False, False
-                slot.info = {}
+            for slot in slots:
+                slot.drain()
             return out
 
     def _ready(self, aid: str) -> bool:
@@ -196,7 +193,7 @@ class DataBridge:
     def clear(self) -> None:
         with self.cond:
             for slot in self.slots.values():
-                slot.reward, slot.terminated, slot.truncated, slot.fresh = 0.0, False, False, False
+                slot.drain()
 
 
 class TrainingBridge:
@@ -434,12 +431,7 @@ class TrainingBridge:
         try:
             if not isinstance(frame, str):
                 raise ProtocolError("binary frame: send JSON as WebSocket text frames", "bad_message")
-            if len(frame) > protocol.MAX_FRAME_BYTES:
-                raise ProtocolError(
-                    f"frame of {len(frame)} characters exceeds the {protocol.MAX_FRAME_BYTES}-byte limit",
-                    "too_large",
-                )
-            game = self.game or SEED_GAME
+            game = self.game or SEED_GAME  # decode_game_message also refuses oversized frames
             msg = protocol.decode_game_message(frame, game.obs_size)
             if isinstance(msg, ObsBatch):
                 unknown = self.data.put_batch(msg)
@@ -533,7 +525,10 @@ class TrainingBridge:
         """
         if self.game is not None and self.game.has("batch"):
             tick = self._next_tick()
-            actions = {env_id: dict(per_venv) for env_id, per_venv in actions.items()}  # orjson takes dicts only
+            # orjson takes dicts only; the env's batch already is one (no copy on the hot path)
+            actions = {
+                env_id: per_venv if type(per_venv) is dict else dict(per_venv) for env_id, per_venv in actions.items()
+            }
             for per_venv in actions.values():
                 self.data.track(per_venv.keys(), tick)
             self._send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
