@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rbxenv import tracks
 from rbxenv.sim import rules
 from rbxenv.sim.raycast import cast_circles, cast_polylines, ray_windows, wall_table
 from rbxenv.sim.rules import SimConfig
@@ -57,15 +58,6 @@ class StepResult:
         }
 
 
-def default_walls(centerline: np.ndarray, half_width: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right walls: each centre-line point moved by ±half_width along its normal (the
-    normal of the central-difference tangent; left = counter-clockwise of the track direction)."""
-    t = np.roll(centerline, -1, axis=0) - np.roll(centerline, 1, axis=0)
-    t /= np.linalg.norm(t, axis=1, keepdims=True)
-    normal = np.column_stack([-t[:, 1], t[:, 0]])
-    return centerline + normal * half_width[:, None], centerline - normal * half_width[:, None]
-
-
 @dataclass
 class Track:
     """Geometry of one venv's track (read-only for users)."""
@@ -83,9 +75,9 @@ class Track:
 
     @classmethod
     def from_spec(cls, spec: dict, cfg: SimConfig) -> Track:
-        c = np.asarray(spec["centerline"], dtype=np.float64)
+        c = tracks.centerline_array(spec)
         w = np.asarray(spec["half_width"], dtype=np.float64)
-        left, right = _walls(spec, c, w)
+        left, right = tracks.walls(spec)  # the walls Roblox builds
         seg = rules.segment_table(c, w)
         lo, hi = ray_windows(left, right, cfg.ray_length)
         return cls(
@@ -109,19 +101,6 @@ class Track:
         t = (s - seg[:, 6]) / seg[:, 5]
         point = seg[:, :2] + t[:, None] * seg[:, 2:4]
         return k, point, seg[:, 2:4] / seg[:, 5:6]
-
-
-def _walls(spec: dict, c: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The walls Roblox builds: ``rbxenv.tracks.walls`` when available, else ``default_walls``."""
-    try:
-        from rbxenv import tracks
-
-        left, right = (np.asarray(a, dtype=np.float64) for a in tracks.walls(spec))
-        if left.shape == c.shape and right.shape == c.shape:
-            return left, right
-    except (ImportError, AttributeError):
-        pass
-    return default_walls(c, w)
 
 
 @dataclass
@@ -270,8 +249,6 @@ class Sim:
         new_track = venv is None or (track is not None and not _same_track(track, venv.track.spec))
         if venv is None:
             if track is None:
-                from rbxenv import tracks
-
                 track = tracks.generate(int(self.rng.integers(2**31)))
             rng_seed = seed if seed is not None else int(self.rng.integers(2**63))
             venv = self._venvs[envid] = Venv(
