@@ -102,6 +102,13 @@ class Track:
         point = seg[:, :2] + t[:, None] * seg[:, 2:4]
         return k, point, seg[:, 2:4] / seg[:, 5:6]
 
+    def project(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment index, arc length) of points (k, 2) projected on the whole loop (spawns, teleports):
+        ``rules.project`` with every segment as a candidate, on the table already built."""
+        seg = np.broadcast_to(self.segments, (len(pos), *self.segments.shape))
+        k, _, s, _, _ = rules.project_window(np.asarray(pos, dtype=np.float64), seg)
+        return k, s
+
 
 @dataclass
 class Venv:
@@ -324,32 +331,18 @@ class Sim:
         venv.grid = grid
         while len(grid) <= slot:
             tr = venv.track
-            if grid:
-                _, s, _, _ = rules.project(
-                    grid[-1][None, :2], tr.centerline, tr.half_width, np.zeros(1, np.int64), len(tr.centerline)
-                )
-                s = s[0]
-            else:
-                s = 0.0
-            i = len(grid)
-            _, p, t = tr.point_at(np.array([s - 8.0]))
-            side = 1.0 if i % 2 == 0 else -1.0
-            k = np.searchsorted(tr.segments[:, 6], np.mod(s - 8.0, tr.length), side="right") - 1
-            lateral = side * 0.4 * tr.half_width[k % len(tr.half_width)]
+            s = tr.project(grid[-1][None, :2])[1][0] if grid else 0.0
+            k, p, t = tr.point_at(np.array([s - 8.0]))
+            side = 1.0 if len(grid) % 2 == 0 else -1.0
+            lateral = side * 0.4 * tr.half_width[k[0]]
             xy = p[0] + lateral * np.array([-t[0, 1], t[0, 0]])
             grid.append(np.array([xy[0], xy[1], np.arctan2(t[0, 1], t[0, 0])]))
         return grid[slot]
 
     def _set_spawn_poses(self, venv: Venv, idx: np.ndarray) -> None:
-        tr = venv.track
         for i in idx:
             self.spawn_pose[i] = self._grid_pose(venv, int(self.slot[i]))
-        if len(idx):
-            m = len(tr.segments)
-            k, *_ = rules.project(
-                self.spawn_pose[idx, :2], tr.centerline, tr.half_width, np.zeros(len(idx), np.int64), m
-            )
-            self.spawn_hint[idx] = k
+        self.spawn_hint[idx] = venv.track.project(self.spawn_pose[idx, :2])[0]
 
     def reset_indices(self, idx: np.ndarray) -> None:
         """Restart the episodes of cars ``idx`` at their start (grid slot or seeded random point)."""
@@ -389,10 +382,7 @@ class Sim:
     def teleport(self, agent_id: str, x: float, y: float, heading: float, speed: float = 0.0) -> None:
         """Move a car (tests, demos); its progress bookkeeping restarts from the new point."""
         i = self._index[agent_id]
-        tr = self._venvs[self._car_env[agent_id]].track
-        k, s, _, _ = rules.project(
-            np.array([[x, y]]), tr.centerline, tr.half_width, np.zeros(1, np.int64), len(tr.segments)
-        )
+        k, s = self._venvs[self._car_env[agent_id]].track.project(np.array([[x, y]]))
         self.pos[i] = x, y
         self.heading[i] = heading
         self.speed[i] = speed
@@ -563,30 +553,6 @@ class Sim:
             collided=self.collided & live,
             cause=np.where(terminated | truncated, self.cause, None),
         )
-
-    # ------------------------------------------------------------------ state for drivers and renderers
-
-    @property
-    def state(self) -> SimState:
-        return SimState(self)
-
-
-class SimState:
-    """Read-only view of the sim for the reference driver and the renderer."""
-
-    def __init__(self, sim: Sim):
-        self.agent_ids = sim.agent_ids
-        self.envids = sim.envids
-        self.venv = sim.venv  # (n,) index into envids
-        self.pos = sim.pos
-        self.heading = sim.heading
-        self.speed = sim.speed
-        self.fuel = sim.fuel
-        self.s = sim.s  # arc length of the projection on the centre line
-        self.hint = sim.hint  # centre-line segment index
-        self.live = sim.live
-        self.tracks = [sim.track(e) for e in self.envids]
-        self.car_radius = sim.config.car_radius
 
 
 def _same_track(a: dict, b: dict) -> bool:
