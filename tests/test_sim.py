@@ -11,7 +11,7 @@ import pytest
 
 from rbxenv import tracks
 from rbxenv.sim import Sim, SimConfig, rules
-from rbxenv.sim.raycast import cast_segments
+from rbxenv.sim.raycast import cast_segments, wall_table
 from rbxenv.sim.reference import PurePursuitDriver, drive_laps, reference_lap_time
 from rbxenv.sim.render import GRASS, PALETTE, ROAD, render, render_trajectories
 
@@ -149,7 +149,8 @@ def test_windowed_rays_match_brute_force(method):
         fast = sim.observe()[:, : CFG.num_rays]
         ang = sim.heading[:, None] - rules.ray_angles(CFG.num_rays)
         dirs = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
-        every = np.broadcast_to(tr.walls.reshape(1, -1, 4), (len(sim.pos), 2 * len(tr.walls), 4))
+        walls = wall_table(tr.left, tr.right).reshape(1, -1, 4)
+        every = np.broadcast_to(walls, (len(sim.pos), *walls.shape[1:]))
         slow = np.minimum(cast_segments(sim.pos, dirs, every) / CFG.ray_length, 1.0)
         np.testing.assert_allclose(fast, slow, atol=1e-6)
         assert (fast < 1).any() and (fast == 1).any()

@@ -18,7 +18,7 @@ import numpy as np
 
 from rbxenv import tracks
 from rbxenv.sim import rules
-from rbxenv.sim.raycast import cast_circles, cast_polylines, ray_windows, wall_table
+from rbxenv.sim.raycast import cast_circles, cast_polylines, ray_windows
 from rbxenv.sim.rules import SimConfig
 
 PROJECT_WINDOW = 4  # segments searched either side of the index at the start of a decision step
@@ -68,7 +68,6 @@ class Track:
     left: np.ndarray  # (M, 2) wall points
     right: np.ndarray  # (M, 2)
     segments: np.ndarray  # (M, 9) rules.segment_table
-    walls: np.ndarray  # (M, 2, 4) raycast.wall_table
     length: float
     ray_lo: np.ndarray  # (M,) rays from centre-line index h reach wall cells h - lo[h] .. h + hi[h]
     ray_hi: np.ndarray
@@ -87,7 +86,6 @@ class Track:
             left=left,
             right=right,
             segments=seg,
-            walls=wall_table(left, right),
             length=float(seg[:, 5].sum()),
             ray_lo=lo,
             ray_hi=hi,
