@@ -337,12 +337,18 @@ def test_action_batch_with_tick_ids(v1, bridge):
     assert v1.recv()["data"] == {"a": {"car_0_env_a": [0, 0, 0]}}
 
 
-def test_stale_packets_are_not_the_answer_but_their_reward_and_flags_count(v1, bridge):
+def _one_car_waiting_for_an_answer(v1: Game, bridge: TrainingBridge) -> int:
+    """car_0_env_a spawned and observed, then an ACTION_BATCH the game has read: its tick."""
     bridge.spawn_agents("a", ["car_0_env_a"])
     v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
     bridge.get_observation("car_0_env_a")
     tick = bridge.send_action_batch({"a": {"car_0_env_a": [1, 0, 0]}})
-    v1.recv()
+    assert v1.recv()["tick"] == tick
+    return tick
+
+
+def test_stale_packets_are_not_the_answer_but_their_reward_and_flags_count(v1, bridge):
+    tick = _one_car_waiting_for_an_answer(v1, bridge)
     # a packet answering an older command arrives after the new one was sent
     v1.packet({"car_0_env_a": entry(obs_of(0.9), 2.0, truncated=False, info={"lap": 7})}, tick=tick - 1)
     v1.barrier()
@@ -374,11 +380,7 @@ def test_stale_packet_flags_are_kept(v1, bridge):
 
 
 def test_stale_reward_and_ending_add_up_with_the_answer(v1, bridge):
-    bridge.spawn_agents("a", ["car_0_env_a"])
-    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
-    bridge.get_observation("car_0_env_a")
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1, 0, 0]}})
-    v1.recv()
+    tick = _one_car_waiting_for_an_answer(v1, bridge)
     v1.packet({"car_0_env_a": entry(obs_of(0.1), 0.25)}, tick=tick - 1)
     v1.packet({"car_0_env_a": entry(obs_of(0.2), 0.5)}, tick=tick - 1)
     v1.packet({"car_0_env_a": entry(obs_of(0.3), -10.0, terminated=True)}, tick=tick)
