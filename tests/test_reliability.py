@@ -36,6 +36,16 @@ def drive(env, steps: int) -> list[dict]:
     return events
 
 
+def assert_one_interruption(env, events: list[dict]) -> None:
+    """Exactly one step reported the lost game, and it ended every car's episode as truncated."""
+    assert len(events) == 1, "exactly one step reports the interruption"
+    ev = events[0]
+    assert ev["trunc"].all() and not ev["term"].any(), "interrupted episodes end truncated, not terminated"
+    assert (ev["reward"] == 0).all()
+    assert ev["infos"]["_final_obs"].all()
+    assert env.session.reconnects == 1
+
+
 def test_embedded_sim_killed_mid_rollout_is_relaunched_and_training_goes_on():
     env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, track_change_steps=None, reconnect_timeout=30)
     try:
@@ -45,12 +55,7 @@ def test_embedded_sim_killed_mid_rollout_is_relaunched_and_training_goes_on():
         old = env.session.process
         os.kill(old.pid, signal.SIGKILL)
         events = drive(env, 30)
-        assert len(events) == 1, "exactly one step reports the interruption"
-        ev = events[0]
-        assert ev["trunc"].all() and not ev["term"].any(), "interrupted episodes end truncated, not terminated"
-        assert (ev["reward"] == 0).all()
-        assert ev["infos"]["_final_obs"].all()
-        assert env.session.reconnects == 1
+        assert_one_interruption(env, events)
         assert env.session.process.pid != old.pid and env.session.process.poll() is None
         assert {k: v["name"] for k, v in env.session.tracks.items()} == tracks_before, "venvs keep their tracks"
     finally:
@@ -68,8 +73,7 @@ def test_external_game_killed_and_restarted():
         game.wait()
         game = start_game(port)  # the user restarts the game (Roblox: press Play again)
         events = drive(env, 20)
-        assert len(events) == 1
-        assert env.session.reconnects == 1
+        assert_one_interruption(env, events)
     finally:
         env.close()
         game.wait(timeout=10)
@@ -107,7 +111,7 @@ def test_game_that_comes_back_before_the_trainer_notices_is_still_set_up():
             time.sleep(0.05)  # the trainer is busy elsewhere (a PPO update) while the game returns
         assert env.session.bridge.connected
         events = drive(env, 10)
-        assert len(events) == 1 and env.session.reconnects == 1
+        assert_one_interruption(env, events)
     finally:
         env.close()
         game.wait(timeout=10)
@@ -125,7 +129,7 @@ def test_realtime_game_lost_while_frozen_between_steps_is_recovered():
         os.kill(env.session.process.pid, signal.SIGKILL)
         env.session.process.wait()
         events = drive(env, 5)
-        assert len(events) == 1 and env.session.reconnects == 1
+        assert_one_interruption(env, events)
     finally:
         env.close()
 
