@@ -42,6 +42,7 @@ def test_parallel_env_infos_and_removal_of_finished_agents():
         assert set(obs) == set(env.possible_agents)
         assert {"progress", "lap", "speed", "x", "y"} <= set(next(iter(infos.values())))
         # full throttle, full right lock: every car hits a wall soon and leaves env.agents
+        crashed = set()
         for _ in range(200):
             if not env.agents:
                 break
@@ -50,7 +51,9 @@ def test_parallel_env_infos_and_removal_of_finished_agents():
                 if term:
                     assert infos[aid]["cause"] in ("wall", "stuck", "wrong_way")
                     assert aid not in env.agents
+                    crashed.add(aid)
         assert env.agents == []
+        assert crashed == set(env.possible_agents), "every car left by ending its episode, none by truncation"
     finally:
         env.close()
 
@@ -202,9 +205,9 @@ def test_close_leaves_no_process_and_no_port():
 
 def test_cleanup_after_an_exception():
     port = free_port()
-    with pytest.raises(ValueError):
-        env = rbxenv.make_vec_env(num_agents=1, num_venvs=1, port=port)
-        proc = env.session.process
+    env = rbxenv.make_vec_env(num_agents=1, num_venvs=1, port=port)
+    proc = env.session.process
+    with pytest.raises(ValueError, match=r"actions must have shape \(1, 3\)"):  # from the step, nothing earlier
         try:
             env.reset(seed=0)
             env.step(np.zeros((1, 5)))  # wrong action shape
