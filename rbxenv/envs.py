@@ -102,9 +102,10 @@ class _FreezeWhenIdle:
 
 
 def _info_arrays(infos: list[dict]) -> dict[str, np.ndarray]:
-    """Per-car info dicts -> one float array per key (nan where a game did not report it)."""
+    """Per-car info dicts -> one array per key (nan / None where a game did not report it)."""
     out = {key: np.full(len(infos), np.nan) for key in INFO_KEYS}
     out["collided"] = np.zeros(len(infos), dtype=bool)
+    out["cause"] = np.full(len(infos), None, dtype=object)  # why an episode ended, where one did
     for k, info in enumerate(infos):
         for key, value in info.items():
             column = out.get(key)
@@ -284,8 +285,9 @@ class RacingVectorEnv(VectorEnv):
             reward = np.zeros(n, dtype=np.float32)
             terminated, truncated = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
             infos = {key: self._last_infos[key].copy() for key in (*INFO_KEYS, "collided")}
+            infos["cause"] = np.full(n, None, dtype=object)
             infos["lost_step"] = True
-            return self._finish(reward, terminated, truncated, infos, [None] * n, [])
+            return self._finish(reward, terminated, truncated, infos, [])
         self._steps += 1
         self._stack[:, :-1] = self._stack[:, 1:]
         self._stack[:, -1] = got.obs
@@ -299,20 +301,22 @@ class RacingVectorEnv(VectorEnv):
         rotate = self._venvs_due_for_new_track()
         for venv in rotate:  # moving a venv to a new track ends its cars' episodes (truncation)
             truncated[self.session.venv_of == venv] |= ~terminated[self.session.venv_of == venv]
-        return self._finish(reward, terminated, truncated, infos, [info.get("cause") for info in got.infos], rotate)
+        return self._finish(reward, terminated, truncated, infos, rotate)
 
-    def _finish(self, reward, terminated, truncated, infos, causes, rotate):
+    def _finish(self, reward, terminated, truncated, infos, rotate):
         """Report the episodes that ended, respawn their cars (same step), restart their stacks."""
         done = terminated | truncated
         if not done.any():
             return self._stacked(), reward, terminated, truncated, infos
-        try:
-            if infos.get("lost_step"):
-                raise BridgeClosed("the game left before answering")
-            fresh = self._respawn(np.flatnonzero(done), rotate)
-        except BridgeClosed:
-            if self.session.reconnect_timeout <= 0:
-                raise
+        lost = infos.get("lost_step", False)
+        if not lost:
+            try:
+                fresh = self.session.respawn(np.flatnonzero(done), rotate, self._rng)
+            except BridgeClosed:
+                if self.session.reconnect_timeout <= 0:
+                    raise
+                lost = True
+        if lost:
             # Lost now (or before this step's answer): the cars still driving end here as well,
             # truncated at this step's real observation, and every car restarts on the returned game.
             truncated |= ~done
@@ -330,7 +334,7 @@ class RacingVectorEnv(VectorEnv):
             "laps": np.where(done, laps, 0).astype(np.int64),
             "progress": np.where(done, laps + np.nan_to_num(infos["progress"]), 0.0),
             "lap_time": np.where(done, self._ep_best_lap, np.nan),
-            "crashed": done & np.array([cause == "wall" for cause in causes]),
+            "crashed": done & (infos["cause"] == "wall"),
         }
         infos["_episode"] = done
         order = {aid: k for k, aid in enumerate(fresh.agent_ids)}
@@ -346,19 +350,6 @@ class RacingVectorEnv(VectorEnv):
         if self._steps % per:
             return []
         return [(self._steps // per - 1) % self.session.num_venvs]
-
-    def _respawn(self, rows: np.ndarray, rotate: list[int]) -> Observations:
-        ids: list[str] = []
-        for venv in rotate:
-            ids += self.session.spawn_venv(venv, self._rng)
-        singles = [k for k in rows if self.session.venv_of[k] not in rotate]
-        by_venv: dict[str, list[str]] = {}
-        for k in singles:
-            by_venv.setdefault(self.session.venv_ids[self.session.venv_of[k]], []).append(self.session.agent_ids[k])
-        for envid, agent_ids in by_venv.items():
-            self.session.bridge.reset_agents(envid, agent_ids)
-            ids += agent_ids
-        return self.session.bridge.get_observations(ids)
 
     def freeze(self, on: bool = True) -> None:
         """Freeze (or unfreeze) every car in the game, as the seed did during training."""

@@ -104,8 +104,8 @@ class GameSession:
         self.reconnects = 0
         self.venv_ids = [f"v{k}" for k in range(num_venvs)]
         self.agent_ids = [agent_id(i, v) for v in self.venv_ids for i in range(num_agents)]
-        self.index = {aid: k for k, aid in enumerate(self.agent_ids)}
         self.venv_of = np.repeat(np.arange(num_venvs), num_agents)
+        self._envid_of = {aid: self.venv_ids[v] for aid, v in zip(self.agent_ids, self.venv_of, strict=True)}
         self.tracks: dict[str, dict | None] = dict.fromkeys(self.venv_ids)
         self.bridge = TrainingBridge(host, port, token, obs_timeout=obs_timeout)
         self.game: GameSpec | None = None
@@ -165,9 +165,7 @@ class GameSession:
         self.bridge.update_collisions(self.collisions)
         ids: list[str] = []
         for venv, envid in enumerate(self.venv_ids):
-            venv_ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
-            self.bridge.spawn_agents(envid, venv_ids, track=self.tracks[envid], start=self.start)
-            ids += venv_ids
+            ids += self._spawn(venv, self.tracks[envid])
         got = self.bridge.get_observations(ids)
         print(f"rbxenv: the game is back ({self.game.game}); every venv respawned", flush=True)
         return got
@@ -225,14 +223,17 @@ class GameSession:
             seed = int(rng.integers(TRAIN_TRACK_SEEDS.start, TRAIN_TRACK_SEEDS.stop))
         return tracks.generate(seed, self.track_method)
 
-    def spawn_venv(self, venv: int, rng: np.random.Generator) -> list[str]:
-        """(Re)spawn every car of one venv on a new track; returns the agent ids spawned."""
+    def _spawn(self, venv: int, track: dict | None, seed: int | None = None) -> list[str]:
+        """(Re)spawn every car of one venv on ``track``; returns the agent ids spawned."""
         envid = self.venv_ids[venv]
-        track = self.next_track(rng)
         self.tracks[envid] = track
         ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
-        self.bridge.spawn_agents(envid, ids, track=track, start=self.start, seed=int(rng.integers(2**31)))
+        self.bridge.spawn_agents(envid, ids, track=track, start=self.start, seed=seed)
         return ids
+
+    def spawn_venv(self, venv: int, rng: np.random.Generator) -> list[str]:
+        """(Re)spawn every car of one venv on a new track; returns the agent ids spawned."""
+        return self._spawn(venv, self.next_track(rng), seed=int(rng.integers(2**31)))
 
     def spawn_all(self, rng: np.random.Generator) -> Observations:
         ids: list[str] = []
@@ -240,14 +241,20 @@ class GameSession:
             ids += self.spawn_venv(venv, rng)
         return self.bridge.get_observations(ids)
 
-    def reset_cars(self, indices: Sequence[int]) -> Observations:
-        """Respawn single cars (their venv and the other cars carry on)."""
-        ids = [self.agent_ids[k] for k in indices]
+    def respawn(self, cars: Sequence[int], new_track_venvs: Sequence[int], rng: np.random.Generator) -> Observations:
+        """Start new episodes for ``cars`` (indices into ``agent_ids``): the venvs listed in
+        ``new_track_venvs`` move to new tracks with all their cars, the other cars are reset one by
+        one (their venv and its other cars carry on). Returns the first observations."""
+        ids: list[str] = []
+        for venv in new_track_venvs:
+            ids += self.spawn_venv(venv, rng)
         by_venv: dict[str, list[str]] = {}
-        for k, aid in zip(indices, ids, strict=True):
-            by_venv.setdefault(self.venv_ids[self.venv_of[k]], []).append(aid)
+        for k in cars:
+            if self.venv_of[k] not in new_track_venvs:
+                by_venv.setdefault(self.venv_ids[self.venv_of[k]], []).append(self.agent_ids[k])
         for envid, venv_ids in by_venv.items():
             self.bridge.reset_agents(envid, venv_ids)
+            ids += venv_ids
         return self.bridge.get_observations(ids)
 
     # ------------------------------------------------------------------ stepping
@@ -256,7 +263,7 @@ class GameSession:
         """One ACTION_BATCH for the given cars (rows of ``actions`` in the order of ``ids``)."""
         batch: dict[str, dict] = {}
         for aid, row in zip(ids, actions, strict=True):
-            envid = aid[aid.index("_env_") + 5 :]
+            envid = self._envid_of[aid]
             per_venv = batch.get(envid)
             if per_venv is None:
                 per_venv = batch[envid] = {}
