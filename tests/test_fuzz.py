@@ -471,6 +471,8 @@ def test_sim_client_survives_a_hostile_trainer(caplog):
     assert "failure" not in result, result["failure"]
     assert result["obs"] == steps
     assert len(result["sent"]) == len(corpus) and stats["bad_commands"] == len(corpus)
+    assert [e["code"] for e in result["errors"]] == result["sent"], "one error per bad command, in order"
+    assert result["trainer_errors"] > 0 and stats["steps"] >= steps
     assert stats["internal_errors"] == 0, "a bad command reached the simulator unchecked"
     records = [r for r in caplog.records if r.name == "rbxenv.sim"]
     kinds = len(set(result["sent"])) + 1
@@ -498,6 +500,8 @@ def test_python_m_rbxenv_sim_never_dies_on_bad_input():
 
     code, stderr, result = asyncio.run(main())
     assert "failure" not in result, result["failure"]
+    assert result["obs"] == 30, "every ACTION_BATCH was answered"
+    assert result["sent"] == [c for _, c in corpus], "every bad command got its error, in order"
     assert code == 0, stderr[-2000:]
     assert "Traceback" not in stderr
     lines = stderr.splitlines()
