@@ -228,26 +228,19 @@ class SimGame:
         n = len(ids)
         idx = np.array([self.sim.index_of(aid) for aid in ids], dtype=np.int64)
         sim = self.sim
-        infos = [
-            {
-                "progress": 0.0,
-                "lap": 0,
-                "lap_time": None,
-                "speed": float(sim.speed[k]),
-                "collided": False,
-                "cause": None,
-                "x": float(sim.pos[k, 0]),
-                "y": float(sim.pos[k, 1]),
-                "heading": float(sim.heading[k]),
-            }
-            for k in idx
-        ]
+        nothing = np.zeros(n)
+        infos = self._infos(
+            idx, nothing, nothing, np.full(n, np.nan), sim.speed[idx], np.zeros(n, bool), np.full(n, None)
+        )
         obs = sim.observe(ids)
         zeros = np.zeros(n, dtype=bool)
         return protocol.encode_obs(ids, obs, np.zeros(n), zeros, zeros, infos, self._tick(), self.batch)
 
     def _frames(self, ids: list[str], result: StepResult, rows: np.ndarray) -> list[bytes]:
-        infos = self._infos(result, rows)
+        r = result
+        infos = self._infos(
+            rows, r.progress[rows], r.lap[rows], r.lap_time[rows], r.speed[rows], r.collided[rows], r.cause[rows]
+        )
         obs, reward = result.obs[rows], result.reward[rows]
         term, trunc = result.terminated[rows], result.truncated[rows]
         if self.batch:
@@ -270,28 +263,24 @@ class SimGame:
     def _tick(self) -> int | None:
         return self.tick if self.ticked else None
 
-    def _infos(self, result: StepResult, rows: np.ndarray) -> list[dict]:
-        """Per-car ``info`` dicts (PROTOCOL.md §3.3) from a step's arrays."""
-        progress, lap, lap_time = result.progress[rows].tolist(), result.lap[rows].tolist(), result.lap_time[rows]
-        speed, collided, cause = result.speed[rows].tolist(), result.collided[rows].tolist(), result.cause[rows]
+    def _infos(self, rows, progress, lap, lap_time, speed, collided, cause) -> list[dict]:
+        """Per-car ``info`` dicts (PROTOCOL.md §3.3) of the cars ``rows`` (poses read from the sim)."""
         pos, heading = self.sim.pos[rows].tolist(), self.sim.heading[rows].tolist()
-        out = []
-        for k in range(len(rows)):
-            t = float(lap_time[k])
-            out.append(
-                {
-                    "progress": progress[k],
-                    "lap": int(lap[k]),
-                    "lap_time": None if math.isnan(t) else t,
-                    "speed": speed[k],
-                    "collided": bool(collided[k]),
-                    "cause": cause[k],
-                    "x": pos[k][0],
-                    "y": pos[k][1],
-                    "heading": heading[k],
-                }
-            )
-        return out
+        progress, lap, speed, collided = progress.tolist(), lap.tolist(), speed.tolist(), collided.tolist()
+        return [
+            {
+                "progress": progress[k],
+                "lap": int(lap[k]),
+                "lap_time": None if math.isnan(lap_time[k]) else float(lap_time[k]),
+                "speed": speed[k],
+                "collided": bool(collided[k]),
+                "cause": cause[k],
+                "x": pos[k][0],
+                "y": pos[k][1],
+                "heading": heading[k],
+            }
+            for k in range(len(rows))
+        ]
 
 
 def check_buildable_track(track: dict) -> None:
