@@ -429,8 +429,10 @@ class Sim:
 
     # ------------------------------------------------------------------ step
 
-    def _contacts(self, active: np.ndarray) -> np.ndarray:
+    def _contacts(self, pairs: np.ndarray) -> np.ndarray:
         """Resolve overlaps between cars of the same venv; returns which cars touched another.
+
+        pairs (n, C): which entries of ``_others`` may touch (both cars live), fixed for a decision step.
 
         Overlapping circles are pushed apart (half the overlap each) and, when approaching, get an
         inelastic impulse along the contact normal n: each car's velocity changes by
@@ -443,7 +445,7 @@ class Sim:
         o = self._others
         rel = self.pos[o] - self.pos[:, None, :]  # (n, C, 2) towards the other car
         d2 = rel[..., 0] ** 2 + rel[..., 1] ** 2
-        hit = self._others_valid & active[:, None] & active[o] & (d2 < r2 * r2)
+        hit = pairs & (d2 < r2 * r2)
         contact = hit.any(axis=1)
         if not contact.any():
             return contact
@@ -472,12 +474,13 @@ class Sim:
         act = np.asarray(actions, dtype=np.float64).reshape(n, 3)
         act = np.where(live[:, None] & (act == act), act, 0.0)  # parked cars (and NaN) get no input
         throttle, curvature, wants = rules.car_controls(act, cfg)
-        speed_parked = self.speed.copy()
+        speed_parked = self.speed  # never changed in place: the substeps make new arrays
         fuel_before = self.fuel
         self.speed = np.where(live, self.speed, 0.0)  # ... and do not move
         s_before = self.s
         collided = np.zeros(n, bool)
         substeps, dt = cfg.substeps, cfg.dt
+        pairs = self._others_valid & live[:, None] & live[self._others] if self.collisions else None
         pos = np.empty((substeps, n, 2))
         heading = np.empty((substeps, n))
         fuel = np.empty((substeps, n))
@@ -486,7 +489,7 @@ class Sim:
                 self.speed, self.heading, self.pos, self.fuel, throttle, curvature, wants, cfg, dt
             )
             if self.collisions:
-                collided |= self._contacts(live)
+                collided |= self._contacts(pairs)
             pos[j], heading[j], fuel[j] = self.pos, self.heading, self.fuel
 
         # Walls: project the positions of all substeps at once (one call instead of one per
