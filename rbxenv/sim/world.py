@@ -185,8 +185,7 @@ class Sim:
         venvs = list(self._venvs.values())
         # one window length for all cars: the longest window of any venv (extra cells are harmless)
         span = max([int((v.track.ray_lo + v.track.ray_hi).max()) + 1 for v in venvs], default=1)
-        pad = max(span, PROJECT_WINDOW)
-        pad += 1
+        pad = max(span, PROJECT_WINDOW) + 1
         segs, walls, lows, highs, base = [np.zeros((0, 9))], [np.zeros((0, 2, 2))], [], [], 0
         for v in venvs:
             m = len(v.track.segments)
@@ -206,7 +205,7 @@ class Sim:
 
         order = {v.envid: i for i, v in enumerate(venvs)}
         n = len(self._ids)
-        self.venv = np.array([order[self._car_env[a]] for a in self._ids], np.int64) if n else self.venv
+        self.venv = np.array([order[self._car_env[a]] for a in self._ids], np.int64)
         self.base = np.array([venvs[v].base for v in self.venv], np.int64)
         self.length = np.array([venvs[v].track.length for v in self.venv])
         self.seg_count = np.array([len(venvs[v].track.segments) for v in self.venv], np.int64)
@@ -401,7 +400,7 @@ class Sim:
         span = int(self._ray_span_pack[at].max())
         pts = self._wall_pts[(at - self._ray_lo_pack[at])[:, None] + self._ray_offsets[: span + 1]]
         dist = cast_polylines(pos, dirs, pts)
-        if self.collisions and self._others.shape[1] and len(pos):
+        if self.collisions:
             others = self._others[idx]
             centers = self.pos[others]
             rel = centers - pos[:, None, :]
