@@ -168,6 +168,13 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_std: float) -> n
     return nn.Sequential(*layers)
 
 
+def merge_moments(mean, var, count, batch_mean, batch_var, n):
+    """Running (mean, var, count) merged with a batch's (parallel variance, Chan et al.); numpy or torch."""
+    delta, total = batch_mean - mean, count + n
+    m2 = var * count + batch_var * n + delta**2 * count * n / total
+    return mean + delta * n / total, m2 / total, total
+
+
 class Agent(nn.Module):
     OBS_EPS = 1e-8
     OBS_CLIP = 10.0
@@ -184,14 +191,11 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def update_obs_stats(self, obs: torch.Tensor) -> None:
-        batch_mean, batch_var, n = obs.mean(0).double(), obs.var(0, unbiased=False).double(), obs.shape[0]
-        mean, var, count = self.obs_mean.double(), self.obs_var.double(), self.obs_count
-        delta, total = batch_mean - mean, count + n
-        new_mean = mean + delta * n / total
-        m2 = var * count + batch_var * n + delta**2 * count * n / total
-        self.obs_mean.copy_(new_mean)
-        self.obs_var.copy_(m2 / total)
-        self.obs_count.fill_(total)
+        batch = (obs.mean(0).double(), obs.var(0, unbiased=False).double(), obs.shape[0])
+        mean, var, count = merge_moments(self.obs_mean.double(), self.obs_var.double(), self.obs_count, *batch)
+        self.obs_mean.copy_(mean)
+        self.obs_var.copy_(var)
+        self.obs_count.fill_(count)
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         # Exactly what export_onnx.py reproduces from the checkpoint's "policy" entry.
@@ -230,11 +234,8 @@ class RewardScaler:
 
     def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
         self.returns = self.returns * self.gamma + reward
-        batch_mean, batch_var, n = self.returns.mean(), self.returns.var(), len(self.returns)
-        delta, total = batch_mean - self.mean, self.count + n
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-        self.count = total
+        batch = (self.returns.mean(), self.returns.var(), len(self.returns))
+        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count, *batch)
         self.returns[done] = 0.0
         return np.clip(reward / np.sqrt(self.var + self.eps), -self.clip, self.clip).astype(np.float32)
 
