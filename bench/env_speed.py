@@ -6,6 +6,7 @@
 2. env: ``make_vec_env`` with a random policy, frame stack 4 (trainer + bridge + sim child process).
 3. echo: a bare WebSocket round trip of the same payloads (one ACTION_BATCH out, one obs batch
    back, peer in a child process replying with a canned frame): the transport limit.
+4. bridge: the same peer behind ``TrainingBridge`` (no simulator): what the bridge adds.
 Prints agent-steps/s for each and the ratios. Target: env >= 0.5 x echo.
 """
 
@@ -75,15 +76,55 @@ def bench_env(num_venvs: int, num_agents: int, seconds: float) -> tuple[float, b
         env.close()
 
 
+# The peer of the echo and bridge measurements: answers every frame with the canned observation
+# batch (its tick set to the one received); with "hello" it first shakes hands as a v1 game.
 ECHO_PEER = """
-import asyncio, sys
+import asyncio, json, sys
 from websockets.asyncio.client import connect
-async def main(url, reply):
+async def main(url, hello, reply):
     async with connect(url, compression=None, max_size=None) as ws:
-        async for _ in ws:
-            await ws.send(reply)
-asyncio.run(main(sys.argv[1], sys.stdin.read()))
+        if hello:
+            await ws.send(json.dumps({"type": "hello", "protocol": 1, "mode": "lockstep",
+                                      "capabilities": ["batch", "tick", "info"]}))
+            await ws.recv()
+        async for frame in ws:
+            tick = json.loads(frame).get("tick")
+            await ws.send(reply.replace('"tick":1,', f'"tick":{tick},', 1))
+asyncio.run(main(sys.argv[1], sys.argv[2] == "hello", sys.stdin.read()))
 """
+
+
+def start_peer(url: str, in_frame: bytes, hello: bool) -> subprocess.Popen:
+    peer = subprocess.Popen(
+        [sys.executable, "-c", ECHO_PEER, url, "hello" if hello else "-"], stdin=subprocess.PIPE, text=True
+    )
+    peer.stdin.write(in_frame.decode())
+    peer.stdin.close()
+    return peer
+
+
+def bench_bridge(out_frame: bytes, in_frame: bytes, seconds: float) -> float:
+    """``TrainingBridge.send_action_batch`` + ``get_observations`` against the canned peer: the
+    bridge's own cost (thread hand-off, validation, slots) with no simulator behind it."""
+    from rbxenv.bridge import TrainingBridge
+
+    batch = protocol.decode_command(out_frame).data
+    ids = [aid for per_venv in batch.values() for aid in per_venv]
+    with TrainingBridge(port=0) as bridge:
+        peer = start_peer(bridge.url, in_frame, hello=True)
+        bridge.wait_for_game(10)
+        bridge.data.track(ids, 0)  # as if spawned: the peer only ever sends these cars
+        for _ in range(20):
+            bridge.send_action_batch(batch)
+            bridge.get_observations(ids)
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            bridge.send_action_batch(batch)
+            bridge.get_observations(ids)
+            steps += 1
+        rate = steps * len(ids) / (time.perf_counter() - t0)
+    peer.wait(timeout=10)
+    return rate
 
 
 def bench_echo(out_frame: bytes, in_frame: bytes, num_cars: int, seconds: float) -> float:
@@ -109,11 +150,7 @@ def bench_echo(out_frame: bytes, in_frame: bytes, num_cars: int, seconds: float)
 
         async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
             port = server.sockets[0].getsockname()[1]
-            peer = subprocess.Popen(
-                [sys.executable, "-c", ECHO_PEER, f"ws://127.0.0.1:{port}"], stdin=subprocess.PIPE, text=True
-            )
-            peer.stdin.write(in_frame.decode())
-            peer.stdin.close()
+            peer = start_peer(f"ws://127.0.0.1:{port}", in_frame, hello=False)
             await done.wait()
             peer.terminate()
             peer.wait()
@@ -138,7 +175,11 @@ def main() -> None:
     print(
         f"WebSocket echo       {echo:10,.0f} agent-steps/s  ({len(out_frame)} B out, {len(in_frame)} B back per tick)"
     )
+    bridge = bench_bridge(out_frame, in_frame, args.seconds)
+    print(f"bridge, canned peer  {bridge:10,.0f} agent-steps/s  (TrainingBridge, no simulator)")
+    serial = 1 / (1 / inproc + 1 / echo)
     print(f"env / echo = {env / echo:.2f}   (target >= 0.5)   env / in-process = {env / inproc:.2f}")
+    print(f"serial bound (sim step + echo, in series) = {serial:,.0f}: env reaches {env / serial:.2f} of it")
 
 
 if __name__ == "__main__":
