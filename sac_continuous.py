@@ -163,12 +163,14 @@ class Args:
 # Model
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int | None = None) -> nn.Sequential:
+    """Linear + ReLU per hidden width, then a last Linear to ``out_dim`` (None: no last layer)."""
     layers: list[nn.Module] = []
     for width in hidden:
         layers += [nn.Linear(in_dim, width), nn.ReLU()]
         in_dim = width
-    layers.append(nn.Linear(in_dim, out_dim))
+    if out_dim is not None:
+        layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
 
 
@@ -195,14 +197,10 @@ class Actor(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_var", torch.ones(obs_dim))
         self.register_buffer("obs_count", torch.tensor(1e-4, dtype=torch.float64))
-        layers: list[nn.Module] = []
-        in_dim = obs_dim
-        for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.ReLU()]
-            in_dim = width
-        self.trunk = nn.Sequential(*layers)
-        self.fc_mean = nn.Linear(in_dim, act_dim)
-        self.fc_logstd = nn.Linear(in_dim, act_dim)
+        self.trunk = mlp(obs_dim, hidden)
+        width = hidden[-1] if hidden else obs_dim
+        self.fc_mean = nn.Linear(width, act_dim)
+        self.fc_logstd = nn.Linear(width, act_dim)
 
     @torch.no_grad()
     def update_obs_stats(self, obs: torch.Tensor) -> None:
