@@ -566,9 +566,9 @@ def train(args: Args) -> str:
             # Same-step autoreset: next_obs of a finished car is already the next episode's first
             # observation; the transition must end in the episode's real last observation. Only a
             # termination stops the bootstrap; a truncated episode would have gone on.
-            real_next_obs = next_obs.copy()
+            real_next_obs = next_obs  # no copy: rb.add copies into the buffer
             if "_final_obs" in infos:
-                real_next_obs[infos["_final_obs"]] = infos["final_obs"][infos["_final_obs"]]
+                real_next_obs = np.where(infos["_final_obs"][:, None], infos["final_obs"], next_obs)
             if not infos.get("lost_step"):  # a step the lost game never answered holds no real transition
                 rb.add(obs, real_next_obs, actions, rewards, terminations.astype(np.float32))
             if args.norm_obs and (args.norm_obs_steps < 0 or global_step <= args.norm_obs_steps):
