@@ -74,7 +74,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,6 @@ class Policy:
     run_name: str = ""
     global_step: int = 0
     source: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def hidden_sizes(self) -> list[int]:
