@@ -202,9 +202,7 @@ def compute(data: dict) -> dict:
 
 def _plain(v):
     a = np.asarray(v)
-    if a.dtype == object:
-        return a.tolist()
-    if a.dtype == bool:
+    if a.dtype == object or a.dtype == bool:
         return a.tolist()
     if np.issubdtype(a.dtype, np.integer):
         return a.astype(int).tolist()
