@@ -129,6 +129,26 @@ class Tally:
     lap_times: list[float] = field(default_factory=list)
     steps: int = 0
 
+    def record(self, ep: dict, k: int, terminated: bool, lap_times: list[float]) -> str:
+        """Count car ``k``'s finished episode (``infos["episode"]``); its line: laps, lap times, how it ended."""
+        self.episodes += 1
+        laps = int(ep["laps"][k])
+        if ep["crashed"][k]:
+            how = "crashed into a wall"
+            self.crashed += 1
+        elif terminated:
+            how = "stopped (stuck or wrong way)"
+        else:
+            how = "time limit"
+        self.laps += laps
+        self.completed += laps >= 1
+        self.lap_times += lap_times
+        times = ", ".join(f"{t:.2f}" for t in lap_times) or "-"
+        return (
+            f"laps {laps} | lap times (s) {times} | progress {ep['progress'][k]:.2f} laps | "
+            f"{how} after {int(ep['l'][k])} steps | return {ep['r'][k]:.1f}"
+        )
+
     def summary(self, elapsed: float) -> str:
         n = max(self.episodes, 1)
         best = min(self.lap_times) if self.lap_times else math.nan
@@ -200,31 +220,12 @@ def drive(args: argparse.Namespace) -> int:
             prev_lap = lap
             if "_episode" not in infos:
                 continue
-            ep = infos["episode"]
             for k in np.flatnonzero(infos["_episode"]):
-                if counted[k] >= quota[k]:
-                    continue  # this car has driven its share: it keeps racing, uncounted
-                counted[k] += 1
-                tally.episodes += 1
-                laps = int(ep["laps"][k])
-                if ep["crashed"][k]:
-                    how = "crashed into a wall"
-                    tally.crashed += 1
-                elif terminated[k]:
-                    how = "stopped (stuck or wrong way)"
-                else:
-                    how = "time limit"
-                tally.laps += laps
-                tally.completed += laps >= 1
-                tally.lap_times += lap_times[k]
-                times = ", ".join(f"{t:.2f}" for t in lap_times[k]) or "-"
-                print(
-                    f"episode {tally.episodes:3d} | {session.agent_ids[k]} on {names[int(session.venv_of[k])]} | "
-                    f"laps {laps} | lap times (s) {times} | progress {ep['progress'][k]:.2f} laps | "
-                    f"{how} after {int(ep['l'][k])} steps | return {ep['r'][k]:.1f}",
-                    flush=True,
-                )
-            for k in np.flatnonzero(infos["_episode"]):
+                if counted[k] < quota[k]:  # past its share a car keeps racing, uncounted
+                    counted[k] += 1
+                    result = tally.record(infos["episode"], k, bool(terminated[k]), lap_times[k])
+                    where = f"{session.agent_ids[k]} on {names[int(session.venv_of[k])]}"
+                    print(f"episode {tally.episodes:3d} | {where} | {result}", flush=True)
                 lap_times[k] = []
                 prev_lap[k] = 0.0
     except KeyboardInterrupt:
