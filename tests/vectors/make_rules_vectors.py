@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from rbxenv.sim import rules
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere without installing
+
+from rbxenv.sim import rules  # noqa: E402
 
 CFG = rules.SimConfig()
 PATH = Path(__file__).with_name("rules.json")
