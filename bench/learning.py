@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rbxenv import HELDOUT_TRACK_SEEDS, make_vec_env  # noqa: E402
+from rbxenv.drive import OnnxPolicy, load_policy  # noqa: E402
 from rbxenv.sim.reference import reference_lap_time  # noqa: E402
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -84,14 +85,11 @@ def evaluate(policy: Policy, num_tracks: int, frame_stack: int = 4) -> dict:
     }
 
 
-def policy_from_checkpoint(path: Path) -> tuple[Policy, int]:
+def policy_from_checkpoint(path: Path) -> OnnxPolicy:
     """The deterministic actor of an rbxenv-checkpoint-v1 file, through its ONNX export (checked)."""
     onnx_path = path.with_suffix(".onnx")
     subprocess.run([sys.executable, str(ROOT / "export_onnx.py"), str(path), "-o", str(onnx_path)], check=True)
-    from rbxenv.drive import load_policy
-
-    policy = load_policy(onnx_path)
-    return policy, policy.frame_stack
+    return load_policy(onnx_path)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -121,17 +119,14 @@ def train_script(algo: str, minutes: float, seed: int, extra: list[str]) -> dict
         proc.wait(timeout=120)
     elapsed = time.monotonic() - t0
     run_dir = max((ROOT / "runs").glob(f"{exp_name}*"), key=lambda p: p.stat().st_mtime)
-    checkpoint = run_dir / "checkpoint.pt"
-    import torch
-
-    global_step = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    policy = policy_from_checkpoint(run_dir / "checkpoint.pt")
+    global_step = int(policy.meta["global_step"])  # the checkpoint's, as the export recorded it
     sps = scalars(run_dir, "charts/SPS")
     evals = scalars(run_dir, "eval/lap_completion")
     reach = next((step for step, value in evals if value >= 0.5), None)
-    policy, frame_stack = policy_from_checkpoint(checkpoint)
     return {
         "policy": policy,
-        "frame_stack": frame_stack,
+        "frame_stack": policy.frame_stack,
         "agent_steps": global_step,
         "train_seconds": elapsed,
         "train_sps": sps[-1][1] if sps else global_step / elapsed,
