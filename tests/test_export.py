@@ -287,8 +287,12 @@ def test_drive_refuses_a_policy_for_another_game(tmp_path):
 def test_drive_bad_files_give_one_line_and_exit_2(tmp_path, capsys, case):
     from rbxenv.drive import main
 
-    path = {"missing": tmp_path / "nope.onnx", "garbage": tmp_path / "garbage.onnx", "directory": tmp_path}[case]
+    path, message = {
+        "missing": (tmp_path / "nope.onnx", "no such file"),
+        "garbage": (tmp_path / "garbage.onnx", "not a readable ONNX model"),
+        "directory": (tmp_path, "is a directory, not an ONNX file"),
+    }[case]
     (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage" * 30)
     assert main([str(path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rbxenv.drive: error:"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"rbxenv.drive: error: {path}: {message}"), lines
