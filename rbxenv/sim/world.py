@@ -495,7 +495,7 @@ class Sim:
         # substep). A car that touched a wall is put back where it first did, stopped; only car
         # contacts in the remaining substeps of that step saw it drive on.
         window = self.base[:, None] + self.hint[:, None] + self._proj_offsets
-        seg = self._seg_pack[np.tile(window, (substeps, 1))]
+        seg = np.concatenate([self._seg_pack[window]] * substeps)  # gather once, copy per substep
         k, _, s, lateral, half_width = rules.project_window(pos.reshape(-1, 2), seg)
         crash = rules.is_crash(lateral, half_width, cfg).reshape(substeps, n) & live
         crashed = crash.any(axis=0)
