@@ -285,11 +285,9 @@ class Sim:
             self._repack()
         idx = np.array([self._index[a] for a in agent_ids], np.int64)
         self.random_start[idx] = start == "random"
+        if new_track:  # the venv's other cars were placed on the old track: all of them restart
+            idx = np.flatnonzero(self.venv == list(self._venvs).index(envid))
         self._set_spawn_poses(venv, idx)
-        if new_track:  # the venv's other cars were placed on the old track
-            others = np.flatnonzero(self.venv == list(self._venvs).index(envid))
-            self._set_spawn_poses(venv, others)
-            idx = others
         self.reset_indices(idx)
 
     def reset_agents(self, agent_ids: list[str]) -> None:
