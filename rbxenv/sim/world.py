@@ -117,12 +117,6 @@ class Venv:
     grid: list = field(default_factory=list)  # cached grid poses (x, y, heading)
 
 
-_CAR_FIELDS = (
-    "venv pos heading speed fuel hint s base length net laps lap_start lap_time steps slow back "
-    "live collided cause slot random_start spawn_pose spawn_hint"
-).split()
-
-
 class Sim:
     """Headless racing simulator; see the ``rbxenv.sim`` package docstring for the rules."""
 
@@ -136,45 +130,47 @@ class Sim:
         self._car_env: dict[str, str] = {}  # agent id -> envid
         self.collisions = False
         self.frozen = False
-        self._alloc(0)
+        self.__dict__.update(self._car_arrays(0))  # self.pos, self.speed, ...: one array per car field
         self._repack()
 
     # ------------------------------------------------------------------ car storage
 
-    def _alloc(self, n: int) -> None:
-        self.venv = np.zeros(n, np.int64)  # index into list(self._venvs)
-        self.pos = np.zeros((n, 2))
-        self.heading = np.zeros(n)
-        self.speed = np.zeros(n)
-        self.fuel = np.ones(n)
-        self.hint = np.zeros(n, np.int64)  # centre-line segment index (within the venv's track)
-        self.s = np.zeros(n)  # arc length of the projection
-        self.base = np.zeros(n, np.int64)  # the venv's base in the packed tables
-        self.length = np.ones(n)  # the venv's track length
-        self.seg_count = np.ones(n, np.int64)  # segments of the venv's track
-        self.net = np.zeros(n)  # net progress since spawn / reset
-        self.laps = np.zeros(n, np.int64)
-        self.lap_start = np.zeros(n, np.int64)  # step count when the current lap started
-        self.lap_time = np.full(n, np.nan)
-        self.steps = np.zeros(n, np.int64)
-        self.slow = np.zeros(n, np.int64)  # consecutive slow steps
-        self.back = np.zeros(n, np.int64)  # consecutive wrong-way steps
-        self.live = np.zeros(n, bool)
-        self.collided = np.zeros(n, bool)
-        self.cause = np.full(n, None, dtype=object)
-        self.slot = np.zeros(n, np.int64)  # grid slot
-        self.random_start = np.zeros(n, bool)
-        self.spawn_pose = np.zeros((n, 3))  # grid pose (x, y, heading)
-        self.spawn_hint = np.zeros(n, np.int64)
+    @staticmethod
+    def _car_arrays(n: int) -> dict[str, np.ndarray]:
+        """The per-car arrays (index = position in ``agent_ids``) for n new cars, by attribute name."""
+        return {
+            "venv": np.zeros(n, np.int64),  # index into list(self._venvs)
+            "pos": np.zeros((n, 2)),
+            "heading": np.zeros(n),
+            "speed": np.zeros(n),
+            "fuel": np.ones(n),
+            "hint": np.zeros(n, np.int64),  # centre-line segment index (within the venv's track)
+            "s": np.zeros(n),  # arc length of the projection
+            "base": np.zeros(n, np.int64),  # the venv's base in the packed tables
+            "length": np.ones(n),  # the venv's track length
+            "seg_count": np.ones(n, np.int64),  # segments of the venv's track
+            "net": np.zeros(n),  # net progress since spawn / reset
+            "laps": np.zeros(n, np.int64),
+            "lap_start": np.zeros(n, np.int64),  # step count when the current lap started
+            "lap_time": np.full(n, np.nan),
+            "steps": np.zeros(n, np.int64),
+            "slow": np.zeros(n, np.int64),  # consecutive slow steps
+            "back": np.zeros(n, np.int64),  # consecutive wrong-way steps
+            "live": np.zeros(n, bool),
+            "collided": np.zeros(n, bool),
+            "cause": np.full(n, None, dtype=object),
+            "slot": np.zeros(n, np.int64),  # grid slot
+            "random_start": np.zeros(n, bool),
+            "spawn_pose": np.zeros((n, 3)),  # grid pose (x, y, heading)
+            "spawn_hint": np.zeros(n, np.int64),
+        }
 
     def _append_cars(self, k: int) -> None:
-        old = {name: getattr(self, name) for name in _CAR_FIELDS}
-        self._alloc(k)
-        for name, arr in old.items():
-            setattr(self, name, np.concatenate([arr, getattr(self, name)]))
+        for name, new in self._car_arrays(k).items():
+            setattr(self, name, np.concatenate([getattr(self, name), new]))
 
     def _delete_cars(self, idx: np.ndarray) -> None:
-        for name in _CAR_FIELDS:
+        for name in self._car_arrays(0):
             setattr(self, name, np.delete(getattr(self, name), idx, axis=0))
         gone = set(int(i) for i in idx)
         self._ids = [a for i, a in enumerate(self._ids) if i not in gone]
