@@ -532,13 +532,12 @@ def train(args: Args) -> str:
                 # Truncation (time limit, track change) is not failure: the episode would have gone
                 # on, so bootstrap it with V(final_obs) folded into this step's reward. Terminations
                 # (crash, stuck, wrong way) really end the return: no bootstrap.
+                rewards[step] = torch.as_tensor(reward)
                 truncated_only = truncations & ~terminations
                 if truncated_only.any():
                     with torch.no_grad():
                         final_values = agent.get_value(torch.as_tensor(infos["final_obs"][truncated_only])).flatten()
-                    reward = reward.copy()
-                    reward[truncated_only] += args.gamma * final_values.numpy()
-                rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
+                    rewards[step, torch.as_tensor(truncated_only)] += args.gamma * final_values
                 next_obs, next_done = torch.as_tensor(next_obs), torch.as_tensor(done, dtype=torch.float32)
 
                 if "_episode" in infos:
