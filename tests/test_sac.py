@@ -99,6 +99,7 @@ def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch):
     assert policy["action_names"] == ["throttle", "steering", "nitro"]
     assert [tuple(layer["weight"].shape) for layer in policy["layers"]] == [(32, 52), (32, 32), (3, 32)]
     assert policy["obs_var"].min() > 0 and not torch.equal(policy["obs_mean"], torch.zeros(52))  # stats were learned
+    assert not torch.equal(policy["obs_var"], torch.ones(52))  # from the initial var 1, not only the mean
 
     # the exported MLP is exactly the actor's deterministic action tanh(mean)
     actor = sac.Actor(52, 3, (32, 32))
