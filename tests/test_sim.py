@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from rbxenv.sim.render import GRASS, PALETTE, ROAD, render, render_trajectories
 
 CFG = SimConfig()
 VECTORS = Path(__file__).parent / "vectors" / "rules.json"
+SIM_STEPS = Path(__file__).parent / "vectors" / "make_sim_steps.py"
 
 
 def oval(a: float = 150.0, b: float = 80.0, half_width: float = 12.0) -> dict:
@@ -49,6 +51,14 @@ def physics(action, seconds: float, speed=0.0, fuel=1.0):
     for _ in range(int(round(seconds / CFG.dt))):
         v, h, p, f = rules.car_physics_step(v, h, p, f, act, CFG, CFG.dt)
     return v[0], h[0], p[0], f[0]
+
+
+def load_module(path: Path):
+    """Import a script of tests/vectors (not a package) by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------- physics
@@ -294,9 +304,7 @@ def test_progress_reward_and_seam():
 
 
 def test_rules_reproduce_the_shared_vectors():
-    spec = importlib.util.spec_from_file_location("make_rules_vectors", VECTORS.with_name("make_rules_vectors.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(VECTORS.with_name("make_rules_vectors.py"))
     stored = json.loads(VECTORS.read_text())
     fresh = module.compute(stored)
     assert set(fresh) == set(stored) - {"config"}
@@ -312,6 +320,32 @@ def test_rules_reproduce_the_shared_vectors():
                 else:
                     np.testing.assert_allclose(np.asarray(got["expected"][key], dtype=float), np.asarray(want, dtype=float),
                                                rtol=1e-7, atol=1e-7, err_msg=msg)  # fmt: skip
+
+
+def test_step_reproduces_the_recorded_numpy_steps():
+    """Every golden step of tests/vectors/sim_steps.npz (recorded from the numpy simulator), replayed
+    one step at a time from its recorded state: physics to 1e-9, observations to 1e-5, the rest exact."""
+    golden = load_module(SIM_STEPS)
+    data = golden.load()
+    sims = {}
+    for r, scenario in enumerate(data["scenario"]):
+        sim = sims.get(scenario) or sims.setdefault(scenario, golden.sim_for(data, scenario))
+        golden.load_state(sim, {name: data[f"before_{name}"][r] for name in golden.STATE})
+        sim.set_collisions(bool(data["collisions"][r]))
+        sim.freeze(bool(data["frozen"][r]))
+        msg = f"record {r} (scenario {scenario})"
+        np.testing.assert_allclose(sim.observe(), data["observe"][r], rtol=0, atol=1e-5, err_msg=msg)
+        res = golden.result_of(sim.step(data["actions"][r].astype(np.float64)))
+        after = golden.state_of(sim)
+        for part, got in (("result", res), ("after", after)):
+            for name, value in got.items():
+                want = data[f"{part}_{name}"][r]
+                where = f"{msg}: {part} {name}"
+                if value.dtype.kind == "f":
+                    tol = 1e-5 if name in ("obs", "reward") else 1e-9
+                    np.testing.assert_allclose(value, want, rtol=0, atol=tol, err_msg=where)
+                else:
+                    np.testing.assert_array_equal(value, want, err_msg=where)
 
 
 # --------------------------------------------------------------------------- reference driver
