@@ -62,43 +62,70 @@ class Observations:
     reward: np.ndarray  # (n,) float64: sum of all rewards reported since the last read
     terminated: np.ndarray  # (n,) bool
     truncated: np.ndarray  # (n,) bool
-    infos: list[dict]
+    info: dict[str, np.ndarray]  # one column per protocol.INFO_KEYS (NaN / None where not reported)
+    has_info: np.ndarray  # (n,) bool: the game sent info for this agent
 
-
-class _Slot:
-    """One agent's latest observation plus what accumulated since the trainer last read it."""
-
-    __slots__ = (
-        "obs", "reward", "terminated", "truncated", "info", "fresh", "fresh_at", "expected_tick", "episode_tick"
-    )  # fmt: skip
-
-    def __init__(self):
-        self.obs: np.ndarray | None = None
-        self.reward = 0.0
-        self.terminated = False
-        self.truncated = False
-        self.info: dict = {}
-        self.fresh = False  # an observation answering the latest command is waiting
-        self.fresh_at = 0.0  # time.monotonic() when it arrived
-        self.expected_tick = -1
-        self.episode_tick = -1  # tick of the spawn/reset that started this episode
-
-    def drain(self) -> None:
-        """Forget what accumulated (handed over, or cleared): the next packets start afresh."""
-        self.reward, self.terminated, self.truncated, self.fresh, self.info = 0.0, False, False, False, {}
+    @property
+    def infos(self) -> list[dict]:
+        """One dict per agent ({} where the game sent no info): the per-agent view of ``info``."""
+        return [d if h else {} for d, h in zip(protocol.info_dicts(self.info), self.has_info.tolist(), strict=True)]
 
 
 class DataBridge:
-    """Per-agent observation slots shared by the network thread and the training thread."""
+    """Observation slots shared by the network thread and the training thread.
+
+    One row per agent in flat arrays (its latest observation plus what accumulated since the
+    trainer last read it), so that a packet is stored and a step's answer handed over with a few
+    array operations for all cars, not a Python loop per car. One Condition guards them.
+    """
 
     def __init__(self):
         self.cond = threading.Condition()
-        self.slots: dict[str, _Slot] = {}
+        self.rows: dict[str, int] = {}  # agent id -> row of the arrays below
+        self._free: list[int] = []  # rows not in use
+        self._c: dict[str, np.ndarray] = {}
+        self._alloc(0, 0)
         self.lost: str | None = None  # why the game is gone, when it is
         self.stats: Counter[str] = Counter()
         # time.monotonic() when the observation that completed the latest wait() arrived (latency
         # figures: bench/realtime_load.py); one clock read per packet, one max() per wait
         self.ready_at = 0.0
+
+    def _alloc(self, capacity: int, obs_size: int) -> None:
+        """(Re)allocate the row arrays, keeping what the existing rows hold."""
+        new = {
+            "obs": np.zeros((capacity, obs_size), np.float32),
+            "reward": np.zeros(capacity),  # summed since the last read
+            "terminated": np.zeros(capacity, bool),
+            "truncated": np.zeros(capacity, bool),
+            "fresh": np.zeros(capacity, bool),  # an observation answering the latest command is waiting
+            "fresh_at": np.zeros(capacity),  # time.monotonic() when it arrived
+            "expected_tick": np.full(capacity, -1, np.int64),
+            "episode_tick": np.full(capacity, -1, np.int64),  # tick of the spawn/reset that began the episode
+            "has_info": np.zeros(capacity, bool),
+            "info_numbers": np.full((len(protocol.INFO_NUMBERS), capacity), np.nan),  # a row per INFO_NUMBERS key
+            "info_collided": np.zeros(capacity, bool),
+            "info_cause": np.full(capacity, None, object),
+        }
+        for key, old in self._c.items():
+            if key == "info_numbers":
+                new[key][:, : old.shape[1]] = old
+            elif new[key].shape[1:] == old.shape[1:]:  # (observations of another width are dropped)
+                new[key][: len(old)] = old
+        self._free += range(capacity - 1, len(self._c.get("reward", ())) - 1, -1)
+        self._c = new
+
+    def _drain(self, rows: np.ndarray) -> None:
+        """Forget what accumulated (handed over, or cleared): the next packets start afresh."""
+        c = self._c
+        c["reward"][rows] = 0.0
+        c["terminated"][rows] = c["truncated"][rows] = c["fresh"][rows] = c["has_info"][rows] = False
+
+    def _rows(self, agent_ids: Sequence[str]) -> np.ndarray:
+        try:
+            return np.array([self.rows[aid] for aid in agent_ids], np.int64)
+        except KeyError as err:
+            raise KeyError(f"agent {err.args[0]} was never spawned through this bridge") from None
 
     def track(self, agent_ids: Iterable[str], tick: int, restart: bool = False) -> None:
         """Make agents known and wait for an answer to the command sent with ``tick``.
@@ -106,48 +133,71 @@ class DataBridge:
         ``restart`` (spawn, reset): whatever was pending belongs to the episode that just ended.
         """
         with self.cond:
-            for aid in agent_ids:
-                slot = self.slots.get(aid)
-                if slot is None or restart:
-                    slot = self.slots[aid] = _Slot()
-                    slot.episode_tick = tick
-                # An ending already received stays deliverable: a parked car sends nothing more.
-                slot.fresh = slot.terminated or slot.truncated
-                slot.expected_tick = tick
+            c = self._c
+            agent_ids = list(agent_ids)
+            new = [aid for aid in agent_ids if aid not in self.rows]
+            if len(new) > len(self._free):
+                self._alloc(max(64, 2 * (len(self.rows) + len(new))), c["obs"].shape[1])
+                c = self._c
+            for aid in new:
+                self.rows[aid] = self._free.pop()
+            restarted = self._rows(agent_ids if restart else new)
+            self._drain(restarted)
+            c["episode_tick"][restarted] = tick
+            rows = self._rows(agent_ids)
+            # An ending already received stays deliverable: a parked car sends nothing more.
+            c["fresh"][rows] = c["terminated"][rows] | c["truncated"][rows]
+            c["expected_tick"][rows] = tick
 
     def forget(self, agent_ids: Iterable[str]) -> None:
         with self.cond:
             for aid in agent_ids:
-                self.slots.pop(aid, None)
+                row = self.rows.pop(aid, None)
+                if row is not None:
+                    self._drain(row)
+                    self._free.append(row)
             self.cond.notify_all()
 
     def put_batch(self, batch: ObsBatch) -> list[str]:
         """Store a packet (network thread). Returns the agent ids nobody spawned (ignored)."""
-        unknown = []
         now = time.monotonic()
         with self.cond:
+            c = self._c
+            if batch.obs.shape[1] != c["obs"].shape[1]:  # the first packet of a game tells the width
+                self._alloc(len(c["reward"]), batch.obs.shape[1])
+                c = self._c
             self.stats["obs_packets"] += 1
-            for k, aid in enumerate(batch.agent_ids):
-                slot = self.slots.get(aid)
-                if slot is None:
-                    unknown.append(aid)
-                    continue
-                if batch.tick is not None and batch.tick < slot.episode_tick:
-                    # sent before the game applied the spawn/reset: the episode it belongs to is over
-                    self.stats["old_episode_packets"] += 1
-                    continue
-                slot.reward += batch.reward[k]
-                done = batch.terminated[k] or batch.truncated[k]
-                slot.terminated |= bool(batch.terminated[k])
-                slot.truncated |= bool(batch.truncated[k])
-                if batch.tick is None or batch.tick >= slot.expected_tick or done:
-                    slot.obs = batch.obs[k]
-                    if batch.infos[k] is not None:
-                        slot.info = batch.infos[k]
-                    if not slot.fresh:
-                        slot.fresh, slot.fresh_at = True, now
-                else:
-                    self.stats["stale_packets"] += 1
+            get = self.rows.get
+            rows = np.array([get(aid, -1) for aid in batch.agent_ids], np.int64)
+            keep = rows >= 0
+            unknown = [] if keep.all() else [aid for aid, k in zip(batch.agent_ids, keep, strict=True) if not k]
+            if batch.tick is not None:
+                # sent before the game applied the spawn/reset: the episode it belongs to is over
+                old = keep & (batch.tick < c["episode_tick"][rows])
+                self.stats["old_episode_packets"] += int(old.sum())
+                keep &= ~old
+            if not keep.all():
+                rows, batch = rows[keep], _rows_of_batch(batch, keep)
+            c["reward"][rows] += batch.reward
+            c["terminated"][rows] |= batch.terminated
+            c["truncated"][rows] |= batch.truncated
+            if batch.tick is not None:
+                # the answer to the latest command (a stale one only counts its reward), or an ending
+                deliver = (batch.tick >= c["expected_tick"][rows]) | batch.terminated | batch.truncated
+                if not deliver.all():
+                    self.stats["stale_packets"] += int(len(deliver) - deliver.sum())
+                    rows, batch = rows[deliver], _rows_of_batch(batch, deliver)
+            c["obs"][rows] = batch.obs
+            if batch.has_info.any():
+                told = rows[batch.has_info]
+                c["has_info"][told] = True
+                info = batch.info
+                numbers = np.array([info[key] for key in protocol.INFO_NUMBERS])
+                c["info_numbers"][:, told] = numbers[:, batch.has_info]
+                c["info_collided"][told] = info["collided"][batch.has_info]
+                c["info_cause"][told] = info["cause"][batch.has_info]
+            c["fresh_at"][rows] = np.where(c["fresh"][rows], c["fresh_at"][rows], now)
+            c["fresh"][rows] = True
             self.cond.notify_all()
         return unknown
 
@@ -158,42 +208,52 @@ class DataBridge:
             while True:
                 if self.lost is not None:
                     raise BridgeClosed(self.lost)
-                missing = [aid for aid in agent_ids if not self._ready(aid)]
-                if not missing:
+                rows = self._rows(agent_ids)
+                ready = self._c["fresh"][rows]
+                if ready.all():
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    missing = [aid for aid, ok in zip(agent_ids, ready, strict=True) if not ok]
                     shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
                     raise TimeoutError(
                         f"no observation for {len(missing)} of {len(agent_ids)} agents ({shown}) within "
                         f"{timeout:g} s: is the game paused, frozen, or not spawning these agents?"
                     )
                 self.cond.wait(remaining)
-            slots = [self.slots[aid] for aid in agent_ids]
-            n = len(slots)
-            self.ready_at = max([slot.fresh_at for slot in slots], default=time.monotonic())
+            c = self._c
+            self.ready_at = float(c["fresh_at"][rows].max()) if len(rows) else time.monotonic()
+            info = dict(zip(protocol.INFO_NUMBERS, c["info_numbers"][:, rows], strict=True))
+            info["collided"], info["cause"] = c["info_collided"][rows], c["info_cause"][rows]
             out = Observations(
                 list(agent_ids),
-                np.stack([slot.obs for slot in slots]) if n else np.zeros((0, 0), np.float32),
-                np.array([slot.reward for slot in slots], dtype=np.float64),
-                np.array([slot.terminated for slot in slots], dtype=bool),
-                np.array([slot.truncated for slot in slots], dtype=bool),
-                [slot.info for slot in slots],
+                c["obs"][rows],
+                c["reward"][rows],
+                c["terminated"][rows],
+                c["truncated"][rows],
+                info,
+                c["has_info"][rows],
             )
-            for slot in slots:
-                slot.drain()
+            self._drain(rows)
             return out
-
-    def _ready(self, aid: str) -> bool:
-        slot = self.slots.get(aid)
-        if slot is None:
-            raise KeyError(f"agent {aid} was never spawned through this bridge")
-        return slot.fresh
 
     def clear(self) -> None:
         with self.cond:
-            for slot in self.slots.values():
-                slot.drain()
+            self._drain(self._rows(list(self.rows)))
+
+
+def _rows_of_batch(batch: ObsBatch, keep: np.ndarray) -> ObsBatch:
+    """The part of a packet for the agents where ``keep`` is True."""
+    return ObsBatch(
+        batch.tick,
+        [aid for aid, k in zip(batch.agent_ids, keep.tolist(), strict=True) if k],
+        batch.obs[keep],
+        batch.reward[keep],
+        batch.terminated[keep],
+        batch.truncated[keep],
+        {key: column[keep] for key, column in batch.info.items()},
+        batch.has_info[keep],
+    )
 
 
 class TrainingBridge:
@@ -541,12 +601,12 @@ class TrainingBridge:
 
     def close_environment(self, env_id: str) -> None:
         """Destroy a venv (track and cars) in the game."""
-        self.data.forget([aid for aid in list(self.data.slots) if protocol.parse_agent_id(aid)[1] == env_id])
+        self.data.forget([aid for aid in list(self.data.rows) if protocol.parse_agent_id(aid)[1] == env_id])
         self._send(protocol.encode_command("CLOSE", env_id))
 
     def close_all(self) -> None:
         """Destroy every venv in the game."""
-        self.data.forget(list(self.data.slots))
+        self.data.forget(list(self.data.rows))
         self._send(protocol.encode_command("CLOSE_ALL"))
 
     def update_collisions(self, status: bool) -> None:

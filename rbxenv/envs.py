@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from pettingzoo import ParallelEnv
 
 from rbxenv.bridge import BridgeClosed, Observations
-from rbxenv.protocol import GameSpec
+from rbxenv.protocol import INFO_NUMBERS, GameSpec
 from rbxenv.session import HELDOUT_TRACK_SEEDS, TRAIN_TRACK_SEEDS, GameSession
 
 __all__ = [
@@ -39,8 +39,6 @@ __all__ = [
     "HELDOUT_TRACK_SEEDS",
     "TRAIN_TRACK_SEEDS",
 ]
-
-INFO_KEYS = ("progress", "lap", "lap_time", "speed", "x", "y", "heading")
 
 
 def observation_space(game: GameSpec, frame_stack: int = 1) -> gym.spaces.Box:
@@ -99,19 +97,6 @@ class _FreezeWhenIdle:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _info_arrays(infos: list[dict]) -> dict[str, np.ndarray]:
-    """Per-car info dicts -> one array per key (nan / None where a game did not report it)."""
-    out = {key: np.full(len(infos), np.nan) for key in INFO_KEYS}
-    out["collided"] = np.zeros(len(infos), dtype=bool)
-    out["cause"] = np.full(len(infos), None, dtype=object)  # why an episode ended, where one did
-    for k, info in enumerate(infos):
-        for key, value in info.items():
-            column = out.get(key)
-            if column is not None and value is not None:
-                column[k] = value
-    return out
 
 
 # ====================================================================================================
@@ -255,7 +240,7 @@ class RacingVectorEnv(VectorEnv):
         got = self.session.spawn_all(self._rng)
         self._restart_stacks(slice(None), got.obs)
         self._steps = 0
-        self._last_infos = _info_arrays(got.infos)
+        self._last_infos = dict(got.info)
         return self._stacked(), self._last_infos
 
     def step(self, actions: np.ndarray):
@@ -284,7 +269,7 @@ class RacingVectorEnv(VectorEnv):
             # real observation with reward 0 (``infos["lost_step"]``), and restarts on the returned game.
             reward = np.zeros(n, dtype=np.float32)
             terminated, truncated = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
-            infos = {key: self._last_infos[key].copy() for key in (*INFO_KEYS, "collided")}
+            infos = {key: self._last_infos[key].copy() for key in (*INFO_NUMBERS, "collided")}
             infos["cause"] = np.full(n, None, dtype=object)
             infos["lost_step"] = True
             return self._finish(reward, terminated, truncated, infos, [])
@@ -293,7 +278,7 @@ class RacingVectorEnv(VectorEnv):
         self._stack[:, -1] = got.obs
         reward = got.reward.astype(np.float32)
         terminated, truncated = got.terminated.copy(), got.truncated.copy()
-        infos = _info_arrays(got.infos)
+        infos = dict(got.info)  # fresh arrays: the bridge copied them out of its slots
         self._last_infos = infos
         self._ep_return += reward
         self._ep_length += 1

@@ -14,6 +14,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import orjson
@@ -36,7 +37,7 @@ SEED_COMMANDS = frozenset(
     }
 )
 COMMANDS = SEED_COMMANDS | {"ACTION_BATCH"}
-CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start"})
+CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns"})
 ERROR_CODES = frozenset(
     {
         "bad_json",
@@ -52,6 +53,13 @@ ENDING_CAUSES = frozenset({"wall", "stuck", "wrong_way", "time_limit", "disconne
 
 _ENVID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _AGENT_ID = re.compile(r"car_([0-9]{1,6})_env_([A-Za-z0-9_-]{1,64})")  # [0-9]: \d also matches non-ASCII digits
+# Many agent ids at once, joined by newlines: one C-level scan instead of one match per car.
+_AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64}(?:\ncar_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64})*")
+
+# Per-agent info (PROTOCOL.md §3.3), carried as one column per key from the decoder on: numbers
+# are float64 with NaN where not reported (lap_time: also where no lap is done yet).
+INFO_NUMBERS = ("progress", "lap", "lap_time", "speed", "x", "y", "heading")
+INFO_KEYS = (*INFO_NUMBERS, "collided", "cause")
 
 
 class ProtocolError(ValueError):
@@ -124,7 +132,8 @@ class ErrorMessage:
 class ObsBatch:
     """Observations of one packet (seed per-venv packet or v1 ``obs`` batch), as arrays.
 
-    Row ``k`` of every array belongs to ``agent_ids[k]``.
+    Row ``k`` of every array belongs to ``agent_ids[k]``. ``info`` holds one column per
+    ``INFO_KEYS`` entry (see ``info_columns``); ``has_info[k]`` says whether agent k sent any.
     """
 
     tick: int | None
@@ -133,7 +142,35 @@ class ObsBatch:
     reward: np.ndarray  # (n,) float64
     terminated: np.ndarray  # (n,) bool
     truncated: np.ndarray  # (n,) bool
-    infos: list[dict | None]
+    info: dict[str, np.ndarray]
+    has_info: np.ndarray  # (n,) bool
+
+    @property
+    def infos(self) -> list[dict | None]:
+        """Per-agent info dicts (None where an agent sent none): the per-agent view of ``info``."""
+        return [d if h else None for d, h in zip(info_dicts(self.info), self.has_info.tolist(), strict=True)]
+
+
+def info_columns(n: int) -> dict[str, np.ndarray]:
+    """Empty info columns for ``n`` agents: NaN numbers, collided False, cause None."""
+    out = {key: np.full(n, np.nan) for key in INFO_NUMBERS}
+    out["collided"] = np.zeros(n, dtype=bool)
+    out["cause"] = np.full(n, None, dtype=object)
+    return out
+
+
+def info_dicts(info: dict[str, np.ndarray]) -> list[dict]:
+    """Info columns -> one dict per agent with every key of §3.3 (None where not reported)."""
+    numbers = {key: info[key].tolist() for key in INFO_NUMBERS}
+    collided, cause = info["collided"].tolist(), info["cause"].tolist()
+    out = []
+    for k in range(len(collided)):
+        row = {key: None if values[k] != values[k] else values[k] for key, values in numbers.items()}  # NaN
+        if row["lap"] is not None:
+            row["lap"] = int(row["lap"])
+        row["collided"], row["cause"] = collided[k], cause[k]
+        out.append(row)
+    return out
 
 
 @dataclass(frozen=True)
@@ -293,16 +330,13 @@ def decode_hello(msg: dict) -> Hello:
     return Hello(spec, token)
 
 
-_INFO_NUMBERS = ("progress", "speed", "x", "y", "heading")
-
-
 def _check_info(info: object, where: str) -> dict | None:
     if info is None:
         return None
     if type(info) is not dict:
         raise ProtocolError(f"{where}: expected an object, got {_type_name(info)}")
     # Error texts are only formatted on failure: this runs for every car on every tick.
-    for key in _INFO_NUMBERS:
+    for key in ("progress", "speed", "x", "y", "heading"):
         value = info.get(key, 0.0)
         if type(value) not in _NUMBER_TYPES:
             _check_number(value, f"{where}.{key}")
@@ -320,7 +354,17 @@ def _check_info(info: object, where: str) -> dict | None:
     return info
 
 
+def _obs_array(rows: list, n: int, obs_size: int, where: str) -> np.ndarray:
+    """Validated observation rows -> (n, obs_size) float32 (finite float64 can overflow float32)."""
+    with np.errstate(over="ignore"):  # overflow is reported just below, not as a RuntimeWarning
+        obs = np.array(rows, dtype=np.float32).reshape(n, obs_size)
+    if not np.isfinite(obs).all():
+        raise ProtocolError(f"{where}: observation values overflow 32-bit floats")
+    return obs
+
+
 def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) -> ObsBatch:
+    """The per-agent form: ``{agent_id: {"obs", "reward", "terminated", "truncated", "info"?}}``."""
     if len(agents) > MAX_AGENTS:
         raise ProtocolError(f"{where}: {len(agents)} agents in one message, the limit is {MAX_AGENTS}", "too_large")
     ids: list[str] = []
@@ -329,7 +373,8 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
     reward = np.empty(n)
     terminated = np.empty(n, dtype=bool)
     truncated = np.empty(n, dtype=bool)
-    infos: list[dict | None] = []
+    info = info_columns(n)
+    has_info = np.zeros(n, dtype=bool)
     for k, (aid, entry) in enumerate(agents.items()):
         parse_agent_id(aid)
         if type(entry) is not dict:
@@ -351,14 +396,102 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
             _check_bool(trunc, f"{aid}.truncated")
         rows.append(obs)
         reward[k], terminated[k], truncated[k] = r, term, trunc
-        info = entry.get("info")
-        infos.append(None if info is None else _check_info(info, aid + ".info"))
+        entry_info = _check_info(entry.get("info"), aid + ".info")
+        if entry_info is not None:
+            has_info[k] = True
+            for key, value in entry_info.items():
+                column = info.get(key)
+                if column is not None and value is not None:
+                    column[k] = value
         ids.append(aid)
-    with np.errstate(over="ignore"):  # overflow is reported just below, not as a RuntimeWarning
-        obs = np.array(rows, dtype=np.float32).reshape(n, obs_size)
-    if not np.isfinite(obs).all():  # finite float64 can still overflow float32
-        raise ProtocolError(f"{where}: observation values overflow 32-bit floats")
-    return ObsBatch(tick, ids, obs, reward, terminated, truncated, infos)
+    return ObsBatch(tick, ids, _obs_array(rows, n, obs_size, where), reward, terminated, truncated, info, has_info)
+
+
+def _column(msg: dict, key: str, n: int, types: frozenset, where: str) -> list:
+    """A column of ``n`` values whose Python types are in ``types`` (one C-level pass when fine)."""
+    values = msg.get(key)
+    if type(values) is not list or len(values) != n:
+        got = f"{len(values)} values" if type(values) is list else _type_name(values)
+        raise ProtocolError(f"{where}.{key}: expected an array of {n} values, one per id, got {got}")
+    if not types.issuperset(map(type, values)):
+        k, bad = next((k, v) for k, v in enumerate(values) if type(v) not in types)
+        wanted = " or ".join(sorted({_type_name(t()) if t is not type(None) else "null" for t in types}))
+        raise ProtocolError(f"{where}.{key}[{k}]: expected {wanted}, got {_type_name(bad)} {_show(bad)}")
+    return values
+
+
+_BOOL = frozenset({bool})
+_NUMBER_OR_NULL = frozenset({int, float, type(None)})
+_INT_OR_NULL = frozenset({int, type(None)})
+_NULLABLE_INFO = frozenset({"lap_time", "cause"})
+_STR = frozenset({str})
+_STR_OR_NULL = frozenset({str, type(None)})
+_CAUSES_OR_NULL = ENDING_CAUSES | {None}
+
+
+def _agent_ids_ok(joined: str, n: int) -> bool:
+    """``n`` agent ids joined by newlines are all well-formed (no id may hide a newline)."""
+    return joined.count("\n") == n - 1 and _AGENT_IDS.fullmatch(joined) is not None
+
+
+def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
+    """The column form (capability ``columns``): one array per field, row k for ``ids[k]``.
+
+    Validated with whole-array passes, not a loop per car: this is the lockstep hot path.
+    """
+    ids = msg["ids"]
+    if type(ids) is not list or len(ids) > MAX_AGENTS:
+        got = f"{len(ids)} ids" if type(ids) is list else _type_name(ids)
+        raise ProtocolError(f"obs.ids: expected an array of at most {MAX_AGENTS} agent ids, got {got}",
+                            "too_large" if type(ids) is list else "bad_message")  # fmt: skip
+    n = len(ids)
+    if n and not (_STR.issuperset(map(type, ids)) and _agent_ids_ok("\n".join(ids), n)):
+        for aid in ids:
+            parse_agent_id(aid)  # raises, naming the bad id
+    if len(set(ids)) != n:
+        raise ProtocolError("obs.ids: an agent id appears twice")
+    rows = _column(msg, "obs", n, frozenset({list}), "obs")
+    try:
+        flat_ok = _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows)))
+    except TypeError:
+        flat_ok = False
+    if not flat_ok or set(map(len, rows)) - {obs_size}:
+        for k, row in enumerate(rows):
+            _check_vector(row, obs_size, f"obs.obs[{k}] ({ids[k]})")
+    reward = np.array(_column(msg, "reward", n, _NUMBER_TYPES, "obs"), dtype=np.float64)
+    terminated = np.array(_column(msg, "terminated", n, _BOOL, "obs"), dtype=bool)
+    truncated = np.array(_column(msg, "truncated", n, _BOOL, "obs"), dtype=bool)
+    has_info = np.zeros(n, dtype=bool)
+    sent = msg.get("info")
+    if sent is None:
+        info = info_columns(n)
+    else:
+        if type(sent) is not dict:
+            raise ProtocolError(f"obs.info: expected an object of columns, got {_type_name(sent)}")
+        has_info[:] = True
+        info = {}
+        numbers = [key for key in INFO_NUMBERS if key in sent]
+        columns = [sent[key] for key in numbers]
+        if not (all(type(c) is list and len(c) == n for c in columns) and _NUMBER_OR_NULL.issuperset(
+            map(type, chain.from_iterable(columns))) and _INT_OR_NULL.issuperset(map(type, sent.get("lap", ())))
+        ):  # fmt: skip
+            for key in numbers:
+                _column(sent, key, n, _INT_OR_NULL if key == "lap" else _NUMBER_OR_NULL, "obs.info")  # raises
+        block = np.array(columns, dtype=np.float64).reshape(len(numbers), n)  # null -> NaN
+        for key in INFO_NUMBERS:
+            info[key] = block[numbers.index(key)] if key in sent else np.full(n, np.nan)
+        bad = info["lap"] > 10**6  # NaN (not reported) compares False
+        if (info["lap"] < 0).any() or bad.any():
+            k = int(np.flatnonzero((info["lap"] < 0) | bad)[0])
+            raise ProtocolError(f"obs.info.lap[{k}]: expected an integer in [0, 1000000], got {_show(sent['lap'][k])}")
+        collided = _column(sent, "collided", n, _BOOL, "obs.info") if "collided" in sent else [False] * n
+        info["collided"] = np.array(collided, dtype=bool)
+        causes = _column(sent, "cause", n, _STR_OR_NULL, "obs.info") if "cause" in sent else [None] * n
+        if not _CAUSES_OR_NULL.issuperset(causes):
+            bad = next(c for c in causes if c not in _CAUSES_OR_NULL)
+            raise ProtocolError(f"obs.info.cause: expected one of {sorted(ENDING_CAUSES)} or null, got {_show(bad)}")
+        info["cause"] = np.array(causes, dtype=object)
+    return ObsBatch(tick, ids, _obs_array(rows, n, obs_size, "obs.obs"), reward, terminated, truncated, info, has_info)
 
 
 def decode_game_message(raw: str | bytes, obs_size: int) -> Hello | ObsBatch | ErrorMessage:
@@ -373,6 +506,8 @@ def decode_game_message(raw: str | bytes, obs_size: int) -> Hello | ObsBatch | E
         tick = msg.get("tick")
         if tick is not None:
             _check_int(tick, "obs.tick")
+        if "ids" in msg:
+            return _decode_columns(msg, obs_size, tick)
         agents = msg.get("agents")
         if type(agents) is not dict:
             raise ProtocolError(f"obs.agents: expected an object of agent entries, got {_type_name(agents)}")
@@ -407,11 +542,27 @@ def encode_obs(
     reward: np.ndarray,
     terminated: np.ndarray,
     truncated: np.ndarray,
-    infos: list[dict] | None = None,
+    info: dict[str, np.ndarray] | None = None,
     tick: int | None = None,
-    batch: bool = True,
+    form: str = "batch",
 ) -> bytes:
-    """A v1 ``obs`` batch (``batch=True``) or a seed packet of the given agents."""
+    """An observation message of the given agents, ``info`` as columns (see ``info_columns``).
+
+    ``form``: "columns" (v1 ``obs`` batch in column form), "batch" (v1 ``obs`` batch, one entry per
+    agent) or "seed" (the seed's per-venv packet, no type and no tick).
+    """
+    if form == "columns":
+        msg = {"type": "obs", "tick": tick, "ids": agent_ids, "obs": obs, "reward": reward,
+               "terminated": terminated, "truncated": truncated}  # fmt: skip
+        if info is not None:
+            # NaN goes out as null (orjson), which is what "not reported" / "no lap yet" are
+            msg["info"] = {key: info[key] for key in INFO_NUMBERS if key != "lap"} | {
+                "lap": [None if v != v else int(v) for v in info["lap"].tolist()],
+                "collided": info["collided"],
+                "cause": info["cause"].tolist(),
+            }
+        return dumps(msg)
+    infos = info_dicts(info) if info is not None else None
     agents = {}
     for k, aid in enumerate(agent_ids):
         entry = {
@@ -420,10 +571,10 @@ def encode_obs(
             "terminated": bool(terminated[k]),
             "truncated": bool(truncated[k]),
         }
-        if infos is not None:
-            entry["info"] = infos[k]
+        if infos is not None:  # keys not reported are left out (only lap_time and cause may be null)
+            entry["info"] = {key: v for key, v in infos[k].items() if v is not None or key in _NULLABLE_INFO}
         agents[aid] = entry
-    if not batch:
+    if form == "seed":
         return dumps(agents)
     return dumps({"type": "obs", "tick": tick, "agents": agents})
 

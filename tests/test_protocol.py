@@ -460,7 +460,8 @@ def test_obs_batch_with_tick_and_info():
     }
     batch = game(raw(msg))
     assert batch.tick == 42 and batch.agent_ids == ["car_0_env_a", "car_1_env_b"]
-    assert batch.infos == [info, info2]
+    # every §3.3 key, None where not reported; unknown keys are ignored (§3: forward compatibility)
+    assert batch.infos == [full_info(**info), full_info(**{k: v for k, v in info2.items() if k != "future_key"})]
     assert batch.truncated.tolist() == [False, True]
 
 
@@ -487,27 +488,40 @@ def test_integers_are_numbers_but_booleans_are_not():
     assert batch.obs[0].tolist() == [1.0] * 13 and batch.reward[0] == -10.0
 
 
-@pytest.mark.parametrize("batch", [True, False])
-def test_encode_obs_round_trip(batch):
+def full_info(**reported) -> dict:
+    """An info dict as the decoder gives it: every §3.3 key, None where not reported."""
+    return dict.fromkeys(p.INFO_NUMBERS) | {"collided": False, "cause": None} | reported
+
+
+@pytest.mark.parametrize("form", ["columns", "batch", "seed"])
+def test_encode_obs_round_trip(form):
     ids = ["car_0_env_a", "car_1_env_a"]
     obs = np.arange(26, dtype=np.float32).reshape(2, 13) / 7
     reward = np.array([0.25, -10.0])
-    infos = [{"progress": 0.1, "lap": 0, "cause": None}, {"cause": "wall", "lap_time": None}]
-    frame = p.encode_obs(ids, obs, reward, np.array([False, True]), np.array([False, False]), infos, 9, batch)
+    info = p.info_columns(2)
+    info["progress"][0], info["lap"][0], info["speed"][:] = 0.1, 0, [41.5, 0.0]
+    info["cause"][1], info["collided"][1] = "wall", True
+    frame = p.encode_obs(ids, obs, reward, np.array([False, True]), np.array([False, False]), info, 9, form)
     out = game(frame)
-    assert out.tick == (9 if batch else None)
+    assert out.tick == (None if form == "seed" else 9)
     assert out.agent_ids == ids
     np.testing.assert_array_equal(out.obs, obs)  # float32 survives the trip exactly
     assert out.reward.tolist() == reward.tolist()
     assert out.terminated.tolist() == [False, True] and out.truncated.tolist() == [False, False]
-    assert out.infos == infos
-    assert ("type" in orjson.loads(frame)) == batch
+    assert out.infos == [
+        full_info(progress=0.1, lap=0, speed=41.5),
+        full_info(speed=0.0, collided=True, cause="wall"),
+    ]
+    sent = orjson.loads(frame)
+    assert ("type" in sent, "ids" in sent) == (form != "seed", form == "columns")
 
 
 def test_encode_obs_without_infos():
     frame = p.encode_obs(["car_0_env_a"], np.zeros((1, 13), np.float32), [0.0], [False], [False])
     assert "info" not in orjson.loads(frame)["agents"]["car_0_env_a"]
     assert game(frame).infos == [None]
+    frame = p.encode_obs(["car_0_env_a"], np.zeros((1, 13), np.float32), [0.0], [False], [False], form="columns")
+    assert "info" not in orjson.loads(frame) and game(frame).infos == [None]
 
 
 BAD_PACKETS = [
@@ -567,6 +581,80 @@ BAD_PACKETS = [
 def test_bad_agent_entries(agents, code, fragments):
     fails(game, raw(agents), code, *fragments)  # seed packet
     fails(game, raw({"type": "obs", "tick": 1, "agents": agents}), code, *fragments)  # v1 batch
+
+
+def columns_msg(**change) -> dict:
+    """A valid obs batch in column form (two cars), with fields replaced by ``change``."""
+    msg = {
+        "type": "obs",
+        "tick": 3,
+        "ids": ["car_0_env_a", "car_1_env_a"],
+        "obs": [OBS13, [0.0] * 13],
+        "reward": [0.35, -10],
+        "terminated": [False, True],
+        "truncated": [False, False],
+        "info": {"progress": [0.5, 0.25], "lap": [1, None], "lap_time": [None, 31.5], "speed": [40.0, 0.0],
+                 "collided": [False, True], "cause": [None, "wall"], "x": [1.0, 2.0], "y": [3.0, 4.0],
+                 "heading": [0.5, -0.5], "future_column": [1, 2]},
+    }  # fmt: skip
+    for key, value in change.items():
+        if key.startswith("info_"):
+            msg["info"][key[5:]] = value
+        else:
+            msg[key] = value
+    return msg
+
+
+def test_obs_batch_in_column_form():
+    batch = game(raw(columns_msg()))
+    assert batch.tick == 3 and batch.agent_ids == ["car_0_env_a", "car_1_env_a"]
+    np.testing.assert_array_equal(batch.obs, np.array([OBS13, [0.0] * 13], np.float32))
+    assert batch.reward.tolist() == [0.35, -10.0] and batch.reward.dtype == np.float64
+    assert batch.terminated.tolist() == [False, True] and batch.truncated.tolist() == [False, False]
+    assert batch.infos == [
+        full_info(progress=0.5, lap=1, speed=40.0, x=1.0, y=3.0, heading=0.5),
+        full_info(progress=0.25, lap_time=31.5, speed=0.0, collided=True, cause="wall", x=2.0, y=4.0, heading=-0.5),
+    ]
+    partial = columns_msg(info={"lap": [0, 2]})  # columns may be left out
+    assert game(raw(partial)).infos[1] == full_info(lap=2)
+    without = columns_msg()
+    del without["info"]
+    assert game(raw(without)).infos == [None, None]
+    empty = game(raw(columns_msg(ids=[], obs=[], reward=[], terminated=[], truncated=[], info={})))
+    assert empty.agent_ids == [] and empty.obs.shape == (0, 13)
+
+
+BAD_COLUMNS = [
+    (columns_msg(ids="car_0_env_a"), "bad_message", ["obs.ids", "array", "string"]),
+    (columns_msg(ids=["car_0_env_a", "car_0_env_a"]), "bad_message", ["obs.ids", "twice"]),
+    (columns_msg(ids=["car_0_env_a", "bus_1"]), "unknown_agent", ["'bus_1'", "car_<i>_env_<envid>"]),
+    (columns_msg(ids=["car_0_env_a", 7]), "unknown_agent", ["7"]),
+    (columns_msg(ids=["car_0_env_a\ncar_1_env_a", "car_2_env_a"]), "unknown_agent", ["car_0_env_a"]),
+    (columns_msg(obs=[OBS13]), "bad_message", ["obs.obs", "2 values", "one per id", "got 1"]),
+    (columns_msg(obs=[OBS13, OBS13[:12]]), "bad_message", ["obs.obs[1]", "car_1_env_a", "expected 13 numbers, got 12"]),
+    (columns_msg(obs=[OBS13, [None] * 13]), "bad_message", ["obs.obs[1]", "[0]", "null"]),
+    (columns_msg(obs=[OBS13, "x" * 13]), "bad_message", ["obs.obs[1]", "array", "string"]),
+    (columns_msg(obs=[OBS13, [True] * 13]), "bad_message", ["obs.obs[1]", "boolean"]),
+    (columns_msg(obs=[OBS13, [1e39] * 13]), "bad_message", ["overflow 32-bit"]),
+    (columns_msg(reward=[0.0]), "bad_message", ["obs.reward", "2 values", "got 1"]),
+    (columns_msg(reward=[0.0, "1"]), "bad_message", ["obs.reward[1]", "number", "'1'"]),
+    (columns_msg(reward=[0.0, None]), "bad_message", ["obs.reward[1]", "null"]),
+    (columns_msg(terminated=[False, 0]), "bad_message", ["obs.terminated[1]", "boolean", "0"]),
+    (columns_msg(truncated=None), "bad_message", ["obs.truncated", "array", "null"]),
+    (columns_msg(info=[1, 2]), "bad_message", ["obs.info", "object of columns", "array"]),
+    (columns_msg(info_progress=[0.5]), "bad_message", ["obs.info.progress", "2 values"]),
+    (columns_msg(info_speed=[0.5, "fast"]), "bad_message", ["obs.info.speed[1]", "'fast'"]),
+    (columns_msg(info_lap=[1, 1.5]), "bad_message", ["obs.info.lap[1]", "1.5"]),
+    (columns_msg(info_lap=[1, -1]), "bad_message", ["obs.info.lap[1]", "integer in [0, 1000000]", "-1"]),
+    (columns_msg(info_collided=[False, 1]), "bad_message", ["obs.info.collided[1]", "boolean"]),
+    (columns_msg(info_cause=[None, "lava"]), "bad_message", ["obs.info.cause", "'lava'"]),
+    (columns_msg(info_cause=[None, 3]), "bad_message", ["obs.info.cause[1]", "3"]),
+]
+
+
+@pytest.mark.parametrize(("msg", "code", "fragments"), BAD_COLUMNS)
+def test_bad_obs_columns(msg, code, fragments):
+    fails(game, raw(msg), code, *fragments)
 
 
 @pytest.mark.parametrize(
@@ -834,6 +922,7 @@ def _valid_game_messages() -> list[dict]:
     return [
         {"car_0_env_a": entry(), "car_1_env_a": entry(terminated=True, reward=-10)},
         {"type": "obs", "tick": 5, "agents": {"car_0_env_a": entry(info={"lap": 1, "cause": None})}},
+        columns_msg(),
         dict(HELLO),
         {"type": "error", "code": "bad_message", "message": "x"},
     ]
@@ -932,10 +1021,10 @@ def test_fuzz_round_trip_of_valid_commands(envid, tick, indices, actions):
     num_rays=st.integers(1, 40),
     n=st.integers(0, 5),
     tick=st.none() | st.integers(0, 2**53),
-    batch=st.booleans(),
+    form=st.sampled_from(["columns", "batch", "seed"]),
     data=st.data(),
 )
-def test_fuzz_round_trip_of_valid_observations(num_rays, n, tick, batch, data):
+def test_fuzz_round_trip_of_valid_observations(num_rays, n, tick, form, data):
     size = num_rays + 3
     envid = data.draw(envids)
     ids = [p.agent_id(k, envid) for k in range(n)]
@@ -943,8 +1032,8 @@ def test_fuzz_round_trip_of_valid_observations(num_rays, n, tick, batch, data):
     reward = np.array(data.draw(st.lists(finite, min_size=n, max_size=n)), np.float64)
     term = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
     trunc = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
-    out = game(p.encode_obs(ids, obs, reward, term, trunc, None, tick, batch), size)
-    assert out.agent_ids == ids and out.tick == (tick if batch else None)
+    out = game(p.encode_obs(ids, obs, reward, term, trunc, None, tick, form), size)
+    assert out.agent_ids == ids and out.tick == (None if form == "seed" else tick)
     np.testing.assert_array_equal(out.obs, obs)
     np.testing.assert_array_equal(out.reward, reward)
     np.testing.assert_array_equal(out.terminated, term)

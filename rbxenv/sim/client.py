@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 
@@ -26,7 +25,7 @@ from rbxenv.sim.world import Sim, StepResult
 
 log = logging.getLogger("rbxenv.sim")
 
-CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start"})
+CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns"})
 
 # What one simulator seats: a trainer (or anything that reaches its socket) cannot make it
 # allocate without bound. Car indices above MAX_CARS_PER_VENV would build that many grid slots.
@@ -63,6 +62,7 @@ class SimGame:
         self.sim = sim
         self.realtime = realtime
         self.batch = False  # until the trainer's welcome says it takes obs batches
+        self.columns = False  # ... and obs batches in column form
         self.ticked = False
         self.tick = 0  # tick of the latest command applied
         self.actions: dict[str, list] = {}  # latest action per car (held in real time)
@@ -94,6 +94,7 @@ class SimGame:
 
     def welcome(self, capabilities: list[str]) -> None:
         self.batch = "batch" in capabilities
+        self.columns = self.batch and "columns" in capabilities
         self.ticked = "tick" in capabilities
 
     def handle(self, cmd: Command) -> list[bytes]:
@@ -227,24 +228,22 @@ class SimGame:
         """The observation packet answering a spawn or reset (reward 0, not done, lap 0)."""
         n = len(ids)
         idx = np.array([self.sim.index_of(aid) for aid in ids], dtype=np.int64)
-        sim = self.sim
-        nothing = np.zeros(n)
-        infos = self._infos(
-            idx, nothing, nothing, np.full(n, np.nan), sim.speed[idx], np.zeros(n, bool), np.full(n, None)
-        )
-        obs = sim.observe(ids)
+        info = self._info(idx, np.zeros(n), np.zeros(n), np.full(n, np.nan), self.sim.speed[idx], np.zeros(n, bool),
+                          np.full(n, None))  # fmt: skip
         zeros = np.zeros(n, dtype=bool)
-        return protocol.encode_obs(ids, obs, np.zeros(n), zeros, zeros, infos, self._tick(), self.batch)
+        return protocol.encode_obs(
+            ids, self.sim.observe(ids), np.zeros(n), zeros, zeros, info, self._tick(), self._form
+        )
 
     def _frames(self, ids: list[str], result: StepResult, rows: np.ndarray) -> list[bytes]:
         r = result
-        infos = self._infos(
+        info = self._info(
             rows, r.progress[rows], r.lap[rows], r.lap_time[rows], r.speed[rows], r.collided[rows], r.cause[rows]
         )
         obs, reward = result.obs[rows], result.reward[rows]
         term, trunc = result.terminated[rows], result.truncated[rows]
         if self.batch:
-            return [protocol.encode_obs(ids, obs, reward, term, trunc, infos, self._tick(), True)]
+            return [protocol.encode_obs(ids, obs, reward, term, trunc, info, self._tick(), self._form)]
         # Seed trainers expect one packet per venv.
         frames = []
         by_venv: dict[str, list[int]] = {}
@@ -252,35 +251,34 @@ class SimGame:
             by_venv.setdefault(aid[aid.index("_env_") + 5 :], []).append(k)
         for ks in by_venv.values():
             sel = np.array(ks)
+            venv_info = {key: column[sel] for key, column in info.items()}
             frames.append(
-                protocol.encode_obs(
-                    [ids[k] for k in ks], obs[sel], reward[sel], term[sel], trunc[sel], [infos[k] for k in ks],
-                    batch=False,
-                )
+                protocol.encode_obs([ids[k] for k in ks], obs[sel], reward[sel], term[sel], trunc[sel], venv_info,
+                                    form="seed")
             )  # fmt: skip
         return frames
+
+    @property
+    def _form(self) -> str:
+        return "columns" if self.columns else "batch" if self.batch else "seed"
 
     def _tick(self) -> int | None:
         return self.tick if self.ticked else None
 
-    def _infos(self, rows, progress, lap, lap_time, speed, collided, cause) -> list[dict]:
-        """Per-car ``info`` dicts (PROTOCOL.md §3.3) of the cars ``rows`` (poses read from the sim)."""
-        pos, heading = self.sim.pos[rows].tolist(), self.sim.heading[rows].tolist()
-        progress, lap, speed, collided = progress.tolist(), lap.tolist(), speed.tolist(), collided.tolist()
-        return [
-            {
-                "progress": progress[k],
-                "lap": int(lap[k]),
-                "lap_time": None if math.isnan(lap_time[k]) else float(lap_time[k]),
-                "speed": speed[k],
-                "collided": bool(collided[k]),
-                "cause": cause[k],
-                "x": pos[k][0],
-                "y": pos[k][1],
-                "heading": heading[k],
-            }
-            for k in range(len(rows))
-        ]
+    def _info(self, rows, progress, lap, lap_time, speed, collided, cause) -> dict[str, np.ndarray]:
+        """Info columns (PROTOCOL.md §3.3) of the cars ``rows`` (poses read from the sim)."""
+        pos = self.sim.pos[rows]
+        return {
+            "progress": progress,
+            "lap": lap.astype(np.float64),
+            "lap_time": lap_time,
+            "speed": speed,
+            "x": pos[:, 0],
+            "y": pos[:, 1],
+            "heading": self.sim.heading[rows],
+            "collided": collided,
+            "cause": cause,
+        }
 
 
 def check_buildable_track(track: dict) -> None:
