@@ -1,4 +1,4 @@
-"""Headless racing simulator: the stand-in for the Roblox game, vectorised over every car.
+"""Headless racing simulator: the stand-in for the Roblox game, compiled loops over every car.
 
 ## Description
 
@@ -7,7 +7,9 @@ venvs: each venv has its own track and cars, and venvs never interact (even on t
 coordinates). A car is a kinematic bicycle with throttle/brake/reverse, steering limited by
 grip, and a nitro boost that burns fuel. All constants live in ``SimConfig`` (PROTOCOL §4);
 the formulas are the pure functions of ``rbxenv.sim.rules``, pinned for the Luau port by
-``tests/vectors/rules.json``.
+``tests/vectors/rules.json``. ``Sim.step`` runs them compiled with numba
+(``rbxenv.sim.kernels``, to the same results), since numpy calls on arrays of a few dozen cars
+cost more in overhead than in arithmetic.
 
 ## Observation space: ``Box(-1, 1, (num_rays + 3,), float32)``, 13 floats by default
 

@@ -1,10 +1,11 @@
-"""Rays against wall segments and car circles, vectorised over every car of every venv.
+"""Rays against the walls: the brute-force reference and the ray windows the simulator casts in.
 
 Walls are two closed polylines (left and right edge). Wall segment ``i`` of either side joins wall
 points ``i`` and ``i + 1`` and borders the road cell between cross-sections ``X_i`` and
 ``X_{i+1}`` (``X_i`` = the segment from left point i to right point i). A car only tests the wall
-segments of a window of cells around its centre-line index; ``ray_windows`` computes windows
-that is provably large enough (see its docstring), so windowed rays equal brute-force rays.
+segments of a window of cells around its centre-line index (``kernels._cast_walls``);
+``ray_windows`` computes windows that are provably large enough (see its docstring), so windowed
+rays equal brute-force rays (``cast_segments``, which tests/test_sim.py compares them with).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def cast_segments(origin: np.ndarray, dirs: np.ndarray, seg: np.ndarray) -> np.n
     origin (n, 2), dirs (n, R, 2) unit vectors, seg (n, S, 4) rows (ax, ay, ex, ey).
     Solve origin + t * r = a + u * e with q = a - origin:
     t = (q × e) / (r × e), u = (q × r) / (r × e); a hit needs t >= 0 and 0 <= u <= 1.
-    The (n, R, S) part runs in float32 on coordinates relative to the car (errors ~1e-5 studs):
-    it is most of the simulator's time.
+    The (n, R, S) part runs in float32 on coordinates relative to the car (errors ~1e-5 studs),
+    like the simulator's windowed rays, which tests/test_sim.py checks against this brute force.
     """
     f32 = np.float32
     qx = (seg[:, :, 0] - origin[:, 0, None]).astype(f32)[:, None, :]  # (n, 1, S)
@@ -44,48 +45,6 @@ def cast_segments(origin: np.ndarray, dirs: np.ndarray, seg: np.ndarray) -> np.n
         u = (qx * ry - qy * rx) * inv
         hit = (t >= 0.0) & (u >= 0.0) & (u <= 1.0)
     return np.where(hit, t, np.inf).min(axis=2).astype(np.float64)
-
-
-def cast_polylines(origin: np.ndarray, dirs: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """``cast_segments`` for polylines, with fewer operations (the simulator's hot path).
-
-    origin (n, 2), dirs (n, R, 2) unit vectors, pts (n, P, L, 2): L polylines of P points each,
-    segment k joining points k and k+1. With q = point - origin:
-    c = r × q says on which side of the ray's line each point lies; segment k can only be hit
-    when c_k * c_{k+1} <= 0 (it straddles the line), at t = (q_k × e) / (r × e), e = q_{k+1} - q_k;
-    a hit needs t >= 0. Runs in float32 on coordinates relative to the car (errors ~1e-5 studs).
-    """
-    f32 = np.float32
-    qx = (pts[..., 0] - origin[:, 0, None, None]).astype(f32)[:, None]  # (n, 1, P, L)
-    qy = (pts[..., 1] - origin[:, 1, None, None]).astype(f32)[:, None]
-    rx = dirs[:, :, 0, None, None].astype(f32)  # (n, R, 1, 1)
-    ry = dirs[:, :, 1, None, None].astype(f32)
-    c = rx * qy - ry * qx  # (n, R, P, L)
-    straddle = c[:, :, :-1] * c[:, :, 1:] <= 0.0
-    ex = qx[:, :, 1:] - qx[:, :, :-1]
-    ey = qy[:, :, 1:] - qy[:, :, :-1]
-    with np.errstate(divide="ignore", invalid="ignore"):  # parallel: inf or nan, never a hit
-        t = (qx[:, :, :-1] * ey - qy[:, :, :-1] * ex) / (rx * ey - ry * ex)
-    hit = straddle & (t >= 0.0)
-    return np.where(hit, t, np.inf).min(axis=(2, 3)).astype(np.float64)
-
-
-def cast_circles(
-    origin: np.ndarray, dirs: np.ndarray, centers: np.ndarray, valid: np.ndarray, radius: float
-) -> np.ndarray:
-    """Distance along each ray to the first circle hit (inf when none; 0 when inside one).
-
-    origin (n, 2), dirs (n, R, 2), centers (n, C, 2), valid (n, C).
-    With c = center - origin: b = r · c, disc = b² - (|c|² - radius²); hit when disc >= 0 and the
-    far root b + sqrt(disc) >= 0; distance max(b - sqrt(disc), 0).
-    """
-    cx = centers[:, None, :, 0] - origin[:, 0, None, None]  # (n, 1, C)
-    cy = centers[:, None, :, 1] - origin[:, 1, None, None]
-    b = dirs[:, :, 0, None] * cx + dirs[:, :, 1, None] * cy  # (n, R, C)
-    disc = b * b - (cx * cx + cy * cy - radius * radius)
-    root = np.sqrt(np.maximum(disc, 0.0))
-    hit = valid[:, None, :] & (disc >= 0.0) & (b + root >= 0.0)
-    return np.where(hit, np.maximum(b - root, 0.0), np.inf).min(axis=2)
 
 
 def _point_segment_dist(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

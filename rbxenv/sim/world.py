@@ -1,11 +1,11 @@
-"""The in-process headless racing simulator: venvs, cars and one vectorised ``step``.
+"""The in-process headless racing simulator: venvs, cars, and the bookkeeping around ``step``.
 
 Every car of every venv lives in flat numpy arrays (index = position in ``agent_ids``) with the
 index of its venv. The tracks of all venvs are packed into tables (centre-line segments, wall
 points, ray windows), each venv's block padded with wrapped copies so that a window of segments
-around any index is a plain fancy index: ``base[car] + hint[car] + arange(-K, K + 1)``, with no
-modulo and no per-venv loop. The hot path (``step``) is a fixed number of numpy calls per
-physics substep whatever the number of cars or venvs.
+around any index is a plain slice: ``base[car] + hint[car] - K .. + K``, with no modulo and no
+per-venv loop. The hot path (``step``, the observation rays) is one call of a compiled kernel of
+``rbxenv.sim.kernels`` on these arrays and tables.
 Structural changes (spawn, remove, close) rebuild these tables; they are rare.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rbxenv import tracks
-from rbxenv.sim import rules
-from rbxenv.sim.raycast import cast_circles, cast_polylines, ray_windows
+from rbxenv.sim import kernels, rules
+from rbxenv.sim.raycast import ray_windows
 from rbxenv.sim.rules import SimConfig
 
 PROJECT_WINDOW = 4  # segments searched either side of the index at the start of a decision step
@@ -27,6 +27,7 @@ PROJECT_WINDOW = 4  # segments searched either side of the index at the start of
 # room for short segments and collision pushes.
 
 _CAR_INDEX = re.compile(r"^car_(\d+)_env_")
+_CAUSES = np.array(kernels.CAUSES, dtype=object)  # the kernels' cause codes -> rules.end_cause strings
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Sim:
         self.config = config or SimConfig()
         self.rng = np.random.default_rng(seed)
         self._angles = rules.ray_angles(self.config.num_rays)
+        self._constants = kernels.constants(self.config, PROJECT_WINDOW)
         self._venvs: dict[str, Venv] = {}
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
@@ -193,11 +195,9 @@ class Sim:
             v.base = base + pad
             base += m + 2 * pad
         self._seg_pack = np.concatenate(segs)
-        self._wall_pts = np.concatenate(walls)  # (T, side, xy): wall point i of both sides
-        self._ray_lo_pack = np.concatenate(lows or [np.zeros(0, np.int64)])
-        self._ray_span_pack = self._ray_lo_pack + np.concatenate(highs or [np.zeros(0, np.int64)]) + 1
+        ray_lo = np.concatenate(lows or [np.zeros(0, np.int64)])
+        ray_span = ray_lo + np.concatenate(highs or [np.zeros(0, np.int64)]) + 1
         self._proj_offsets = np.arange(-PROJECT_WINDOW, PROJECT_WINDOW + 1)
-        self._ray_offsets = np.arange(span + 1)
 
         order = {v.envid: i for i, v in enumerate(venvs)}
         n = len(self._ids)
@@ -214,6 +214,19 @@ class Sim:
                 mates = np.delete(m, j)
                 self._others[c, : len(mates)] = mates
         self._others_valid = self._others != np.arange(n)[:, None]
+        self._tables = kernels.Tables(
+            base=self.base,
+            length=self.length,
+            seg_count=self.seg_count,
+            others=self._others,
+            others_valid=self._others_valid,
+            segments=self._seg_pack,
+            wall_pts=np.concatenate(walls),  # (T, side, xy): wall point i of both sides
+            ray_lo=ray_lo,
+            ray_span=ray_span,
+            angles=self._angles,
+            ray_points=span + 1,
+        )
 
     # ------------------------------------------------------------------ public API
 
@@ -382,37 +395,16 @@ class Sim:
 
     # ------------------------------------------------------------------ observation
 
-    def _rays(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """Ray distances (n, num_rays) for cars idx: windowed walls, plus cars when collisions on."""
-        pos = self.pos[idx]
-        if len(pos) == 0:
-            return np.zeros((0, self.config.num_rays))
-        ang = self.heading[idx, None] - self._angles  # right-positive angles turn clockwise
-        dirs = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
-        # wall points of cells h - lo[h] .. h + hi[h], all cars padded to the longest window
-        at = self.base[idx] + self.hint[idx]
-        span = int(self._ray_span_pack[at].max())
-        pts = self._wall_pts[(at - self._ray_lo_pack[at])[:, None] + self._ray_offsets[: span + 1]]
-        dist = cast_polylines(pos, dirs, pts)
-        if self.collisions:
-            others = self._others[idx]
-            centers = self.pos[others]
-            rel = centers - pos[:, None, :]
-            reach = self.config.ray_length + self.config.car_radius  # farther cars cannot be hit
-            near = rel[..., 0] ** 2 + rel[..., 1] ** 2 < reach * reach
-            valid = self._others_valid[idx] & self.live[others] & near
-            if valid.any():
-                hit = cast_circles(pos, dirs, centers, valid, self.config.car_radius)
-                dist = np.minimum(dist, hit)
-        return dist
+    def _cars(self) -> kernels.Cars:
+        """The per-car arrays a kernel reads and updates in place."""
+        return kernels.Cars(
+            self.pos, self.heading, self.speed, self.fuel, self.hint, self.s, self.net, self.laps, self.lap_start,
+            self.lap_time, self.steps, self.slow, self.back, self.live, self.collided,
+        )  # fmt: skip
 
-    def _tangent(self, idx=slice(None)) -> np.ndarray:
-        seg = self._seg_pack[self.base[idx] + self.hint[idx]]
-        return seg[:, 2:4] / seg[:, 5:6]
-
-    def _observe(self, idx=slice(None)) -> np.ndarray:
-        reverse = rules.is_reverse(self.heading[idx], self._tangent(idx))
-        return rules.observation(self._rays(idx), self.fuel[idx], self.speed[idx], reverse, self.config)
+    def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
+        idx = np.arange(len(self._ids)) if idx is None else idx
+        return kernels.observe(self._cars(), self._tables, idx, self.collisions, self._constants)
 
     def observe(self, agent_ids: list[str] | None = None) -> np.ndarray:
         """Current observations (n, obs_size) float32 of these cars (default: all, in order)."""
@@ -422,121 +414,30 @@ class Sim:
 
     # ------------------------------------------------------------------ step
 
-    def _contacts(self, pairs: np.ndarray) -> np.ndarray:
-        """Resolve overlaps between cars of the same venv; returns which cars touched another.
-
-        pairs (n, C): which entries of ``_others`` may touch (both cars live), fixed for a decision step.
-
-        Overlapping circles are pushed apart (half the overlap each) and, when approaching, get an
-        inelastic impulse along the contact normal n: each car's velocity changes by
-        ±(1 + restitution) / 2 * (relative velocity · n) * n, of which the car keeps the part along
-        its heading (the car model cannot slide). A faster car bumping a slower one ahead thus
-        slows down while the other speeds up, with no sticky contacts.
-        """
-        cfg = self.config
-        r2 = 2.0 * cfg.car_radius
-        o = self._others
-        rel = self.pos[o] - self.pos[:, None, :]  # (n, C, 2) towards the other car
-        d2 = rel[..., 0] ** 2 + rel[..., 1] ** 2
-        hit = pairs & (d2 < r2 * r2)
-        contact = hit.any(axis=1)
-        if not contact.any():
-            return contact
-        d = np.sqrt(d2)
-        # coincident cars separate along ±x, by index order, so the push is symmetric
-        tie = np.sign(o - np.arange(len(o))[:, None]).astype(np.float64)
-        nx = np.where(d > 1e-9, rel[..., 0] / np.maximum(d, 1e-9), tie)
-        ny = np.where(d > 1e-9, rel[..., 1] / np.maximum(d, 1e-9), 0.0)
-        depth = np.where(hit, r2 - d, 0.0) * 0.5
-        fx, fy = np.cos(self.heading), np.sin(self.heading)
-        vx, vy = self.speed * fx, self.speed * fy
-        closing = (vx[o] - vx[:, None]) * nx + (vy[o] - vy[:, None]) * ny  # < 0: approaching
-        impulse = np.where(hit & (closing < 0.0), 0.5 * (1.0 + cfg.contact_restitution) * closing, 0.0)
-        self.pos[:, 0] -= (depth * nx).sum(axis=1)
-        self.pos[:, 1] -= (depth * ny).sum(axis=1)
-        self.speed = self.speed + (impulse * nx).sum(axis=1) * fx + (impulse * ny).sum(axis=1) * fy
-        return contact
-
     def step(self, actions: np.ndarray) -> StepResult:
-        """Advance every live car one decision step (``substeps`` physics steps) and score it."""
-        cfg = self.config
+        """Advance every live car one decision step (``substeps`` physics steps) and score it.
+
+        The rules are applied by ``kernels.step`` (the compiled form of ``rules``); parked cars
+        (not live) get no input, do not move and score nothing. NaN actions count as 0.
+        """
         n = len(self._ids)
         live = self.live.copy()
         if self.frozen:
-            return self._result(self._observe(), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
-        act = np.asarray(actions, dtype=np.float64).reshape(n, 3)
-        act = np.where(live[:, None] & (act == act), act, 0.0)  # parked cars (and NaN) get no input
-        throttle, curvature, wants = rules.car_controls(act, cfg)
-        speed_parked = self.speed  # never changed in place: the substeps make new arrays
-        fuel_before = self.fuel
-        self.speed = np.where(live, self.speed, 0.0)  # ... and do not move
-        s_before = self.s
-        collided = np.zeros(n, bool)
-        substeps, dt = cfg.substeps, cfg.dt
-        pairs = self._others_valid & live[:, None] & live[self._others] if self.collisions else None
-        pos = np.empty((substeps, n, 2))
-        heading = np.empty((substeps, n))
-        fuel = np.empty((substeps, n))
-        for j in range(substeps):
-            self.speed, self.heading, self.pos, self.fuel = rules.car_physics_substep(
-                self.speed, self.heading, self.pos, self.fuel, throttle, curvature, wants, cfg, dt
-            )
-            if self.collisions:
-                collided |= self._contacts(pairs)
-            pos[j], heading[j], fuel[j] = self.pos, self.heading, self.fuel
+            none = np.zeros(n, bool)
+            return self._result(self._observe(), np.zeros(n, np.float32), none, none, none, np.full(n, None, object))
+        act = np.ascontiguousarray(actions, dtype=np.float64).reshape(n, 3)
+        obs, reward, terminated, truncated, code = kernels.step(
+            self._cars(), self._tables, act, live, self.collisions, self._constants
+        )
+        cause = _CAUSES[code]
+        if code.any():
+            self.cause = np.where(code > 0, cause, self.cause)
+        return self._result(obs, reward, terminated, truncated, live, cause)
 
-        # Walls: project the positions of all substeps at once (one call instead of one per
-        # substep). A car that touched a wall is put back where it first did, stopped; only car
-        # contacts in the remaining substeps of that step saw it drive on.
-        window = self.base[:, None] + self.hint[:, None] + self._proj_offsets
-        seg = np.concatenate([self._seg_pack[window]] * substeps)  # gather once, copy per substep
-        k, _, s, lateral, half_width = rules.project_window(pos.reshape(-1, 2), seg)
-        crash = rules.is_crash(lateral, half_width, cfg).reshape(substeps, n) & live
-        crashed = crash.any(axis=0)
-        last = np.where(crashed, crash.argmax(axis=0), substeps - 1)
-        cars = np.arange(n)
-        at = last * n + cars
-        self.pos, self.heading, self.fuel = pos[last, cars], heading[last, cars], fuel[last, cars]
-        self.s = s[at]
-        self.hint = (self.hint + k[at] - PROJECT_WINDOW) % self.seg_count
-        if crashed.any():
-            self.speed = np.where(crashed, 0.0, self.speed)
-
-        progress = np.where(live, rules.progress_delta(s_before, self.s, self.length), 0.0)
-        self.net += progress
-        self.steps += live
-        laps = rules.laps_completed(self.net, self.length)
-        gained = np.maximum(laps - self.laps, 0)
-        lapped = gained > 0
-        if lapped.any():
-            self.lap_time = np.where(lapped, (self.steps - self.lap_start) / cfg.tick_hz, self.lap_time)
-            self.lap_start = np.where(lapped, self.steps, self.lap_start)
-            self.laps = self.laps + gained
-        reverse = rules.is_reverse(self.heading, self._tangent())
-        slow, back, stuck, wrong_way = rules.update_counters(self.slow, self.back, self.speed, reverse, cfg)
-        self.slow = np.where(live, slow, self.slow)
-        self.back = np.where(live, back, self.back)
-        stuck &= live
-        wrong_way &= live
-        terminated = crashed | stuck | wrong_way
-        truncated = live & ~terminated & (self.steps >= cfg.max_steps)
-        reward = rules.step_reward(progress, gained, collided, crashed, stuck, wrong_way, cfg)
-        obs = rules.observation(self._rays(), self.fuel, self.speed, reverse, cfg)
-
-        self.fuel = np.where(live, self.fuel, fuel_before)
-        self.speed = np.where(live, self.speed, speed_parked)
-        self.heading = np.mod(self.heading + np.pi, 2.0 * np.pi) - np.pi
-        self.collided = collided
-        ended = terminated | truncated
-        if ended.any():
-            self.cause = np.where(ended, rules.end_cause(crashed, stuck, wrong_way, truncated), self.cause)
-            self.live = live & ~ended
-        return self._result(obs, reward, terminated, truncated, live)
-
-    def _result(self, obs, reward, terminated, truncated, live) -> StepResult:
+    def _result(self, obs, reward, terminated, truncated, live, cause) -> StepResult:
         return StepResult(
             obs=obs,
-            reward=reward.astype(np.float32),
+            reward=reward,
             terminated=terminated,
             truncated=truncated,
             live=live,
@@ -545,7 +446,7 @@ class Sim:
             lap_time=self.lap_time.copy(),
             speed=self.speed.copy(),
             collided=self.collided & live,
-            cause=np.where(terminated | truncated, self.cause, None),
+            cause=cause,
         )
 
 
