@@ -66,11 +66,13 @@ def bench_env(num_venvs: int, num_agents: int, seconds: float) -> tuple[float, b
         for aid, row in zip(ids, actions, strict=True):
             batch.setdefault(aid.split("_env_")[1], {})[aid] = row
         out_frame = protocol.encode_command("ACTION_BATCH", None, batch, 1)
-        infos = [{"progress": 0.5, "lap": 0, "lap_time": None, "speed": 41.2, "collided": False, "cause": None,
-                  "x": 12.5, "y": -3.25, "heading": 1.5} for _ in ids]  # fmt: skip
-        obs = rng.uniform(0, 1, (len(ids), 13)).astype(np.float32)
-        zeros = np.zeros(len(ids), dtype=bool)
-        in_frame = protocol.encode_obs(ids, obs, np.full(len(ids), 0.25), zeros, zeros, infos, 1, True)
+        n = len(ids)
+        info = protocol.info_columns(n)  # what the simulator reports, in the column form it sends
+        for key, value in {"progress": 0.5, "lap": 0, "speed": 41.2, "x": 12.5, "y": -3.25, "heading": 1.5}.items():
+            info[key][:] = value
+        obs = rng.uniform(0, 1, (n, 13)).astype(np.float32)
+        zeros = np.zeros(n, dtype=bool)
+        in_frame = protocol.encode_obs(ids, obs, np.full(n, 0.25), zeros, zeros, info, 1, "columns")
         return rate, out_frame, in_frame
     finally:
         env.close()
@@ -85,7 +87,7 @@ async def main(url, hello, reply):
     async with connect(url, compression=None, max_size=None) as ws:
         if hello:
             await ws.send(json.dumps({"type": "hello", "protocol": 1, "mode": "lockstep",
-                                      "capabilities": ["batch", "tick", "info"]}))
+                                      "capabilities": ["batch", "tick", "info", "columns"]}))
             await ws.recv()
         async for frame in ws:
             tick = json.loads(frame).get("tick")

@@ -141,9 +141,10 @@ class DataBridge:
                 c = self._c
             for aid in new:
                 self.rows[aid] = self._free.pop()
-            restarted = self._rows(agent_ids if restart else new)
-            self._drain(restarted)
-            c["episode_tick"][restarted] = tick
+            if restart or new:
+                restarted = self._rows(agent_ids if restart else new)
+                self._drain(restarted)
+                c["episode_tick"][restarted] = tick
             rows = self._rows(agent_ids)
             # An ending already received stays deliverable: a parked car sends nothing more.
             c["fresh"][rows] = c["terminated"][rows] | c["truncated"][rows]
@@ -589,8 +590,7 @@ class TrainingBridge:
             actions = {
                 env_id: per_venv if type(per_venv) is dict else dict(per_venv) for env_id, per_venv in actions.items()
             }
-            for per_venv in actions.values():
-                self.data.track(per_venv.keys(), tick)
+            self.data.track([aid for per_venv in actions.values() for aid in per_venv], tick)
             self._send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
             self.action_sent_at = time.monotonic()
             return tick

@@ -54,6 +54,8 @@ ENDING_CAUSES = frozenset({"wall", "stuck", "wrong_way", "time_limit", "disconne
 _ENVID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _AGENT_ID = re.compile(r"car_([0-9]{1,6})_env_([A-Za-z0-9_-]{1,64})")  # [0-9]: \d also matches non-ASCII digits
 # Many agent ids at once, joined by newlines: one C-level scan instead of one match per car.
+# ... all of one venv (the backreference makes every id name the first one's venv)
+_VENV_AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_([A-Za-z0-9_-]{1,64})(?:\ncar_[0-9]{1,6}_env_\1)*")
 _AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64}(?:\ncar_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64})*")
 
 # Per-agent info (PROTOCOL.md §3.3), carried as one column per key from the decoder on: numbers
@@ -425,6 +427,7 @@ _NUMBER_OR_NULL = frozenset({int, float, type(None)})
 _INT_OR_NULL = frozenset({int, type(None)})
 _NULLABLE_INFO = frozenset({"lap_time", "cause"})
 _STR = frozenset({str})
+_LIST = frozenset({list})
 _STR_OR_NULL = frozenset({str, type(None)})
 _CAUSES_OR_NULL = ENDING_CAUSES | {None}
 
@@ -557,7 +560,10 @@ def encode_obs(
         if info is not None:
             # NaN goes out as null (orjson), which is what "not reported" / "no lap yet" are
             msg["info"] = {key: info[key] for key in INFO_NUMBERS if key != "lap"} | {
-                "lap": [None if v != v else int(v) for v in info["lap"].tolist()],
+                # integers on the wire: an int array goes as it is, a float one with NaN for null
+                "lap": info["lap"]
+                if info["lap"].dtype.kind == "i"
+                else [None if v != v else int(v) for v in info["lap"].tolist()],
                 "collided": info["collided"],
                 "cause": info["cause"].tolist(),
             }
@@ -618,6 +624,8 @@ def _check_actions(data: object, envid: str | None, action_size: int, where: str
         )
     if len(data) > MAX_AGENTS:
         raise ProtocolError(f"{where}: {len(data)} agents, the limit is {MAX_AGENTS}", "too_large")
+    if data and _actions_ok(data, envid, action_size):  # the hot path: whole-batch passes
+        return data
     for aid, action in data.items():
         _, aid_env = parse_agent_id(aid)
         if envid is not None and aid_env != envid:
@@ -625,6 +633,20 @@ def _check_actions(data: object, envid: str | None, action_size: int, where: str
         if type(action) is not list or len(action) != action_size or not _NUMBER_TYPES.issuperset(map(type, action)):
             _check_vector(action, action_size, f"{where}.{aid}")  # raises, saying what is wrong
     return data
+
+
+def _actions_ok(data: dict, envid: str | None, action_size: int) -> bool:
+    """Every key an agent id (of ``envid``), every value an array of ``action_size`` numbers."""
+    joined = "\n".join(data)
+    m = _VENV_AGENT_IDS.fullmatch(joined)
+    if m is None or joined.count("\n") != len(data) - 1 or (envid is not None and m.group(1) != envid):
+        return False
+    actions = data.values()
+    return (
+        _LIST.issuperset(map(type, actions))
+        and set(map(len, actions)) == {action_size}
+        and _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(actions)))
+    )
 
 
 def check_track_spec(track: object, where: str = "track") -> dict:
