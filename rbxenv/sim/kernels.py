@@ -66,16 +66,20 @@ class Constants(NamedTuple):
     stuck_steps: int
     wrong_way_steps: int
     max_steps: int
-    tick_hz: int
+    tick_hz: float  # lap times divide by it
 
 
 _KINDS = typing.get_type_hints(Constants)  # field -> int or float
 
 
 def constants(cfg: SimConfig, project_window: int) -> Constants:
-    """The kernels' constants from a SimConfig, each cast to its field's type (so one signature fits)."""
+    """The kernels' constants from a SimConfig, each cast to its field's type (so one signature
+    fits); a count that is not a whole number is refused rather than rounded."""
     values = {name: getattr(cfg, name) for name in Constants._fields if name != "project_window"}
     values["project_window"] = project_window
+    for name, v in values.items():
+        if _KINDS[name] is int and v != int(v):
+            raise ValueError(f"SimConfig.{name} must be a whole number, got {v!r}")
     return Constants(**{name: _KINDS[name](v) for name, v in values.items()})
 
 
@@ -122,6 +126,7 @@ _F1, _F2, _I1, _B = _F8[::1], _F8[:, ::1], _I8[::1], _B1[::1]
 
 
 def _tuple_type(cls: type, **fields: types.Type) -> types.Tuple:
+    """The numba type of a plain tuple of ``cls``'s fields, given each field's type by name."""
     assert tuple(fields) == cls._fields, f"{cls.__name__}: types for {cls._fields}, got {tuple(fields)}"
     return types.Tuple(list(fields.values()))
 
@@ -136,7 +141,9 @@ _STEP_OUT = types.Tuple([types.float32[:, ::1], types.float32[::1], _B, _B, type
 # rules.end_cause's strings by the code ``step`` returns (0: the episode goes on)
 CAUSES = (None, "wall", "stuck", "wrong_way", "time_limit")
 
-_jit = numba.njit(error_model="numpy")  # numpy's error model: x / 0 is inf or nan, as in rules.py
+# The helpers below compile into the two entry kernels (and are cached with them). numpy's error
+# model: x / 0 gives inf or nan, as in rules.py, instead of raising.
+_jit = numba.njit(error_model="numpy")
 
 # --------------------------------------------------------------------------- physics (float64)
 
