@@ -179,9 +179,8 @@ def main() -> None:
     )
     bridge = bench_bridge(out_frame, in_frame, args.seconds)
     print(f"bridge, canned peer  {bridge:10,.0f} agent-steps/s  (TrainingBridge, no simulator)")
-    serial = 1 / (1 / inproc + 1 / echo)
     print(f"env / echo = {env / echo:.2f}   (target >= 0.5)   env / in-process = {env / inproc:.2f}")
-    print(f"serial bound (sim step + echo, in series) = {serial:,.0f}: env reaches {env / serial:.2f} of it")
+    print("where a step's time goes: python bench/step_breakdown.py")
 
 
 if __name__ == "__main__":
