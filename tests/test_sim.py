@@ -13,13 +13,14 @@ import pytest
 
 from rbxenv import tracks
 from rbxenv.sim import Sim, SimConfig, rules
-from rbxenv.sim.raycast import cast_segments, wall_table
+from rbxenv.sim.raycast import cast_segments, ray_windows, wall_table
 from rbxenv.sim.reference import PurePursuitDriver, drive_laps, reference_lap_time
 from rbxenv.sim.render import GRASS, PALETTE, ROAD, render, render_trajectories
 
 CFG = SimConfig()
 VECTORS = Path(__file__).parent / "vectors" / "rules.json"
 SIM_STEPS = Path(__file__).parent / "vectors" / "make_sim_steps.py"
+RAY_WINDOWS = Path(__file__).parent / "vectors" / "make_ray_windows.py"
 
 
 def oval(a: float = 150.0, b: float = 80.0, half_width: float = 12.0) -> dict:
@@ -166,6 +167,14 @@ def test_windowed_rays_match_brute_force(method):
         slow = np.minimum(cast_segments(sim.pos, dirs, every) / CFG.ray_length, 1.0)
         np.testing.assert_allclose(fast, slow, atol=1e-6)
         assert (fast < 1).any() and (fast == 1).any()
+
+
+def test_ray_windows_are_the_recorded_ones():
+    """The windows of tests/vectors/ray_windows.npz (recorded from the numpy ray_windows), exactly."""
+    for case in load_module(RAY_WINDOWS).load():
+        lo, hi = ray_windows(case["left"], case["right"], case["ray_length"])
+        np.testing.assert_array_equal(lo, case["lo"], err_msg=case["name"])
+        np.testing.assert_array_equal(hi, case["hi"], err_msg=case["name"])
 
 
 def test_ray_geometry_on_a_straight():

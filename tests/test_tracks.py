@@ -1,9 +1,11 @@
 """Tests for rbxenv.tracks: determinism, validity of every method, geometry helpers, validate()."""
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,15 @@ import pytest
 from rbxenv import tracks
 
 SEEDS = range(50)
+GOLDEN = Path(__file__).parent / "vectors" / "make_track_specs.py"
+
+
+def _golden():
+    """tests/vectors/make_track_specs.py (a script, not a package) and the file it wrote."""
+    spec = importlib.util.spec_from_file_location(GOLDEN.stem, GOLDEN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, json.loads(module.PATH.read_text())
 
 
 def _circle(radius: float, n: int = 400, ccw: bool = True) -> np.ndarray:
@@ -62,6 +73,12 @@ def test_same_seed_gives_identical_json(method):
 def test_different_seeds_give_different_tracks(method):
     dumps = {json.dumps(tracks.generate(seed, method)["centerline"]) for seed in range(10)}
     assert len(dumps) == 10
+
+
+def test_generated_specs_are_the_recorded_ones():
+    """Byte for byte (sha256 of the orjson dump), as recorded in tests/vectors/track_specs.json."""
+    golden, stored = _golden()
+    assert {spec["name"]: golden.digest(spec) for spec in golden.generated()} == stored["sha256"]
 
 
 def test_method_none_is_picked_from_the_seed():
@@ -245,6 +262,12 @@ def test_validate_catches_road_sections_too_close():
     assert tracks.validate(tracks.from_centerline(_horseshoe(40.0), 14.0)) == []
     problems = tracks.validate(tracks.from_centerline(_horseshoe(30.0), 14.0))
     assert len(problems) == 1 and "too close" in problems[0], problems
+
+
+def test_validate_reports_the_recorded_problems():
+    """validate's messages for broken specs, as recorded in tests/vectors/track_specs.json."""
+    golden, stored = _golden()
+    assert {name: tracks.validate(spec) for name, spec in golden.broken_specs().items()} == stored["problems"]
 
 
 def test_validate_catches_broken_specs():
