@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -282,6 +283,31 @@ def test_grid_slots_follow_car_index_and_random_starts_are_seeded():
     assert not np.allclose(starts[0][0][0], starts[0][1][0])  # a reset draws a new point
     obs = s.observe()
     assert obs[:, -1].max() == 0.0  # facing the track direction
+
+
+def test_restarts_are_the_drawn_points_projected():
+    """reset_indices (compiled) puts random starts where Track.point_at puts the venv's next draws
+    (in the order of the indices), grid starts on their slot, all stopped with fresh counters."""
+    sim = Sim(seed=0)
+    sim.spawn("r", [f"car_{i}_env_r" for i in range(6)], track=tracks.generate(2), start="random", seed=5)
+    sim.spawn("g", ["car_0_env_g", "car_1_env_g"], track=oval())
+    drive(sim, [1, 0, 1], 20)
+    idx = np.array([4, 7, 1, 3])
+    tr = sim.track("r")
+    k, p, t = tr.point_at(copy.deepcopy(sim._venvs["r"].rng).random(3) * tr.length)
+    sim.reset_indices(idx)
+    np.testing.assert_array_equal(sim.pos[[4, 1, 3]], p)
+    np.testing.assert_array_equal(sim.heading[[4, 1, 3]], np.arctan2(t[:, 1], t[:, 0]))
+    np.testing.assert_array_equal(sim.pos[7], sim.spawn_pose[7, :2])
+    assert sim.heading[7] == sim.spawn_pose[7, 2]
+    for i in idx:
+        hint, s = sim.track(sim.venv_of(sim.agent_ids[i])).project(sim.pos[i][None])
+        assert (sim.hint[i], sim.s[i]) == (hint[0], s[0])
+    assert (sim.speed[idx] == 0).all() and (sim.fuel[idx] == 1).all() and (sim.net[idx] == 0).all()
+    assert sim.live[idx].all() and not sim.collided[idx].any() and np.isnan(sim.lap_time[idx]).all()
+    for name in ("laps", "lap_start", "steps", "slow", "back"):
+        assert not getattr(sim, name)[idx].any(), name
+    assert sim.steps[[0, 2, 5, 6]].all()  # the others were not restarted
 
 
 def test_deterministic_given_seeds():

@@ -10,7 +10,11 @@ rays equal brute-force rays (``cast_segments``, which tests/test_sim.py compares
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
+from numba import types
 
 
 def wall_table(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -47,61 +51,103 @@ def cast_segments(origin: np.ndarray, dirs: np.ndarray, seg: np.ndarray) -> np.n
     return np.where(hit, t, np.inf).min(axis=2).astype(np.float64)
 
 
-def _point_segment_dist(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = b - a
-    t = np.clip(np.einsum("...i,...i", p - a, d) / np.maximum(np.einsum("...i,...i", d, d), 1e-12), 0, 1)
-    e = p - a - t[..., None] * d
-    return np.hypot(e[..., 0], e[..., 1])
+# --------------------------------------------------------------------------- ray windows (compiled)
+# Building a track's windows is a dynamic programme over pairs of nearby cross-sections: a few
+# hundred thousand scalar steps, compiled with numba like ``kernels`` (explicit signatures, so
+# importing compiles them or loads them from numba's cache and no spawn waits for a compiler).
+
+_jit = numba.njit(error_model="numpy")
 
 
-def _segment_dist(a0, a1, b0, b1) -> np.ndarray:
-    """Minimum distance between segments a0-a1 and b0-b1 (0 when they cross)."""
+@_jit
+def _sign(v: float) -> float:
+    return 1.0 if v > 0.0 else -1.0 if v < 0.0 else 0.0
 
-    def orient(p, q, r):
-        return np.sign(
-            (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
-        )
 
-    cross = (orient(a0, a1, b0) * orient(a0, a1, b1) < 0) & (orient(b0, b1, a0) * orient(b0, b1, a1) < 0)
-    d = np.minimum.reduce(
-        [
-            _point_segment_dist(a0, b0, b1),
-            _point_segment_dist(a1, b0, b1),
-            _point_segment_dist(b0, a0, a1),
-            _point_segment_dist(b1, a0, a1),
-        ]
+@_jit
+def _orient(px: float, py: float, qx: float, qy: float, rx: float, ry: float) -> float:
+    """Sign of the turn p -> q -> r: 1 left, -1 right, 0 collinear."""
+    return _sign((qx - px) * (ry - py) - (qy - py) * (rx - px))
+
+
+@_jit
+def _point_segment_dist(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:
+    """Distance from point p to segment a-b."""
+    dx, dy = bx - ax, by - ay
+    qx, qy = px - ax, py - ay
+    t = min(max((qx * dx + qy * dy) / max(dx * dx + dy * dy, 1e-12), 0.0), 1.0)
+    return math.hypot(qx - t * dx, qy - t * dy)
+
+
+@_jit
+def _section_dist(left: np.ndarray, right: np.ndarray, a: int, b: int) -> float:
+    """Minimum distance between cross-sections X_a and X_b (0 when they cross); symmetric in a, b."""
+    a0x, a0y, a1x, a1y = left[a, 0], left[a, 1], right[a, 0], right[a, 1]
+    b0x, b0y, b1x, b1y = left[b, 0], left[b, 1], right[b, 0], right[b, 1]
+    if (
+        _orient(a0x, a0y, a1x, a1y, b0x, b0y) * _orient(a0x, a0y, a1x, a1y, b1x, b1y) < 0.0
+        and _orient(b0x, b0y, b1x, b1y, a0x, a0y) * _orient(b0x, b0y, b1x, b1y, a1x, a1y) < 0.0
+    ):
+        return 0.0
+    return min(
+        _point_segment_dist(a0x, a0y, b0x, b0y, b1x, b1y),
+        _point_segment_dist(a1x, a1y, b0x, b0y, b1x, b1y),
+        _point_segment_dist(b0x, b0y, a0x, a0y, a1x, a1y),
+        _point_segment_dist(b1x, b1y, a0x, a0y, a1x, a1y),
     )
-    return np.where(cross, 0.0, d)
 
 
-def _reach(left: np.ndarray, right: np.ndarray, ray_length: float) -> np.ndarray:
-    """reach[a]: the first j >= 1 such that no straight ray crossing X_a can reach X_{a+j}.
+@_jit
+def _add_column(left: np.ndarray, right: np.ndarray, table: np.ndarray, k: int) -> None:
+    """table[k, c] = dist(X_c, X_{c+k}) for every c (indices mod m), repeated past m so that
+    c + b needs no modulo."""
+    m = len(left)
+    for c in range(m):
+        table[k, c] = _section_dist(left, right, c, (c + k) % m)
+    table[k, m:] = table[k, : table.shape[1] - m]
+
+
+@numba.njit(types.UniTuple(types.int64[::1], 2)(types.float64[:, ::1], types.float64[:, ::1], types.float64),
+            cache=True, error_model="numpy")  # fmt: skip
+def _reaches(left, right, ray_length):
+    """(forward, backward) reaches: forward[a] is the first j >= 1 such that no straight ray crossing
+    X_a can reach X_{a+j}, backward[a] the first j such that none can reach X_{a-j}.
 
     A straight ray crosses a straight cross-section at most once, so inside the road it crosses
     X_a, X_{a+1}, ... in this order, and its crossing points lie in order on one line. For any
-    chain a < b < ... < m its length from X_a to X_m is therefore at least
-    dist(X_a, X_b) + ... + dist(X_., X_m). B[j] is the best such chain bound (dynamic
-    programming over the last link); it grows with j and stops the reach once > ray_length.
-    Chains make the bound tight around hairpins, where X_a and X_m are close in a straight line.
+    chain a < b < ... < z its length from X_a to X_z is therefore at least
+    dist(X_a, X_b) + ... + dist(X_., X_z). bound[j] is the best such chain bound from X_a to
+    X_{a+j} (dynamic programming over the last link: bound[j] = max over b < j of
+    bound[b] + dist(X_{a+b}, X_{a+j})); it grows with j, and the reach is the first j where it
+    exceeds ray_length, or m // 2 + 1 if none below that does. Chains make the bound tight around
+    hairpins, where X_a and X_z are close in a straight line. Backward is the same on the
+    reversed loop. Both directions read one table of distances (the distance is symmetric),
+    filled one k = j - b at a time as far as the longest reach needs.
     """
     m = len(left)
     half = m // 2 + 1
-    reach = np.full(m, half)
-    open_ = np.ones(m, bool)
-    dist = [np.zeros(m)]  # dist[j][a] = dist(X_a, X_{a+j})
-    bound = [np.zeros(m)]  # bound[j][a] = chain bound from X_a to X_{a+j}
-    for j in range(1, half):
-        k = (np.arange(m) + j) % m
-        dist.append(_segment_dist(left, right, left[k], right[k]))
-        # last link from X_{a+b} to X_{a+j}: bound[b][a] + dist[j - b][a + b]
-        b_j = np.max([bound[b] + np.roll(dist[j - b], -b) for b in range(j)], axis=0)
-        bound.append(b_j)
-        far = b_j > ray_length
-        reach[open_ & far] = j
-        open_ &= ~far
-        if not open_.any():
-            break
-    return reach
+    table = np.empty((half, m + half))  # table[k, c] = dist(X_c, X_{c+k}); rows 1 .. filled are set
+    filled = 0
+    bound = np.empty(half)
+    forward, backward = np.full(m, half), np.full(m, half)
+    for a in range(m):
+        for reach, step in ((forward, 1), (backward, 0)):
+            bound[0] = 0.0
+            for j in range(1, half):
+                if filled < j:
+                    filled = j
+                    _add_column(left, right, table, j)
+                # last link X_{a+b} -> X_{a+j}: table[j - b, a + b]; backward X_{a-b} -> X_{a-j},
+                # the same distance as X_{a-j} -> X_{a-j + (j-b)}: table[j - b, (a - j) mod m]
+                first = a if step else (a - j) % m
+                best = -np.inf
+                for b in range(j):
+                    best = max(best, bound[b] + table[j - b, first + step * b])
+                bound[j] = best
+                if best > ray_length:
+                    reach[a] = j
+                    break
+    return forward, backward
 
 
 def ray_windows(
@@ -111,17 +157,17 @@ def ray_windows(
 
     Why it is exact: a ray starts inside the road and stays inside it until its first hit, so to
     hit the wall of a cell j cells away it must cross every cross-section in between, and
-    ``_reach`` bounds how far that can go with a ray of ``ray_length``: a car in cell c reaches
+    ``_reaches`` bounds how far that can go with a ray of ``ray_length``: a car in cell c reaches
     cells c - reach_backward(X_c) .. c + reach_forward(X_{c+1}). A car's projection segment is
     within ``cell_margin`` cells of the cell it is really in (cross-sections are tilted by half
     the turn angle at each point), which the margin covers. Where the window would cover the
     whole loop, it is the whole loop. tests/test_sim.py checks windowed rays against brute force.
     """
-    lp = np.asarray(left, dtype=np.float64)
-    rp = np.asarray(right, dtype=np.float64)
+    lp = np.ascontiguousarray(left, dtype=np.float64)
+    rp = np.ascontiguousarray(right, dtype=np.float64)
     m = len(lp)
-    fwd = np.roll(_reach(lp, rp, ray_length), -1)  # cell c leaves forward through X_{c+1}
-    back = _reach(lp[::-1], rp[::-1], ray_length)[::-1]  # ... and backward through X_c
+    forward, back = _reaches(lp, rp, float(ray_length))
+    fwd = np.roll(forward, -1)  # cell c leaves forward through X_{c+1}, and backward through X_c
     cells = range(-cell_margin, cell_margin + 1)
     lo = np.max([np.roll(back, -d) - d for d in cells], axis=0)
     hi = np.max([np.roll(fwd, -d) + d for d in cells], axis=0)

@@ -4,9 +4,10 @@ Every car of every venv lives in flat numpy arrays (index = position in ``agent_
 index of its venv. The tracks of all venvs are packed into tables (centre-line segments, wall
 points, ray windows), each venv's block padded with wrapped copies so that a window of segments
 around any index is a plain slice: ``base[car] + hint[car] - K .. + K``, with no modulo and no
-per-venv loop. The hot path (``step``, the observation rays) is one call of a compiled kernel of
-``rbxenv.sim.kernels`` on these arrays and tables.
-Structural changes (spawn, remove, close) rebuild these tables; they are rare.
+per-venv loop. The hot path (``step``, the observation rays, restarts of crashed cars) is one call
+of a compiled kernel of ``rbxenv.sim.kernels`` on these arrays and tables.
+Structural changes (spawn, remove, close) rebuild these tables; a new track also builds its ray
+windows (``raycast.ray_windows``, compiled too: ~0.6 ms).
 """
 
 from __future__ import annotations
@@ -197,7 +198,6 @@ class Sim:
         self._seg_pack = np.concatenate(segs)
         ray_lo = np.concatenate(lows or [np.zeros(0, np.int64)])
         ray_span = ray_lo + np.concatenate(highs or [np.zeros(0, np.int64)]) + 1
-        self._proj_offsets = np.arange(-PROJECT_WINDOW, PROJECT_WINDOW + 1)
 
         order = {v.envid: i for i, v in enumerate(venvs)}
         n = len(self._ids)
@@ -221,6 +221,7 @@ class Sim:
             others=self._others,
             others_valid=self._others_valid,
             segments=self._seg_pack,
+            headings=_headings(self._seg_pack),
             wall_pts=np.concatenate(walls),  # (T, side, xy): wall point i of both sides
             ray_lo=ray_lo,
             ray_span=ray_span,
@@ -350,38 +351,25 @@ class Sim:
 
     def reset_indices(self, idx: np.ndarray) -> None:
         """Restart the episodes of cars ``idx`` at their start (grid slot or seeded random point)."""
-        idx = np.asarray(idx, np.int64)
+        idx = np.ascontiguousarray(idx, np.int64)
         if len(idx) == 0:
             return
-        self.pos[idx] = self.spawn_pose[idx, :2]
-        self.heading[idx] = self.spawn_pose[idx, 2]
-        self.hint[idx] = self.spawn_hint[idx]
-        rand = idx[self.random_start[idx]]
+        draws = self._start_draws(idx)
+        kernels.reset(self._cars(), self._tables, idx, self.spawn_pose, self.spawn_hint, self.random_start, draws,
+                      self._constants)  # fmt: skip
+        self.cause[idx] = None
+
+    def _start_draws(self, idx: np.ndarray) -> np.ndarray:
+        """Per car of ``idx``, the uniform draw in [0, 1) that places its random start along the
+        track (0 for grid starts): one draw per car from its venv's rng, in the order of ``idx``,
+        so that each venv's starts depend on its own seed and resets alone."""
+        draws = np.zeros(len(idx))
+        rand = np.flatnonzero(self.random_start[idx])
         if len(rand):
             venvs = list(self._venvs.values())
-            for v in np.unique(self.venv[rand]):  # one draw per venv keeps venvs independent
-                cars = rand[self.venv[rand] == v]
-                tr = venvs[v].track
-                k, p, t = tr.point_at(venvs[v].rng.random(len(cars)) * tr.length)
-                self.pos[cars] = p
-                self.heading[cars] = np.arctan2(t[:, 1], t[:, 0])
-                self.hint[cars] = k
-        seg = self._seg_pack[self.base[idx, None] + self.hint[idx, None] + self._proj_offsets]
-        k, _, s, _, _ = rules.project_window(self.pos[idx], seg)
-        self.hint[idx] = (self.hint[idx] + k - PROJECT_WINDOW) % self.seg_count[idx]
-        self.s[idx] = s
-        self.speed[idx] = 0.0
-        self.fuel[idx] = 1.0
-        self.net[idx] = 0.0
-        self.laps[idx] = 0
-        self.lap_start[idx] = 0
-        self.lap_time[idx] = np.nan
-        self.steps[idx] = 0
-        self.slow[idx] = 0
-        self.back[idx] = 0
-        self.live[idx] = True
-        self.collided[idx] = False
-        self.cause[idx] = None
+            for r in rand.tolist():
+                draws[r] = venvs[self.venv[idx[r]]].rng.random()
+        return draws
 
     def teleport(self, agent_id: str, x: float, y: float, heading: float, speed: float = 0.0) -> None:
         """Move a car (tests, demos); its progress bookkeeping restarts from the new point."""
@@ -448,6 +436,13 @@ class Sim:
             collided=self.collided & live,
             cause=cause,
         )
+
+
+def _headings(segments: np.ndarray) -> np.ndarray:
+    """Heading of each segment table row's direction, as ``Track.point_at``'s tangent gives it
+    (numpy's arctan2, which can differ from the libm one the kernels would call by an ulp)."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero-length segment is never a start
+        return np.arctan2(segments[:, 3] / segments[:, 5], segments[:, 2] / segments[:, 5])
 
 
 def _same_track(a: dict, b: dict) -> bool:
