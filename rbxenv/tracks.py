@@ -28,7 +28,8 @@ rounds every number to 3 decimals, so one seed gives byte-identical JSON everywh
 invalid candidate (see ``validate``) is redrawn from a derived sub-seed.
 
 Geometry helpers for the simulator (all vectorised numpy): ``centerline_array``, ``tangents``,
-``walls`` and ``cumulative_length``.
+``walls`` and ``cumulative_length``. The few loops numpy cannot make fast (``validate``'s pair
+searches, the grid method's polyomino growth) are compiled with numba in ``rbxenv.track_kernels``.
 
 CLI: ``python -m rbxenv.tracks --seed 3 --method hull -o track.json --png track.png``.
 """
@@ -42,6 +43,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rbxenv import track_kernels
 
 __all__ = [
     "METHODS",
@@ -251,53 +254,22 @@ def _hull(rng: np.random.Generator) -> np.ndarray | None:
 
 
 def _polyomino(rng: np.random.Generator, target_perimeter: int, size: tuple[int, int]) -> set:
-    """Grow a random set of lattice cells with no holes and no diagonal pinches."""
+    """Grow a random set of lattice cells with no holes and no diagonal pinches: from a random
+    cell, add random cells that share a side with it (when they grow it cleanly) until its
+    perimeter reaches the target."""
     w, h = size
-    start = (int(rng.integers(w)), int(rng.integers(h)))
-    cells = {start}
+    cells = np.zeros((w + 2, h + 2), dtype=bool)  # cell (x, y) at [x + 1, y + 1], in an empty border
+    cells[int(rng.integers(w)) + 1, int(rng.integers(h)) + 1] = True
     for _ in range(w * h * 4):
-        if _perimeter(cells) >= target_perimeter:
+        if track_kernels.perimeter(cells) >= target_perimeter:
             break
-        cand = sorted(
-            {
-                (x + dx, y + dy)
-                for x, y in cells
-                for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
-                if 0 <= x + dx < w and 0 <= y + dy < h
-            }
-            - cells
-        )
-        if not cand:
+        cand = track_kernels.frontier(cells)  # in sorted (x, y) order
+        if not len(cand):
             break
-        c = cand[int(rng.integers(len(cand)))]
-        if _grows_cleanly(cells, c, w, h):
-            cells.add(c)
-    return cells
-
-
-def _perimeter(cells: set) -> int:
-    return sum((x + dx, y + dy) not in cells for x, y in cells for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)))
-
-
-def _grows_cleanly(cells: set, c: tuple[int, int], w: int, h: int) -> bool:
-    """Adding c keeps the boundary one simple loop: no 2x2 diagonal pinch, no enclosed hole."""
-    new = cells | {c}
-    x, y = c
-    for bx in (x - 1, x):
-        for by in (y - 1, y):
-            a, b = (bx, by) in new, (bx + 1, by + 1) in new
-            d, e = (bx + 1, by) in new, (bx, by + 1) in new
-            if (a and b and not d and not e) or (d and e and not a and not b):
-                return False
-    # flood the empty cells from outside the (padded) lattice; any unreached empty cell is a hole
-    seen, stack = {(-1, -1)}, [(-1, -1)]
-    while stack:
-        px, py = stack.pop()
-        for q in ((px + 1, py), (px - 1, py), (px, py + 1), (px, py - 1)):
-            if -1 <= q[0] <= w and -1 <= q[1] <= h and q not in seen and q not in new:
-                seen.add(q)
-                stack.append(q)
-    return len(seen) + len(new) == (w + 2) * (h + 2)
+        x, y = divmod(int(cand[int(rng.integers(len(cand)))]), h)
+        if track_kernels.grows_cleanly(cells, x, y):
+            cells[x + 1, y + 1] = True
+    return {(int(x) - 1, int(y) - 1) for x, y in np.argwhere(cells)}
 
 
 def _boundary_loop(cells: set) -> np.ndarray:
@@ -471,46 +443,11 @@ def generate(seed: int, method: str | None = None) -> dict:
 # --------------------------------------------------------------------------------- validation
 
 
-def _segment_crossings(a: np.ndarray, b: np.ndarray, skip: np.ndarray) -> np.ndarray:
-    """Pairs (i, j) of segments a[k]->b[k] that touch or cross, skipping pairs where skip says so.
-
-    Spatial hash with cells at least as large as any segment, so every segment covers at most
-    2x2 cells and only segments sharing a cell are compared: O(n) instead of O(n^2).
-    """
-    cell = max(float(np.max(np.linalg.norm(b - a, axis=1))), 1e-6)
-    lo = np.floor(np.minimum(a, b) / cell).astype(np.int64)
-    hi = np.floor(np.maximum(a, b) / cell).astype(np.int64)
-    origin = lo.min(axis=0)
-    lo, hi = lo - origin, hi - origin
-    stride = int(hi[:, 1].max()) + 2
-    keys, segs = [], []
-    idx = np.arange(len(a))
-    for dx in (0, 1):
-        for dy in (0, 1):
-            m = (lo[:, 0] + dx <= hi[:, 0]) & (lo[:, 1] + dy <= hi[:, 1])
-            keys.append((lo[m, 0] + dx) * stride + lo[m, 1] + dy)
-            segs.append(idx[m])
-    keys, segs = np.concatenate(keys), np.concatenate(segs)
-    order = np.argsort(keys, kind="stable")
-    keys, segs = keys[order], segs[order]
-    pairs = []
-    for k in range(1, len(keys)):
-        same = keys[k:] == keys[:-k]
-        if not same.any():
-            break  # sorted keys: no group is longer than k
-        pairs.append(np.stack([segs[:-k][same], segs[k:][same]], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.unique(np.sort(np.concatenate(pairs), axis=1), axis=0)
-    pairs = pairs[(pairs[:, 0] != pairs[:, 1]) & ~skip(pairs[:, 0], pairs[:, 1])]
-
-    def orient(p, q, r):
-        return np.sign((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
-
-    p1, q1, p2, q2 = a[pairs[:, 0]], b[pairs[:, 0]], a[pairs[:, 1]], b[pairs[:, 1]]
-    o1, o2, o3, o4 = orient(p1, q1, p2), orient(p1, q1, q2), orient(p2, q2, p1), orient(p2, q2, q1)
-    hit = (o1 * o2 <= 0) & (o3 * o4 <= 0) & ~((o1 == 0) & (o2 == 0))  # collinear: no real crossing
-    return pairs[hit]
+def _segment_crossings(a: np.ndarray, b: np.ndarray, skip) -> np.ndarray:
+    """Pairs (i, j), i < j, of segments a[k]->b[k] that touch or cross, in (i, j) order, without
+    the pairs where skip(i, j) says so (``track_kernels.touching_pairs``: near pairs only, O(n))."""
+    pairs = track_kernels.touching_pairs(np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64))
+    return pairs[~skip(pairs[:, 0], pairs[:, 1])]
 
 
 def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:
@@ -535,22 +472,22 @@ def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:
 
 
 def _clearance_problems(p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[str]:
-    """Stretches of road far apart along the track must also be apart on the ground."""
-    s = cum[:-1]
-    length = cum[-1]
-    along = np.abs(s[:, None] - s[None, :])
-    along = np.minimum(along, length - along)
-    sq = np.sum(p * p, axis=1)
-    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * (p @ p.T), 0.0))  # matmul: fast
-    need = hw[:, None] + hw[None, :] + MIN_WALL_GAP
-    # beyond 2*pi*R_min along the track two points cannot belong to the same corner
-    bad = np.argwhere((along > 2 * np.pi * MIN_CORNER_RADIUS) & (dist < need))
-    if len(bad) == 0:
+    """Stretches of road far apart along the track must also be apart on the ground: beyond
+    2*pi*MIN_CORNER_RADIUS along the track two points cannot belong to the same corner, so their
+    walls must keep MIN_WALL_GAP (the worst pair is reported)."""
+    i, j, dist, need = track_kernels.worst_clearance(
+        np.ascontiguousarray(p),
+        np.ascontiguousarray(hw),
+        cum[:-1],
+        cum[-1],
+        2 * np.pi * MIN_CORNER_RADIUS,
+        MIN_WALL_GAP,
+    )
+    if i < 0:
         return []
-    i, j = bad[np.argmin(dist[bad[:, 0], bad[:, 1]] - need[bad[:, 0], bad[:, 1]])]
     return [
-        f"road sections too close: points {i} and {j} are {dist[i, j]:.1f} studs apart, "
-        f"need {need[i, j]:.1f} (walls plus a {MIN_WALL_GAP} stud gap)"
+        f"road sections too close: points {i} and {j} are {dist:.1f} studs apart, "
+        f"need {need:.1f} (walls plus a {MIN_WALL_GAP} stud gap)"
     ]
 
 
@@ -558,24 +495,18 @@ def _grid_problems(spec: dict, p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -
     g = np.asarray(spec["grid"], dtype=np.float64)
     if g.ndim != 2 or g.shape[1] != 3 or len(g) < 20:
         return [f"grid must hold at least 20 [x, y, heading] slots, got shape {g.shape}"]
-    nxt = np.roll(p, -1, axis=0)
-    d = nxt - p
+    d = np.roll(p, -1, axis=0) - p
     seg2 = np.maximum(np.sum(d * d, axis=1), 1e-12)
-    # project every slot on every segment: (slots, segments)
-    f = np.clip(np.einsum("sk,nk->sn", g[:, :2], d) - np.sum(p * d, axis=1), 0, seg2) / seg2
-    foot = p[None] + f[..., None] * d[None]
-    dist = np.linalg.norm(g[:, None, :2] - foot, axis=2)
-    k = np.argmin(dist, axis=1)
-    rows = np.arange(len(g))
-    w = hw[k] * (1 - f[rows, k]) + hw[(k + 1) % len(p)] * f[rows, k]
+    k, f, dist = track_kernels.nearest_segments(np.ascontiguousarray(g[:, :2]), np.ascontiguousarray(p))
+    w = hw[k] * (1 - f) + hw[(k + 1) % len(p)] * f
     out = []
-    for i in np.flatnonzero(dist[rows, k] > w - SLOT_MARGIN)[:3]:
-        out.append(f"grid slot {i} is {w[i] - dist[i, k[i]]:.2f} studs from a wall (need {SLOT_MARGIN})")
+    for i in np.flatnonzero(dist > w - SLOT_MARGIN)[:3]:
+        out.append(f"grid slot {i} is {w[i] - dist[i]:.2f} studs from a wall (need {SLOT_MARGIN})")
     tdir = d[k] / np.sqrt(seg2[k])[:, None]
     facing = np.cos(g[:, 2]) * tdir[:, 0] + np.sin(g[:, 2]) * tdir[:, 1]
     for i in np.flatnonzero(facing < np.cos(np.radians(30)))[:3]:
         out.append(f"grid slot {i} does not face the track direction")
-    s = cum[k] + f[rows, k] * np.sqrt(seg2[k])
+    s = cum[k] + f * np.sqrt(seg2[k])
     for i in np.flatnonzero(s < cum[-1] - 250.0)[:3]:
         out.append(f"grid slot {i} is not just behind the start line (arc {s[i]:.1f} of {cum[-1]:.1f})")
     gap = np.linalg.norm(g[:, None, :2] - g[None, :, :2], axis=2) + np.eye(len(g)) * 1e9

@@ -12,6 +12,11 @@
 
 tests/test_tracks.py checks both. Regenerate the file only after a deliberate change of the
 generator or of validate's rules.
+
+Recorded from the numpy ``tracks``; the compiled one (``rbxenv.track_kernels``) gives the same
+specs and messages but one: where two pairs of points are equally too close ("grid-4 y x 0.45":
+points 347/403 and 348/402, the same distance exactly), validate now names the first pair, where
+the numpy code named whichever the rounding of a BLAS matrix product put first.
 """
 
 from __future__ import annotations
