@@ -96,24 +96,14 @@ def _touch(a, b, i, j):
     return o1 * o2 <= 0.0 and o3 * o4 <= 0.0 and not (o1 == 0.0 and o2 == 0.0)
 
 
-@_kernel(_I8[:, ::1](_F8[:, ::1], _F8[:, ::1]))
-def touching_pairs(a, b):
-    """Pairs (i, j), i < j, of segments a[k]->b[k] that touch or cross, in (i, j) order.
-
-    Only segments near each other are compared: on a lattice of cells as large as the longest
-    segment, segments whose ranges of cells overlap (found by a sweep over the cells in x).
+@_kernel(_I8[:, ::1](_F8[:, ::1], _F8[:, ::1], _I8[:, ::1], _I8[:, ::1], _I8[::1]))
+def touching_pairs(a, b, lo, hi, order):
+    """Pairs (i, j), i < j, of segments a[k]->b[k] that touch or cross, among the pairs whose
+    ranges of lattice cells overlap: segment k covers cells lo[k] .. hi[k] (x, y), and ``order``
+    sorts the segments by lo[:, 0], so a sweep in that order meets each segment's neighbours in
+    x right after it. Unordered; with cells as large as the longest segment, O(n) pairs are tried.
     """
     n = len(a)
-    cell = 1e-6
-    for k in range(n):
-        cell = max(cell, math.sqrt((b[k, 0] - a[k, 0]) ** 2 + (b[k, 1] - a[k, 1]) ** 2))
-    lo = np.empty((n, 2), np.int64)
-    hi = np.empty((n, 2), np.int64)
-    for k in range(n):
-        for axis in range(2):
-            lo[k, axis] = math.floor(min(a[k, axis], b[k, axis]) / cell)
-            hi[k, axis] = math.floor(max(a[k, axis], b[k, axis]) / cell)
-    order = np.argsort(lo[:, 0], kind="mergesort")
     found = []
     for u in range(n):
         i = order[u]
@@ -126,9 +116,9 @@ def touching_pairs(a, b):
             first, second = min(i, j), max(i, j)
             if _touch(a, b, first, second):
                 found.append(first * n + second)
-    keys = np.sort(np.array(found, np.int64))
-    out = np.empty((len(keys), 2), np.int64)
-    out[:, 0], out[:, 1] = keys // n, keys % n
+    out = np.empty((len(found), 2), np.int64)
+    for r in range(len(found)):
+        out[r, 0], out[r, 1] = divmod(found[r], n)
     return out
 
 

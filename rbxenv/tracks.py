@@ -445,8 +445,18 @@ def generate(seed: int, method: str | None = None) -> dict:
 
 def _segment_crossings(a: np.ndarray, b: np.ndarray, skip) -> np.ndarray:
     """Pairs (i, j), i < j, of segments a[k]->b[k] that touch or cross, in (i, j) order, without
-    the pairs where skip(i, j) says so (``track_kernels.touching_pairs``: near pairs only, O(n))."""
-    pairs = track_kernels.touching_pairs(np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64))
+    the pairs where skip(i, j) says so.
+
+    Only segments near each other are compared: on a lattice of cells at least as large as any
+    segment, each segment covers at most 2x2 cells, and ``track_kernels.touching_pairs`` sweeps
+    the segments in x, trying the pairs whose cells overlap: O(n) instead of O(n^2).
+    """
+    a, b = np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64)
+    cell = max(float(np.max(np.linalg.norm(b - a, axis=1))), 1e-6)
+    lo = np.floor(np.minimum(a, b) / cell).astype(np.int64)
+    hi = np.floor(np.maximum(a, b) / cell).astype(np.int64)
+    pairs = track_kernels.touching_pairs(a, b, lo, hi, np.argsort(lo[:, 0], kind="stable"))
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     return pairs[~skip(pairs[:, 0], pairs[:, 1])]
 
 
