@@ -1,12 +1,17 @@
 """In-process simulator speed: agent-steps per second with random actions.
 
-    python bench/sim_speed.py [--steps 1000] [--repeat 5] [--profile]
+    python bench/sim_speed.py [--steps 1000] [--repeat 5] [--profile] [--spawn]
 
 Ended cars are restarted with ``Sim.reset_indices`` (the trainer's auto-reset), so every step
 moves every car. Runs 5 venvs x 5 cars (the target: >= 500,000 agent-steps/s, i.e. <= 0.05 ms per
 step, on 2 cores), 20 venvs x 5 and 100 venvs x 5 cars, each venv on its own generated track,
 collisions off and on. ``--profile`` samples every 0.1 ms: the compiled kernels show as one line
 (``Sim.step``'s own time), the rest is the Python around them.
+
+``--spawn`` times instead what a rollout does besides stepping: the trainer's
+``tracks.generate(seed)`` for seeds drawn like its training seeds, ``Sim.spawn`` of a venv's 5
+cars onto a new track (random starts) in a 5 x 5 simulator, and ``Sim.reset_indices`` of 1 and 3
+cars of different venvs. It uses the public API only, so it also runs on older versions.
 """
 
 from __future__ import annotations
@@ -57,12 +62,44 @@ def run(sim: Sim, steps: int, seed: int = 0, repeat: int = 1) -> tuple[float, fl
     return best, best_cpu
 
 
+def time_structural(tracks_count: int = 200, resets: int = 2000, seed: int = 0) -> None:
+    """Print the mean time of generate, of a new-track spawn and of a reset of a few cars."""
+    rng = np.random.default_rng(seed)
+    seeds = [int(s) for s in rng.integers(0, 1_000_000, tracks_count)]  # like session.TRAIN_TRACK_SEEDS
+    start = time.perf_counter()
+    specs = [tracks.generate(s) for s in seeds]
+    generate_ms = 1e3 * (time.perf_counter() - start) / len(specs)
+    sim = make_sim(5, 5, collisions=True)
+    spawns = []
+    for k, spec in enumerate(specs):
+        envid = f"v{k % 5}"
+        start = time.perf_counter()
+        sim.spawn(envid, [f"car_{i}_env_{envid}" for i in range(5)], track=spec, start="random", seed=k)
+        spawns.append(time.perf_counter() - start)
+    print(f"tracks.generate(seed): {generate_ms:.2f} ms (mean of {len(specs)} training seeds)")
+    print(f"Sim.spawn of 5 cars on a new track: {1e3 * np.mean(spawns):.2f} ms (mean of {len(spawns)}, "
+          f"median {1e3 * np.median(spawns):.2f} ms)")  # fmt: skip
+    for cars in (1, 3):
+        picks = [rng.choice(5, cars, replace=False) * 5 + rng.integers(0, 5, cars) for _ in range(resets)]
+        best = np.inf
+        for _ in range(3):  # best of 3 rounds: other processes only ever slow a round down
+            start = time.perf_counter()
+            for idx in picks:
+                sim.reset_indices(idx)
+            best = min(best, (time.perf_counter() - start) / resets)
+        print(f"Sim.reset_indices of {cars} car{'s' if cars > 1 else ''}: {1e6 * best:.1f} us (mean of {resets})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5, help="report the best of this many rounds")
     parser.add_argument("--profile", action="store_true", help="profile 5x5 with pyinstrument")
+    parser.add_argument("--spawn", action="store_true", help="time generate, new-track spawns and restarts")
     args = parser.parse_args()
+    if args.spawn:
+        time_structural()
+        return
     if args.profile:
         from pyinstrument import Profiler
 
