@@ -5,8 +5,8 @@
 Runs ``make_vec_env`` (frame stack 4, random policy, no track changes) against the simulator in a
 child process, both instrumented with time stamps on the same clock (``time.perf_counter`` is
 CLOCK_MONOTONIC on Linux, shared by processes), and prints the median time of each leg of a step:
-the trainer's own work, the hand-offs between the bridge's network thread and the training thread,
-the wire, and the simulator's work. Steps in which a car was reset (a second round trip) are left
+the trainer's own work, the bridge's, the wire and the simulator's. (With a lockstep game the
+training thread runs the bridge's event loop itself while it waits, so no leg is a thread hand-off.) Steps in which a car was reset (a second round trip) are left
 out, so the legs add up to the median step.
 """
 
@@ -54,13 +54,13 @@ finally:
 
 LEGS = [
     ("trainer: clip actions, build ACTION_BATCH", "step start -> send"),
-    ("trainer: hand the frame to the network thread", "send -> sent"),
+    ("trainer: write the frame (lockstep: no hand-off)", "send -> sent"),
     ("wire + simulator's asyncio receive", "sent -> sim has the frame"),
     ("simulator: decode command, Sim.step", "-> stepped"),
     ("simulator: encode the obs batch", "stepped -> sim done"),
     ("simulator's asyncio send + wire + bridge's receive", "sim done -> bridge has the frame"),
-    ("bridge (network thread): decode, store in slots", "-> stored"),
-    ("hand-off to the training thread", "stored -> training thread awake"),
+    ("bridge: decode, store in slots", "-> stored"),
+    ("bridge: leave the event loop, hand over the slots", "stored -> answer in hand"),
     ("trainer: read slots, frame stack, infos", "awake -> step end"),
 ]
 

@@ -1,8 +1,11 @@
 """The trainer's end of the WebSocket: server, DataBridge and the TrainingBridge facade.
 
-Threads: the WebSocket server runs an asyncio loop in a background thread; training code calls the
+Threads: the WebSocket server's asyncio loop runs in a background thread; training code calls the
 blocking TrainingBridge methods from its own thread. Observations flow into per-agent slots of the
 DataBridge (guarded by one Condition); commands flow out through an asyncio queue, one frame each.
+With a lockstep game the training thread runs the loop itself while it waits for an answer (the
+background thread takes the loop back once training pauses): a step then costs no thread hand-off
+at all, which is most of what the bridge would otherwise add to a round trip.
 
     bridge = TrainingBridge(port=8765).start()
     game = bridge.wait_for_game(timeout=60)          # the GameSpec from its hello, or seed defaults
@@ -31,6 +34,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from rbxenv import protocol
 from rbxenv.protocol import SEED_GAME, GameSpec, Hello, ObsBatch, ProtocolError
@@ -120,6 +124,11 @@ class DataBridge:
         c = self._c
         c["reward"][rows] = 0.0
         c["terminated"][rows] = c["truncated"][rows] = c["fresh"][rows] = c["has_info"][rows] = False
+
+    def ready(self, agent_ids: Sequence[str]) -> bool:
+        """Every one of these agents has an observation waiting."""
+        with self.cond:
+            return bool(self._c["fresh"][self._rows(agent_ids)].all())
 
     def _rows(self, agent_ids: Sequence[str]) -> np.ndarray:
         try:
@@ -291,6 +300,14 @@ class TrainingBridge:
         self._tick = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        # Whoever holds the baton runs the loop: the background thread, or the training thread
+        # while it waits for a lockstep answer. ``_yield`` ends the background thread's turn.
+        self._baton = threading.Lock()
+        self._yield: asyncio.Future | None = None
+        self._last_foreground = 0.0  # time.monotonic() when the training thread last gave the loop back
+        self._progress: asyncio.Future | None = None  # resolved when observations arrive or the game leaves
+        self._stopped = False  # the background thread ends its last turn and closes the loop
+        self._wanted = False  # the training thread is waiting for the baton
         self._conn: ServerConnection | None = None
         self._outbox: asyncio.Queue | None = None
         self._attached = threading.Event()
@@ -318,10 +335,16 @@ class TrainingBridge:
                 return
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
-            loop.run_forever()
-            server.close()
-            loop.run_until_complete(server.wait_closed())
-            loop.close()
+            while self._take_turn():
+                try:
+                    self._yield = loop.create_future()
+                    loop.run_until_complete(self._yield)  # until the training thread wants the loop
+                finally:
+                    self._baton.release()
+            with self._baton:
+                server.close()
+                loop.run_until_complete(server.wait_closed())
+                loop.close()
 
         self._thread = threading.Thread(target=run, name="rbxenv-bridge", daemon=True)
         self._thread.start()
@@ -394,7 +417,11 @@ class TrainingBridge:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=2)
         except Exception:  # noqa: BLE001 - best effort: the game may be gone already
             pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._stopped = True
+        try:
+            self._loop.call_soon_threadsafe(self._end_turn)
+        except RuntimeError:  # the background thread already closed the loop
+            pass
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self.data.cond:
@@ -406,6 +433,73 @@ class TrainingBridge:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # ---------------------------------------------------------------- who runs the loop
+
+    IDLE_HANDBACK = 0.05  # seconds without a lockstep step before the background thread runs the loop again
+
+    def _take_turn(self) -> bool:
+        """Background thread: wait for the baton (the training thread idle for IDLE_HANDBACK s).
+        False once the bridge is closing."""
+        while not self._stopped:
+            idle = not self._wanted and time.monotonic() - self._last_foreground >= self.IDLE_HANDBACK
+            if idle and self._baton.acquire(timeout=0.01):
+                if not self._stopped:
+                    return True
+                self._baton.release()
+                return False
+            time.sleep(0.01)
+        return False
+
+    def _end_turn(self) -> None:
+        """(On the loop) end the background thread's current turn, if it is taking one."""
+        if self._yield is not None and not self._yield.done():
+            self._yield.set_result(None)
+
+    def _foreground(self) -> bool:
+        """Take the loop for the calling thread (True), or say it must be left to the background
+        thread (False): real-time games keep streaming while training pauses, and a thread that
+        already runs an event loop (a notebook) cannot run a second one."""
+        if self.game is None or self.game.mode != "lockstep" or self._closing:
+            return False
+        try:
+            asyncio.get_running_loop()
+            return False
+        except RuntimeError:
+            pass
+        if not self._baton.acquire(blocking=False):
+            self._wanted = True  # so the background thread does not start another turn meanwhile
+            try:
+                self._loop.call_soon_threadsafe(self._end_turn)
+                self._baton.acquire()
+            finally:
+                self._wanted = False
+        return True
+
+    def _background(self) -> None:
+        """Give the loop back (the background thread takes it once training stays idle)."""
+        self._last_foreground = time.monotonic()
+        self._baton.release()
+
+    def _notify_progress(self) -> None:
+        if self._progress is not None and not self._progress.done():
+            self._progress.set_result(None)
+
+    def _run_until_ready(self, agent_ids: Sequence[str], timeout: float) -> None:
+        """Training thread, holding the baton: run the loop until these agents have answers, the
+        game left, or ``timeout`` passed (``DataBridge.wait`` then says which)."""
+        loop, deadline = self._loop, time.monotonic() + timeout
+        while not self.data.ready(agent_ids) and self.data.lost is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._progress = progress = loop.create_future()
+            timer = loop.call_later(remaining, self._notify_progress)
+            try:
+                loop.run_until_complete(progress)
+            finally:
+                timer.cancel()
+                self._progress = None
 
     # ---------------------------------------------------------------- network thread
 
@@ -474,6 +568,7 @@ class TrainingBridge:
                     else "the trainer closed the bridge"
                 )
                 self.data.cond.notify_all()
+            self._notify_progress()
             if not self._closing:
                 log.warning("game detached: close code %s (%s)", code, reason)
 
@@ -496,6 +591,7 @@ class TrainingBridge:
             msg = protocol.decode_game_message(frame, game.obs_size)
             if isinstance(msg, ObsBatch):
                 unknown = self.data.put_batch(msg)
+                self._notify_progress()
                 if unknown:
                     raise ProtocolError(
                         f"observations for agents this trainer never spawned: {', '.join(unknown[:3])}",
@@ -520,7 +616,33 @@ class TrainingBridge:
             raise BridgeClosed(lost)
         if loop is None or outbox is None:
             raise BridgeClosed(f"no game is connected to {self.url}")
-        loop.call_soon_threadsafe(outbox.put_nowait, frame)
+        if self.game is not None and self.game.mode == "lockstep" and self._baton.acquire(blocking=False):
+            try:  # the loop is not running: this thread may touch the connection itself
+                if not self._write_now(frame):
+                    outbox.put_nowait(frame)  # goes out when the loop runs next
+            finally:
+                self._background()
+        else:
+            loop.call_soon_threadsafe(outbox.put_nowait, frame)
+
+    def _write_now(self, frame: bytes) -> bool:
+        """Write a frame to the socket at once (baton held, nothing queued before it): what
+        ``conn.send`` does, without a turn of the loop. websockets is pinned, so are these
+        internals. False when the frame must wait for the sender task instead."""
+        conn, outbox = self._conn, self._outbox
+        if (
+            conn is None
+            or outbox is None
+            or not outbox.empty()
+            or conn.send_in_progress is not None
+            or conn.protocol.state is not State.OPEN
+            or conn.transport.get_write_buffer_size()  # flow control: let the sender task drain
+        ):
+            return False
+        conn.protocol.send_text(frame)
+        conn.send_data()
+        self.data.stats["frames_out"] += 1
+        return True
 
     def _next_tick(self) -> int:
         self._tick += 1
@@ -617,7 +739,7 @@ class TrainingBridge:
 
     def get_observation(self, agent: str, timeout: float | None = None) -> dict:
         """The next observation of one agent (blocking): {"obs", "reward", "terminated", "truncated", "info"}."""
-        got = self.data.wait([agent], self.obs_timeout if timeout is None else timeout)
+        got = self.get_observations([agent], timeout)
         return {
             "obs": got.obs[0],
             "reward": float(got.reward[0]),
@@ -628,7 +750,15 @@ class TrainingBridge:
 
     def get_observations(self, agent_ids: Sequence[str], timeout: float | None = None) -> Observations:
         """The next observations of many agents at once (blocking), as arrays."""
-        return self.data.wait(agent_ids, self.obs_timeout if timeout is None else timeout)
+        timeout = self.obs_timeout if timeout is None else timeout
+        if self._foreground():
+            try:
+                started = time.monotonic()
+                self._run_until_ready(agent_ids, timeout)
+                timeout = max(0.0, timeout - (time.monotonic() - started))
+            finally:
+                self._background()
+        return self.data.wait(agent_ids, timeout)
 
     def clear_observations(self) -> None:
         """Drop pending observations, rewards and flags of every agent."""

@@ -7,6 +7,7 @@ Every test binds port 0 on 127.0.0.1; seed games wait a 0.2 s handshake timeout 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -690,3 +691,64 @@ def test_port_in_use_is_a_clear_os_error():
         t0 = time.monotonic()
         second.close()
         assert time.monotonic() - t0 < 0.5
+
+
+# ------------------------------------------------------------------ who runs the event loop (lockstep)
+
+
+def test_lockstep_answers_are_awaited_on_the_training_thread(v1, bridge):
+    """With a lockstep game the training thread runs the loop while it waits: the answer is read on
+    this thread, and a frame sent while the loop is idle is written at once, by the sender."""
+    bridge.IDLE_HANDBACK = 60.0  # keep the background thread out of it once the training thread has the loop
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
+    assert v1.recv()["tick"] == tick  # nobody runs the loop now: written by send_action_batch itself
+    seen = []
+    receive = bridge._receive
+
+    async def spy(conn, frame):
+        seen.append(threading.current_thread())
+        await receive(conn, frame)
+
+    bridge._receive = spy
+    v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
+    got = bridge.get_observations(["car_0_env_a"])
+    assert got.reward.tolist() == [1.0] and seen == [threading.current_thread()]
+
+
+def test_the_background_thread_takes_the_loop_back_when_training_pauses(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    tick = v1.recv()["tick"]
+    v1.packet({"car_0_env_a": entry()}, tick=tick)
+    bridge.get_observations(["car_0_env_a"])
+    # No call from the training thread now: the game's frames are still handled (an error frame
+    # is answered), and a game that leaves is noticed, by the background thread.
+    v1.barrier()
+    v1.close()
+    assert eventually(lambda: bridge.data.lost is not None)
+    with pytest.raises(BridgeClosed):
+        bridge.get_observations(["car_0_env_a"])
+
+
+def test_a_thread_running_an_event_loop_is_served_by_the_background_thread(v1, bridge):
+    """A notebook runs an asyncio loop in its thread; the bridge must not try to run a second one."""
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    tick = v1.recv()["tick"]
+    v1.packet({"car_0_env_a": entry(obs_of(0.25))}, tick=tick)
+
+    async def inside_a_loop():
+        return bridge.get_observations(["car_0_env_a"])
+
+    got = asyncio.run(inside_a_loop())
+    assert got.obs[0, 0] == np.float32(0.25)
+
+
+def test_lockstep_timeout_still_says_what_is_missing(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.recv()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="no observation for 1 of 1 agents"):
+        bridge.get_observations(["car_0_env_a"], timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 2.0
