@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shapes import horseshoe
 
 from rbxenv import tracks
 
@@ -242,25 +243,10 @@ def test_validate_catches_a_figure_eight():
     assert any("walls cross" in s or "crosses itself" in s for s in problems), problems
 
 
-def _horseshoe(gap: float, mid: float = 175.0, cap: float = 45.0) -> np.ndarray:
-    """A C-shaped loop (ring sector with round ends) whose two ends are `gap` studs apart."""
-    end = np.pi - np.arcsin((2 * cap + gap) / (2 * mid))
-    a = np.linspace(-end, end, 600)
-    u = np.linspace(0, np.pi, 100)[1:-1]
-
-    def ring(r, ang):
-        return np.stack([r * np.cos(ang), r * np.sin(ang)], axis=1)
-
-    def end_cap(ang, start):
-        return mid * np.array([np.cos(ang), np.sin(ang)]) + ring(cap, start + u)
-
-    return np.concatenate([ring(mid + cap, a), end_cap(end, end), ring(mid - cap, a[::-1]), end_cap(-end, np.pi - end)])
-
-
 def test_validate_catches_road_sections_too_close():
     # the ends' centre lines 40 apart leave 12 studs between walls: fine; 30 apart leave 2: too close
-    assert tracks.validate(tracks.from_centerline(_horseshoe(40.0), 14.0)) == []
-    problems = tracks.validate(tracks.from_centerline(_horseshoe(30.0), 14.0))
+    assert tracks.validate(tracks.from_centerline(horseshoe(40.0), 14.0)) == []
+    problems = tracks.validate(tracks.from_centerline(horseshoe(30.0), 14.0))
     assert len(problems) == 1 and "too close" in problems[0], problems
 
 

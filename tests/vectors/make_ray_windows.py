@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared shapes
+
+from shapes import horseshoe  # noqa: E402
 
 from rbxenv import tracks  # noqa: E402
 from rbxenv.sim.raycast import ray_windows  # noqa: E402
@@ -40,21 +43,6 @@ def _oval(a: float, b: float, half_width: float) -> dict:
     return _loop(a * np.cos(th), b * np.sin(th), half_width)
 
 
-def _horseshoe(gap: float, mid: float = 175.0, cap: float = 45.0) -> np.ndarray:
-    """A C-shaped loop (ring sector with round ends) whose two ends are ``gap`` studs apart."""
-    end = np.pi - np.arcsin((2 * cap + gap) / (2 * mid))
-    a = np.linspace(-end, end, 600)
-    u = np.linspace(0, np.pi, 100)[1:-1]
-
-    def ring(r, ang):
-        return np.stack([r * np.cos(ang), r * np.sin(ang)], axis=1)
-
-    def end_cap(ang, start):
-        return mid * np.array([np.cos(ang), np.sin(ang)]) + ring(cap, start + u)
-
-    return np.concatenate([ring(mid + cap, a), end_cap(end, end), ring(mid - cap, a[::-1]), end_cap(-end, np.pi - end)])
-
-
 def cases() -> list[tuple[str, dict, float]]:
     """(name, spec with centerline and half_width, ray length) of every case."""
     out = [(f"{m}-{seed}", tracks.generate(seed, m), RAY_LENGTH) for m in tracks.METHODS for seed in range(10)]
@@ -65,7 +53,7 @@ def cases() -> list[tuple[str, dict, float]]:
         ("oval 150 x 80", _oval(150.0, 80.0, 12.0), RAY_LENGTH),
         ("oval 60 x 30 (some windows whole)", _oval(60.0, 30.0, 12.0), RAY_LENGTH),
         ("circle r 40", _loop(40.0 * np.cos(th), 40.0 * np.sin(th), 12.0), RAY_LENGTH),
-        ("horseshoe gap 30", tracks.from_centerline(_horseshoe(30.0), 14.0), RAY_LENGTH),
+        ("horseshoe gap 30", tracks.from_centerline(horseshoe(30.0), 14.0), RAY_LENGTH),
         ("figure eight", tracks.from_centerline(np.stack([200 * np.sin(t8), 200 * np.sin(t8) * np.cos(t8)], 1), 13.0),
          RAY_LENGTH),
     ]  # fmt: skip

@@ -30,6 +30,9 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared shapes
+
+from shapes import horseshoe  # noqa: E402
 
 from rbxenv import tracks  # noqa: E402
 
@@ -49,21 +52,6 @@ def digest(spec: dict) -> str:
     return hashlib.sha256(orjson.dumps(spec)).hexdigest()
 
 
-def _horseshoe(gap: float, mid: float = 175.0, cap: float = 45.0) -> np.ndarray:
-    """A C-shaped loop (ring sector with round ends) whose two ends are ``gap`` studs apart."""
-    end = np.pi - np.arcsin((2 * cap + gap) / (2 * mid))
-    a = np.linspace(-end, end, 600)
-    u = np.linspace(0, np.pi, 100)[1:-1]
-
-    def ring(r, ang):
-        return np.stack([r * np.cos(ang), r * np.sin(ang)], axis=1)
-
-    def end_cap(ang, start):
-        return mid * np.array([np.cos(ang), np.sin(ang)]) + ring(cap, start + u)
-
-    return np.concatenate([ring(mid + cap, a), end_cap(end, end), ring(mid - cap, a[::-1]), end_cap(-end, np.pi - end)])
-
-
 def broken_specs() -> dict[str, dict]:
     """Specs that make validate's checks fail, by case name: generated tracks squashed (tight
     corners, crossing walls), widened (walls too close or crossing), shifted away from their grid,
@@ -80,9 +68,7 @@ def broken_specs() -> dict[str, dict]:
             out[f"{good['name']} grid moved"] = good | {"grid": moved.tolist()}
     for gap in (22.0, 26.0, 30.0, 33.0, 36.0):
         for half_width in (13.0, 15.0):
-            out[f"horseshoe gap {gap:g} half-width {half_width:g}"] = tracks.from_centerline(
-                _horseshoe(gap), half_width
-            )
+            out[f"horseshoe gap {gap:g} half-width {half_width:g}"] = tracks.from_centerline(horseshoe(gap), half_width)
     return out
 
 
