@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -489,17 +490,38 @@ class TrainingBridge:
         """Training thread, holding the baton: run the loop until these agents have answers, the
         game left, or ``timeout`` passed (``DataBridge.wait`` then says which)."""
         loop, deadline = self._loop, time.monotonic() + timeout
-        while not self.data.ready(agent_ids) and self.data.lost is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._progress = progress = loop.create_future()
-            timer = loop.call_later(remaining, self._notify_progress)
-            try:
-                loop.run_until_complete(progress)
-            finally:
-                timer.cancel()
-                self._progress = None
+        if self.data.ready(agent_ids) or self.data.lost is not None:
+            return
+        # Ctrl-C raised inside a task (the connection handler decoding a frame) would kill the
+        # handler and drop the game: hold it until the loop stops, then raise it here.
+        interrupted = False
+        restore = None
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+
+                def on_sigint(signum, frame) -> None:
+                    nonlocal interrupted
+                    interrupted = True
+                    loop.call_soon_threadsafe(self._notify_progress)
+
+                restore = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            while not interrupted and not self.data.ready(agent_ids) and self.data.lost is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._progress = progress = loop.create_future()
+                timer = loop.call_later(remaining, self._notify_progress)
+                try:
+                    loop.run_until_complete(progress)
+                finally:
+                    timer.cancel()
+                    self._progress = None
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGINT, restore)
+        if interrupted:
+            raise KeyboardInterrupt
 
     # ---------------------------------------------------------------- network thread
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -752,3 +753,31 @@ def test_lockstep_timeout_still_says_what_is_missing(v1, bridge):
     with pytest.raises(TimeoutError, match="no observation for 1 of 1 agents"):
         bridge.get_observations(["car_0_env_a"], timeout=0.3)
     assert 0.25 < time.monotonic() - started < 2.0
+
+
+def test_ctrl_c_while_the_training_thread_decodes_a_frame_keeps_the_game(v1, bridge):
+    """SIGINT lands in the main thread: with a lockstep game that thread may be inside the
+    connection handler, which a KeyboardInterrupt raised there would kill (and drop the game)."""
+    bridge.IDLE_HANDBACK = 60.0
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
+    assert v1.recv()["tick"] == tick
+    receive = bridge._receive
+
+    async def interrupted(conn, frame):
+        bridge._receive = receive
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C, right here
+        await receive(conn, frame)
+
+    bridge._receive = interrupted
+    v1.packet({"car_0_env_a": entry()}, tick=tick)
+    with pytest.raises(KeyboardInterrupt):
+        bridge.get_observations(["car_0_env_a"])
+    assert bridge.connected and bridge.data.lost is None
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})  # the run can go on
+    assert v1.recv()["tick"] == tick
+    v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
+    assert bridge.get_observations(["car_0_env_a"]).reward.tolist() == [1.0]
+    del bridge.IDLE_HANDBACK  # close() gets the loop back at once
