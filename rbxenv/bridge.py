@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlparse
@@ -311,6 +311,8 @@ class TrainingBridge:
         self._wanted = False  # the training thread is waiting for the baton
         self._conn: ServerConnection | None = None
         self._outbox: asyncio.Queue | None = None
+        # frames other threads handed to the loop, not in their outbox yet: a direct write waits for them
+        self._handed: deque[tuple[asyncio.Queue, bytes]] = deque()
         self._attached = threading.Event()
         self._bad = protocol.RateLimitedLog(log, "bad frame from game")
         self._game_errors = protocol.RateLimitedLog(log, "game reported an error")
@@ -640,12 +642,20 @@ class TrainingBridge:
             raise BridgeClosed(f"no game is connected to {self.url}")
         if self.game is not None and self.game.mode == "lockstep" and self._baton.acquire(blocking=False):
             try:  # the loop is not running: this thread may touch the connection itself
+                self._queue_handed()
                 if not self._write_now(frame):
                     outbox.put_nowait(frame)  # goes out when the loop runs next
             finally:
                 self._background()
         else:
-            loop.call_soon_threadsafe(outbox.put_nowait, frame)
+            self._handed.append((outbox, frame))
+            loop.call_soon_threadsafe(self._queue_handed)
+
+    def _queue_handed(self) -> None:
+        """(On the loop, or with the baton) queue the frames handed over by other threads, in order."""
+        while self._handed:
+            outbox, frame = self._handed.popleft()
+            outbox.put_nowait(frame)
 
     def _write_now(self, frame: bytes) -> bool:
         """Write a frame to the socket at once (baton held, nothing queued before it): what

@@ -781,3 +781,33 @@ def test_ctrl_c_while_the_training_thread_decodes_a_frame_keeps_the_game(v1, bri
     v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
     assert bridge.get_observations(["car_0_env_a"]).reward.tolist() == [1.0]
     del bridge.IDLE_HANDBACK  # close() gets the loop back at once
+
+
+def test_a_frame_from_another_thread_is_not_overtaken_by_a_direct_write(v1, bridge):
+    """Another thread's frame goes through the loop; if the loop stops before taking it, the
+    training thread's next frame (written directly) must still go out after it."""
+    bridge.IDLE_HANDBACK = 60.0
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
+    assert v1.recv()["tick"] == tick
+    receive = bridge._receive
+
+    def other_thread_sends() -> None:  # runs in the loop's last iteration, baton held
+        side = threading.Thread(target=bridge.update_collisions, args=(True,))
+        side.start()
+        side.join()
+
+    async def answer(conn, frame):
+        bridge._receive = receive
+        await receive(conn, frame)  # the answer: the loop stops after the next iteration
+        asyncio.get_running_loop().call_soon(other_thread_sends)
+
+    bridge._receive = answer
+    v1.packet({"car_0_env_a": entry()}, tick=tick)
+    bridge.get_observations(["car_0_env_a"])
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
+    del bridge.IDLE_HANDBACK  # both may wait for the loop: let the background thread run it
+    assert v1.recv()["command"] == "UPDATE_COLLISIONS"  # sent first, arrives first
+    assert v1.recv()["tick"] == tick
