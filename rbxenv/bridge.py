@@ -416,6 +416,7 @@ class TrainingBridge:
             if self._conn is not None:
                 await self._conn.close(1001, "trainer shutting down")
 
+        self._last_foreground = 0.0  # the background thread takes the loop now, not after the idle pause
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=2)
         except Exception:  # noqa: BLE001 - best effort: the game may be gone already

@@ -811,3 +811,14 @@ def test_a_frame_from_another_thread_is_not_overtaken_by_a_direct_write(v1, brid
     del bridge.IDLE_HANDBACK  # both may wait for the loop: let the background thread run it
     assert v1.recv()["command"] == "UPDATE_COLLISIONS"  # sent first, arrives first
     assert v1.recv()["tick"] == tick
+
+
+def test_close_right_after_a_lockstep_step_is_prompt(v1, bridge):
+    bridge.IDLE_HANDBACK = 60.0  # the background thread would otherwise wait this long for its turn
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
+    bridge.get_observations(["car_0_env_a"])  # the training thread had the loop last
+    started = time.monotonic()
+    bridge.close()
+    assert time.monotonic() - started < 1.0
+    assert v1.close_code() == 1001
