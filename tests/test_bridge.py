@@ -697,15 +697,23 @@ def test_port_in_use_is_a_clear_os_error():
 # ------------------------------------------------------------------ who runs the event loop (lockstep)
 
 
-def test_lockstep_answers_are_awaited_on_the_training_thread(v1, bridge):
-    """With a lockstep game the training thread runs the loop while it waits: the answer is read on
-    this thread, and a frame sent while the loop is idle is written at once, by the sender."""
-    bridge.IDLE_HANDBACK = 60.0  # keep the background thread out of it once the training thread has the loop
+def training_thread_holds_the_loop(v1, bridge) -> int:
+    """One lockstep step, after which the training thread keeps the loop (the background thread
+    stays out for a minute), then an ACTION_BATCH; returns its tick. The frame reaches the game
+    although nobody runs the loop: the sending thread wrote it itself."""
+    bridge.IDLE_HANDBACK = 60.0
     bridge.spawn_agents("a", ["car_0_env_a"])
     v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
     bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
     tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
-    assert v1.recv()["tick"] == tick  # nobody runs the loop now: written by send_action_batch itself
+    assert v1.recv()["tick"] == tick
+    return tick
+
+
+def test_lockstep_answers_are_awaited_on_the_training_thread(v1, bridge):
+    """With a lockstep game the training thread runs the loop while it waits: the answer is read on
+    this thread, and a frame sent while the loop is idle is written at once, by the sender."""
+    tick = training_thread_holds_the_loop(v1, bridge)
     seen = []
     receive = bridge._receive
 
@@ -758,12 +766,7 @@ def test_lockstep_timeout_still_says_what_is_missing(v1, bridge):
 def test_ctrl_c_while_the_training_thread_decodes_a_frame_keeps_the_game(v1, bridge):
     """SIGINT lands in the main thread: with a lockstep game that thread may be inside the
     connection handler, which a KeyboardInterrupt raised there would kill (and drop the game)."""
-    bridge.IDLE_HANDBACK = 60.0
-    bridge.spawn_agents("a", ["car_0_env_a"])
-    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
-    bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
-    assert v1.recv()["tick"] == tick
+    tick = training_thread_holds_the_loop(v1, bridge)
     receive = bridge._receive
 
     async def interrupted(conn, frame):
@@ -780,18 +783,12 @@ def test_ctrl_c_while_the_training_thread_decodes_a_frame_keeps_the_game(v1, bri
     assert v1.recv()["tick"] == tick
     v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
     assert bridge.get_observations(["car_0_env_a"]).reward.tolist() == [1.0]
-    del bridge.IDLE_HANDBACK  # close() gets the loop back at once
 
 
 def test_a_frame_from_another_thread_is_not_overtaken_by_a_direct_write(v1, bridge):
     """Another thread's frame goes through the loop; if the loop stops before taking it, the
     training thread's next frame (written directly) must still go out after it."""
-    bridge.IDLE_HANDBACK = 60.0
-    bridge.spawn_agents("a", ["car_0_env_a"])
-    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
-    bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
-    assert v1.recv()["tick"] == tick
+    tick = training_thread_holds_the_loop(v1, bridge)
     receive = bridge._receive
 
     def other_thread_sends() -> None:  # runs in the loop's last iteration, baton held
