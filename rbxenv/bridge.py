@@ -126,12 +126,13 @@ class DataBridge:
         c["reward"][rows] = 0.0
         c["terminated"][rows] = c["truncated"][rows] = c["fresh"][rows] = c["has_info"][rows] = False
 
-    def ready(self, agent_ids: Sequence[str]) -> bool:
-        """Every one of these agents has an observation waiting."""
+    def ready(self, rows: np.ndarray) -> bool:
+        """Every agent of these rows (``rows_of``) has an observation waiting."""
         with self.cond:
-            return bool(self._c["fresh"][self._rows(agent_ids)].all())
+            return bool(self._c["fresh"][rows].all())
 
-    def _rows(self, agent_ids: Sequence[str]) -> np.ndarray:
+    def rows_of(self, agent_ids: Sequence[str]) -> np.ndarray:
+        """The rows of these agents (stable while they are known)."""
         try:
             return np.array([self.rows[aid] for aid in agent_ids], np.int64)
         except KeyError as err:
@@ -151,11 +152,11 @@ class DataBridge:
                 c = self._c
             for aid in new:
                 self.rows[aid] = self._free.pop()
+            rows = self.rows_of(agent_ids)
             if restart or new:
-                restarted = self._rows(agent_ids if restart else new)
+                restarted = rows if restart else self.rows_of(new)
                 self._drain(restarted)
                 c["episode_tick"][restarted] = tick
-            rows = self._rows(agent_ids)
             # An ending already received stays deliverable: a parked car sends nothing more.
             c["fresh"][rows] = c["terminated"][rows] | c["truncated"][rows]
             c["expected_tick"][rows] = tick
@@ -219,7 +220,7 @@ class DataBridge:
             while True:
                 if self.lost is not None:
                     raise BridgeClosed(self.lost)
-                rows = self._rows(agent_ids)
+                rows = self.rows_of(agent_ids)
                 ready = self._c["fresh"][rows]
                 if ready.all():
                     break
@@ -250,7 +251,7 @@ class DataBridge:
 
     def clear(self) -> None:
         with self.cond:
-            self._drain(self._rows(list(self.rows)))
+            self._drain(list(self.rows.values()))
 
 
 def _rows_of_batch(batch: ObsBatch, keep: np.ndarray) -> ObsBatch:
@@ -464,7 +465,7 @@ class TrainingBridge:
         """Take the loop for the calling thread (True), or say it must be left to the background
         thread (False): real-time games keep streaming while training pauses, and a thread that
         already runs an event loop (a notebook) cannot run a second one."""
-        if self.game is None or self.game.mode != "lockstep" or self._closing:
+        if not self._lockstep or self._closing:
             return False
         try:
             asyncio.get_running_loop()
@@ -480,6 +481,10 @@ class TrainingBridge:
                 self._wanted = False
         return True
 
+    @property
+    def _lockstep(self) -> bool:
+        return self.game is not None and self.game.mode == "lockstep"
+
     def _background(self) -> None:
         """Give the loop back (the background thread takes it once training stays idle)."""
         self._last_foreground = time.monotonic()
@@ -493,7 +498,8 @@ class TrainingBridge:
         """Training thread, holding the baton: run the loop until these agents have answers, the
         game left, or ``timeout`` passed (``DataBridge.wait`` then says which)."""
         loop, deadline = self._loop, time.monotonic() + timeout
-        if self.data.ready(agent_ids) or self.data.lost is not None:
+        rows = self.data.rows_of(agent_ids)
+        if self.data.ready(rows) or self.data.lost is not None:
             return
         # Ctrl-C raised inside a task (the connection handler decoding a frame) would kill the
         # handler and drop the game: hold it until the loop stops, then raise it here.
@@ -509,7 +515,7 @@ class TrainingBridge:
 
                 restore = signal.signal(signal.SIGINT, on_sigint)
         try:
-            while not interrupted and not self.data.ready(agent_ids) and self.data.lost is None:
+            while not interrupted and not self.data.ready(rows) and self.data.lost is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
@@ -641,10 +647,10 @@ class TrainingBridge:
             raise BridgeClosed(lost)
         if loop is None or outbox is None:
             raise BridgeClosed(f"no game is connected to {self.url}")
-        if self.game is not None and self.game.mode == "lockstep" and self._baton.acquire(blocking=False):
+        if self._lockstep and self._baton.acquire(blocking=False):
             try:  # the loop is not running: this thread may touch the connection itself
                 self._queue_handed()
-                if not self._write_now(frame):
+                if not self._write_now(outbox, frame):
                     outbox.put_nowait(frame)  # goes out when the loop runs next
             finally:
                 self._background()
@@ -658,14 +664,13 @@ class TrainingBridge:
             outbox, frame = self._handed.popleft()
             outbox.put_nowait(frame)
 
-    def _write_now(self, frame: bytes) -> bool:
+    def _write_now(self, outbox: asyncio.Queue, frame: bytes) -> bool:
         """Write a frame to the socket at once (baton held, nothing queued before it): what
         ``conn.send`` does, without a turn of the loop. websockets is pinned, so are these
         internals. False when the frame must wait for the sender task instead."""
-        conn, outbox = self._conn, self._outbox
+        conn = self._conn
         if (
             conn is None
-            or outbox is None
             or not outbox.empty()
             or conn.send_in_progress is not None
             or conn.protocol.state is not State.OPEN

@@ -13,6 +13,7 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -54,9 +55,9 @@ ENDING_CAUSES = frozenset({"wall", "stuck", "wrong_way", "time_limit", "disconne
 _ENVID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _AGENT_ID = re.compile(r"car_([0-9]{1,6})_env_([A-Za-z0-9_-]{1,64})")  # [0-9]: \d also matches non-ASCII digits
 # Many agent ids at once, joined by newlines: one C-level scan instead of one match per car.
-# ... all of one venv (the backreference makes every id name the first one's venv)
-_VENV_AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_([A-Za-z0-9_-]{1,64})(?:\ncar_[0-9]{1,6}_env_\1)*")
+# Any venvs, or all of one venv (the backreference makes every id name the first one's venv).
 _AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64}(?:\ncar_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64})*")
+_VENV_AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_([A-Za-z0-9_-]{1,64})(?:\ncar_[0-9]{1,6}_env_\1)*")
 
 # Per-agent info (PROTOCOL.md §3.3), carried as one column per key from the decoder on: numbers
 # are float64 with NaN where not reported (lap_time: also where no lap is done yet).
@@ -432,9 +433,10 @@ _STR_OR_NULL = frozenset({str, type(None)})
 _CAUSES_OR_NULL = ENDING_CAUSES | {None}
 
 
-def _agent_ids_ok(joined: str, n: int) -> bool:
-    """``n`` agent ids joined by newlines are all well-formed (no id may hide a newline)."""
-    return joined.count("\n") == n - 1 and _AGENT_IDS.fullmatch(joined) is not None
+def _match_ids(ids: Iterable[str], n: int, pattern: re.Pattern) -> re.Match | None:
+    """Match ``n`` agent ids, joined by newlines, against ``pattern`` (no id may hide a newline)."""
+    joined = "\n".join(ids)
+    return pattern.fullmatch(joined) if joined.count("\n") == n - 1 else None
 
 
 def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
@@ -448,12 +450,12 @@ def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
         raise ProtocolError(f"obs.ids: expected an array of at most {MAX_AGENTS} agent ids, got {got}",
                             "too_large" if type(ids) is list else "bad_message")  # fmt: skip
     n = len(ids)
-    if n and not (_STR.issuperset(map(type, ids)) and _agent_ids_ok("\n".join(ids), n)):
+    if n and not (_STR.issuperset(map(type, ids)) and _match_ids(ids, n, _AGENT_IDS)):
         for aid in ids:
             parse_agent_id(aid)  # raises, naming the bad id
     if len(set(ids)) != n:
         raise ProtocolError("obs.ids: an agent id appears twice")
-    rows = _column(msg, "obs", n, frozenset({list}), "obs")
+    rows = _column(msg, "obs", n, _LIST, "obs")
     try:
         flat_ok = _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows)))
     except TypeError:
@@ -483,9 +485,9 @@ def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
         block = np.array(columns, dtype=np.float64).reshape(len(numbers), n)  # null -> NaN
         for key in INFO_NUMBERS:
             info[key] = block[numbers.index(key)] if key in sent else np.full(n, np.nan)
-        bad = info["lap"] > 10**6  # NaN (not reported) compares False
-        if (info["lap"] < 0).any() or bad.any():
-            k = int(np.flatnonzero((info["lap"] < 0) | bad)[0])
+        bad = np.flatnonzero((info["lap"] < 0) | (info["lap"] > 10**6))  # NaN (not reported) compares False
+        if bad.size:
+            k = int(bad[0])
             raise ProtocolError(f"obs.info.lap[{k}]: expected an integer in [0, 1000000], got {_show(sent['lap'][k])}")
         collided = _column(sent, "collided", n, _BOOL, "obs.info") if "collided" in sent else [False] * n
         info["collided"] = np.array(collided, dtype=bool)
@@ -559,11 +561,11 @@ def encode_obs(
                "terminated": terminated, "truncated": truncated}  # fmt: skip
         if info is not None:
             # NaN goes out as null (orjson), which is what "not reported" / "no lap yet" are
-            msg["info"] = {key: info[key] for key in INFO_NUMBERS if key != "lap"} | {
-                # integers on the wire: an int array goes as it is, a float one with NaN for null
-                "lap": info["lap"]
-                if info["lap"].dtype.kind == "i"
-                else [None if v != v else int(v) for v in info["lap"].tolist()],
+            lap = info["lap"]
+            if lap.dtype.kind == "f":  # laps are integers on the wire
+                lap = [None if v != v else int(v) for v in lap.tolist()]
+            msg["info"] = {key: info[key] for key in INFO_NUMBERS} | {
+                "lap": lap,
                 "collided": info["collided"],
                 "cause": info["cause"].tolist(),
             }
@@ -637,9 +639,8 @@ def _check_actions(data: object, envid: str | None, action_size: int, where: str
 
 def _actions_ok(data: dict, envid: str | None, action_size: int) -> bool:
     """Every key an agent id (of ``envid``), every value an array of ``action_size`` numbers."""
-    joined = "\n".join(data)
-    m = _VENV_AGENT_IDS.fullmatch(joined)
-    if m is None or joined.count("\n") != len(data) - 1 or (envid is not None and m.group(1) != envid):
+    m = _match_ids(data, len(data), _VENV_AGENT_IDS)
+    if m is None or (envid is not None and m.group(1) != envid):
         return False
     actions = data.values()
     return (
