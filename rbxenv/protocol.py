@@ -58,6 +58,9 @@ _AGENT_ID = re.compile(r"car_([0-9]{1,6})_env_([A-Za-z0-9_-]{1,64})")  # [0-9]: 
 # Any venvs, or all of one venv (the backreference makes every id name the first one's venv).
 _AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64}(?:\ncar_[0-9]{1,6}_env_[A-Za-z0-9_-]{1,64})*")
 _VENV_AGENT_IDS = re.compile(r"car_[0-9]{1,6}_env_([A-Za-z0-9_-]{1,64})(?:\ncar_[0-9]{1,6}_env_\1)*")
+# A whole ACTION_BATCH's ids: "envid\tid\nid...", venv blocks joined by NUL; each id names its block's venv.
+_VENV_BLOCK = r"([A-Za-z0-9_-]{{1,64}})\tcar_[0-9]{{1,6}}_env_\{0}(?:\ncar_[0-9]{{1,6}}_env_\{0})*"
+_BATCH_IDS = re.compile(_VENV_BLOCK.format(1) + r"(?:\x00" + _VENV_BLOCK.format(2) + ")*")
 
 # Per-agent info (PROTOCOL.md §3.3), carried as one column per key from the decoder on: numbers
 # are float64 with NaN where not reported (lap_time: also where no lap is done yet).
@@ -429,6 +432,7 @@ _INT_OR_NULL = frozenset({int, type(None)})
 _NULLABLE_INFO = frozenset({"lap_time", "cause"})
 _STR = frozenset({str})
 _LIST = frozenset({list})
+_DICT = frozenset({dict})
 _STR_OR_NULL = frozenset({str, type(None)})
 _CAUSES_OR_NULL = ENDING_CAUSES | {None}
 
@@ -650,6 +654,30 @@ def _actions_ok(data: dict, envid: str | None, action_size: int) -> bool:
     )
 
 
+def _action_batch_ok(data: dict, action_size: int) -> bool:
+    """ACTION_BATCH data that ``_check_actions`` would pass for every venv, checked in a few
+    passes over the whole batch (False: let the per-venv checks say what is wrong)."""
+    per_venv = data.values()
+    if not (data and _DICT.issuperset(map(type, per_venv)) and 0 < min(map(len, per_venv))):
+        return False
+    if max(map(len, per_venv)) > MAX_AGENTS:
+        return False
+    joined = "\x00".join([venv + "\t" + "\n".join(actions) for venv, actions in data.items()])
+    blocks, cars = len(data), sum(map(len, per_venv))
+    if not (
+        joined.count("\t") == blocks and joined.count("\x00") == blocks - 1 and joined.count("\n") == cars - blocks
+    ):
+        return False  # a separator hidden in a key
+    if _BATCH_IDS.fullmatch(joined) is None:
+        return False
+    rows = list(chain.from_iterable(actions.values() for actions in per_venv))
+    return (
+        _LIST.issuperset(map(type, rows))
+        and set(map(len, rows)) == {action_size}
+        and _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows)))
+    )
+
+
 def check_track_spec(track: object, where: str = "track") -> dict:
     """Structural check of a track spec (PROTOCOL.md §3.4); geometry is rbxenv.tracks' job."""
     if type(track) is not dict:
@@ -739,9 +767,10 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
                 f"got {got}",
                 "too_large" if type(data) is dict else "bad_message",
             )
-        for venv, actions in data.items():
-            check_envid(venv, "ACTION_BATCH.data key")
-            _check_actions(actions, venv, action_size, f"ACTION_BATCH.data.{venv}")
+        if not _action_batch_ok(data, action_size):  # the hot path: whole-batch passes
+            for venv, actions in data.items():  # raises, naming the venv and agent at fault
+                check_envid(venv, "ACTION_BATCH.data key")
+                _check_actions(actions, venv, action_size, f"ACTION_BATCH.data.{venv}")
         return Command(name, None, data, tick)
     envid = check_envid(envid, f"{name}.envid")
     if name == "CLOSE":

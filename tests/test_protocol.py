@@ -363,6 +363,31 @@ BAD_COMMANDS = [
         "bad_message",
         ["ACTION_BATCH.data.a.car_0_env_a[1]", "boolean"],
     ),
+    # several venvs: the whole-batch check must fall back and name the one at fault
+    (
+        {"command": "ACTION_BATCH", "data": {"a": {"car_0_env_a": [0, 0, 0]}, "b": {"car_1_env_a": [0, 0, 0]}}},
+        "unknown_agent",
+        ["ACTION_BATCH.data.b", "car_1_env_a does not belong to venv b"],
+    ),
+    # separators of the whole-batch check hidden in keys
+    (
+        {"command": "ACTION_BATCH", "data": {"a\tcar_0_env_a": {"car_0_env_a": [0, 0, 0]}}},
+        "bad_message",
+        ["ACTION_BATCH.data key"],
+    ),
+    (
+        {"command": "ACTION_BATCH", "data": {"a": {"car_0_env_a\ncar_1_env_a": [0, 0, 0]}}},
+        "unknown_agent",
+        ["car_0_env_a\\ncar_1_env_a"],
+    ),
+    (
+        {
+            "command": "ACTION_BATCH",
+            "data": {"a": {"car_0_env_a\u0000b\tcar_0_env_b": [0, 0, 0]}, "c": {"car_0_env_c": [0, 0, 0]}},
+        },
+        "unknown_agent",
+        ["is not of the form"],
+    ),
 ]
 
 
