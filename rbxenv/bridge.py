@@ -90,6 +90,7 @@ class DataBridge:
         self._free: list[int] = []  # rows not in use
         self._c: dict[str, np.ndarray] = {}
         self._alloc(0, 0)
+        self._selected: tuple[list[str], np.ndarray | slice] | None = None  # select()'s last answer
         self.lost: str | None = None  # why the game is gone, when it is
         self.stats: Counter[str] = Counter()
         # time.monotonic() when the observation that completed the latest wait() arrived (latency
@@ -126,8 +127,8 @@ class DataBridge:
         c["reward"][rows] = 0.0
         c["terminated"][rows] = c["truncated"][rows] = c["fresh"][rows] = c["has_info"][rows] = False
 
-    def ready(self, rows: np.ndarray) -> bool:
-        """Every agent of these rows (``rows_of``) has an observation waiting."""
+    def ready(self, rows: np.ndarray | slice) -> bool:
+        """Every agent of these rows (``select``) has an observation waiting."""
         with self.cond:
             return bool(self._c["fresh"][rows].all())
 
@@ -137,6 +138,21 @@ class DataBridge:
             return np.array([self.rows[aid] for aid in agent_ids], np.int64)
         except KeyError as err:
             raise KeyError(f"agent {err.args[0]} was never spawned through this bridge") from None
+
+    def select(self, agent_ids: Sequence[str]) -> np.ndarray | slice:
+        """``rows_of``, as a slice when the rows are consecutive (cars spawned together are). Every
+        step asks for the same cars, so the last answer is kept: a step indexes its rows with a
+        slice, not a lookup per car."""
+        with self.cond:
+            selected = self._selected
+            if selected is not None and selected[0] == agent_ids:
+                return selected[1]
+            rows = self.rows_of(agent_ids)
+            first = int(rows[0]) if len(rows) else 0
+            consecutive = np.array_equal(rows, np.arange(first, first + len(rows)))
+            selection = slice(first, first + len(rows)) if consecutive else rows
+            self._selected = (list(agent_ids), selection)
+            return selection
 
     def track(self, agent_ids: Iterable[str], tick: int, restart: bool = False) -> None:
         """Make agents known and wait for an answer to the command sent with ``tick``.
@@ -152,7 +168,9 @@ class DataBridge:
                 c = self._c
             for aid in new:
                 self.rows[aid] = self._free.pop()
-            rows = self.rows_of(agent_ids)
+            if new:
+                self._selected = None
+            rows = self.select(agent_ids)
             if restart or new:
                 restarted = rows if restart else self.rows_of(new)
                 self._drain(restarted)
@@ -163,6 +181,7 @@ class DataBridge:
 
     def forget(self, agent_ids: Iterable[str]) -> None:
         with self.cond:
+            self._selected = None
             for aid in agent_ids:
                 row = self.rows.pop(aid, None)
                 if row is not None:
@@ -179,39 +198,67 @@ class DataBridge:
                 self._alloc(len(c["reward"]), batch.obs.shape[1])
                 c = self._c
             self.stats["obs_packets"] += 1
-            get = self.rows.get
-            rows = np.array([get(aid, -1) for aid in batch.agent_ids], np.int64)
-            keep = rows >= 0
-            unknown = [] if keep.all() else [aid for aid, k in zip(batch.agent_ids, keep, strict=True) if not k]
-            if batch.tick is not None:
-                # sent before the game applied the spawn/reset: the episode it belongs to is over
-                old = keep & (batch.tick < c["episode_tick"][rows])
-                self.stats["old_episode_packets"] += int(old.sum())
-                keep &= ~old
-            if not keep.all():
-                rows, batch = rows[keep], _rows_of_batch(batch, keep)
-            c["reward"][rows] += batch.reward
-            c["terminated"][rows] |= batch.terminated
-            c["truncated"][rows] |= batch.truncated
-            if batch.tick is not None:
-                # the answer to the latest command (a stale one only counts its reward), or an ending
-                deliver = (batch.tick >= c["expected_tick"][rows]) | batch.terminated | batch.truncated
-                if not deliver.all():
-                    self.stats["stale_packets"] += int(len(deliver) - deliver.sum())
-                    rows, batch = rows[deliver], _rows_of_batch(batch, deliver)
+            rows = self._current(batch)
+            unknown: list[str] = []
+            if rows is None:
+                rows, batch, unknown = self._sift(batch)
+            else:
+                c["reward"][rows] += batch.reward
+                c["terminated"][rows] |= batch.terminated
+                c["truncated"][rows] |= batch.truncated
             c["obs"][rows] = batch.obs
             if batch.has_info.any():
-                told = rows[batch.has_info]
-                c["has_info"][told] = True
+                told = rows if batch.has_info.all() else _rows(rows)[batch.has_info]
                 info = batch.info
+                c["has_info"][told] = True
                 numbers = np.array([info[key] for key in protocol.INFO_NUMBERS])
-                c["info_numbers"][:, told] = numbers[:, batch.has_info]
+                c["info_numbers"][:, told] = numbers if told is rows else numbers[:, batch.has_info]
                 c["info_collided"][told] = info["collided"][batch.has_info]
                 c["info_cause"][told] = info["cause"][batch.has_info]
             c["fresh_at"][rows] = np.where(c["fresh"][rows], c["fresh_at"][rows], now)
             c["fresh"][rows] = True
             self.cond.notify_all()
         return unknown
+
+    def _current(self, batch: ObsBatch) -> np.ndarray | slice | None:
+        """The rows of a packet that is the plain answer to the latest command (every car known,
+        none from an old episode, none stale), or None: then ``_sift`` sorts it out."""
+        if not batch.agent_ids:
+            return None
+        try:
+            rows = self.select(batch.agent_ids)
+        except KeyError:
+            return None
+        # expected_tick >= episode_tick (track() sets both, to the same tick on a restart)
+        if batch.tick is not None and not batch.tick >= self._c["expected_tick"][rows].max():
+            return None
+        return rows
+
+    def _sift(self, batch: ObsBatch) -> tuple[np.ndarray, ObsBatch, list[str]]:
+        """A packet with unknown agents, old episodes or stale answers: accumulate the rewards and
+        endings that count, and return the rows and part of the packet to deliver, and the unknown."""
+        c = self._c
+        get = self.rows.get
+        rows = np.array([get(aid, -1) for aid in batch.agent_ids], np.int64)
+        keep = rows >= 0
+        unknown = [] if keep.all() else [aid for aid, k in zip(batch.agent_ids, keep, strict=True) if not k]
+        if batch.tick is not None:
+            # sent before the game applied the spawn/reset: the episode it belongs to is over
+            old = keep & (batch.tick < c["episode_tick"][rows])
+            self.stats["old_episode_packets"] += int(old.sum())
+            keep &= ~old
+        if not keep.all():
+            rows, batch = rows[keep], _rows_of_batch(batch, keep)
+        c["reward"][rows] += batch.reward
+        c["terminated"][rows] |= batch.terminated
+        c["truncated"][rows] |= batch.truncated
+        if batch.tick is not None:
+            # the answer to the latest command (a stale one only counts its reward), or an ending
+            deliver = (batch.tick >= c["expected_tick"][rows]) | batch.terminated | batch.truncated
+            if not deliver.all():
+                self.stats["stale_packets"] += int(len(deliver) - deliver.sum())
+                rows, batch = rows[deliver], _rows_of_batch(batch, deliver)
+        return rows, batch, unknown
 
     def wait(self, agent_ids: Sequence[str], timeout: float) -> Observations:
         """Block until every agent has a fresh observation, then hand them over (and reset)."""
@@ -220,7 +267,7 @@ class DataBridge:
             while True:
                 if self.lost is not None:
                     raise BridgeClosed(self.lost)
-                rows = self.rows_of(agent_ids)
+                rows = self.select(agent_ids)
                 ready = self._c["fresh"][rows]
                 if ready.all():
                     break
@@ -234,17 +281,18 @@ class DataBridge:
                     )
                 self.cond.wait(remaining)
             c = self._c
-            self.ready_at = float(c["fresh_at"][rows].max()) if len(rows) else time.monotonic()
-            info = dict(zip(protocol.INFO_NUMBERS, c["info_numbers"][:, rows], strict=True))
-            info["collided"], info["cause"] = c["info_collided"][rows], c["info_cause"][rows]
+            self.ready_at = float(c["fresh_at"][rows].max()) if len(agent_ids) else time.monotonic()
+            take = _copy if type(rows) is slice else _same  # a slice gives views: the slots change
+            info = dict(zip(protocol.INFO_NUMBERS, take(c["info_numbers"][:, rows]), strict=True))
+            info["collided"], info["cause"] = take(c["info_collided"][rows]), take(c["info_cause"][rows])
             out = Observations(
                 list(agent_ids),
-                c["obs"][rows],
-                c["reward"][rows],
-                c["terminated"][rows],
-                c["truncated"][rows],
+                take(c["obs"][rows]),
+                take(c["reward"][rows]),
+                take(c["terminated"][rows]),
+                take(c["truncated"][rows]),
                 info,
-                c["has_info"][rows],
+                take(c["has_info"][rows]),
             )
             self._drain(rows)
             return out
@@ -252,6 +300,18 @@ class DataBridge:
     def clear(self) -> None:
         with self.cond:
             self._drain(list(self.rows.values()))
+
+
+def _rows(rows: np.ndarray | slice) -> np.ndarray:
+    return np.arange(rows.start, rows.stop) if type(rows) is slice else rows
+
+
+def _copy(a: np.ndarray) -> np.ndarray:
+    return a.copy()
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
 
 
 def _rows_of_batch(batch: ObsBatch, keep: np.ndarray) -> ObsBatch:
@@ -307,7 +367,7 @@ class TrainingBridge:
         self._baton = threading.Lock()
         self._yield: asyncio.Future | None = None
         self._last_foreground = 0.0  # time.monotonic() when the training thread last gave the loop back
-        self._progress: asyncio.Future | None = None  # resolved when observations arrive or the game leaves
+        self._waiting = False  # the training thread runs the loop until observations arrive or the game leaves
         self._stopped = False  # the background thread ends its last turn and closes the loop
         self._wanted = False  # the training thread is waiting for the baton
         self._conn: ServerConnection | None = None
@@ -491,14 +551,16 @@ class TrainingBridge:
         self._baton.release()
 
     def _notify_progress(self) -> None:
-        if self._progress is not None and not self._progress.done():
-            self._progress.set_result(None)
+        """(On the loop) observations arrived or the game left: a training thread waiting stops the
+        loop to look (only then: a stop would also end a background turn)."""
+        if self._waiting:
+            self._loop.stop()
 
     def _run_until_ready(self, agent_ids: Sequence[str], timeout: float) -> None:
         """Training thread, holding the baton: run the loop until these agents have answers, the
         game left, or ``timeout`` passed (``DataBridge.wait`` then says which)."""
         loop, deadline = self._loop, time.monotonic() + timeout
-        rows = self.data.rows_of(agent_ids)
+        rows = self.data.select(agent_ids)
         if self.data.ready(rows) or self.data.lost is not None:
             return
         # Ctrl-C raised inside a task (the connection handler decoding a frame) would kill the
@@ -519,13 +581,13 @@ class TrainingBridge:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                self._progress = progress = loop.create_future()
                 timer = loop.call_later(remaining, self._notify_progress)
+                self._waiting = True
                 try:
-                    loop.run_until_complete(progress)
+                    loop.run_forever()  # until _notify_progress (cheaper than run_until_complete)
                 finally:
+                    self._waiting = False
                     timer.cancel()
-                    self._progress = None
         finally:
             if restore is not None:
                 signal.signal(signal.SIGINT, restore)

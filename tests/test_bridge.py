@@ -798,8 +798,8 @@ def test_a_frame_from_another_thread_is_not_overtaken_by_a_direct_write(v1, brid
 
     async def answer(conn, frame):
         bridge._receive = receive
-        await receive(conn, frame)  # the answer: the loop stops after the next iteration
-        asyncio.get_running_loop().call_soon(other_thread_sends)
+        await receive(conn, frame)  # the answer: the loop stops after this iteration
+        other_thread_sends()
 
     bridge._receive = answer
     v1.packet({"car_0_env_a": entry()}, tick=tick)
@@ -819,3 +819,54 @@ def test_close_right_after_a_lockstep_step_is_prompt(v1, bridge):
     bridge.close()
     assert time.monotonic() - started < 1.0
     assert v1.close_code() == 1001
+
+
+# ---------------------------------------------------------------------------------------------- slots
+
+
+def obs_batch(ids: list[str], tick: int, values: dict[str, float], has_info: list[bool]) -> protocol.ObsBatch:
+    """A decoded packet: agent ``aid`` reports ``values[aid]`` as every observation and its reward,
+    and (where ``has_info``) as its progress."""
+    n = len(ids)
+    v = np.array([values[aid] for aid in ids])
+    info = protocol.info_columns(n)
+    info["progress"] = np.where(has_info, v, np.nan)
+    zeros = np.zeros(n, dtype=bool)
+    obs = np.repeat(v[:, None], 13, axis=1).astype(np.float32)
+    return protocol.ObsBatch(tick, list(ids), obs, v, zeros, zeros.copy(), info, np.array(has_info))
+
+
+@pytest.mark.parametrize("reorder", [False, True])
+def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
+    """Agents spawned together get consecutive rows (read as one slice); forgetting and spawning
+    others scatters them. Either way each agent gets its own values, and the arrays handed over
+    are copies that later packets do not change."""
+    from rbxenv.bridge import DataBridge
+
+    data = DataBridge()
+    ids = [protocol.agent_id(i, "a") for i in range(6)]
+    data.track(ids, 1, restart=True)
+    if reorder:
+        data.forget(ids[1:3])  # frees two rows in the middle ...
+        late = [protocol.agent_id(i, "b") for i in range(3)]
+        data.track(late, 2, restart=True)  # ... which the next agents take, and one more
+        ids = [ids[0], *late[::-1], *ids[3:]]
+    data.track(ids, 3)
+    assert isinstance(data.select(ids), np.ndarray) == reorder
+    for tick in (3, 4):
+        values = {aid: 10.0 * tick + k for k, aid in enumerate(ids)}
+        sent = ids[::-1] if reorder else ids  # answers may come in any order
+        has_info = [k % 2 == 0 for k in range(len(sent))]
+        assert data.put_batch(obs_batch(sent, tick, values, has_info)) == []
+        got = data.wait(ids, 1.0)
+        expected = np.array([values[aid] for aid in ids])
+        told = np.array([has_info[sent.index(aid)] for aid in ids])
+        assert np.array_equal(got.obs[:, 0], expected.astype(np.float32))
+        assert np.array_equal(got.reward, expected)
+        assert np.array_equal(got.has_info, told)
+        assert np.array_equal(got.info["progress"], np.where(told, expected, np.nan), equal_nan=True)
+        if tick == 3:
+            first = got
+            data.track(ids, 4)
+    assert np.array_equal(first.obs[:, 0], np.array([30.0 + k for k in range(len(ids))], np.float32))
+    assert first.reward[0] == 30.0 and not data.ready(data.select(ids))
