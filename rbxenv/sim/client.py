@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from itertools import chain
 
 import numpy as np
 from websockets.asyncio.client import connect
@@ -102,6 +103,13 @@ class SimGame:
             self.tick = max(self.tick, cmd.tick)
         sim = self.sim
         name = cmd.name
+        if name == "ACTION_BATCH":  # the lockstep hot path, tested first
+            batch = cmd.data.values()
+            for per_venv in batch:  # all or nothing: check every venv before applying any
+                self._check_known_actions(per_venv)
+            for per_venv in batch:
+                self.actions.update(per_venv)  # validated lists; converted and clipped once per step
+            return [] if self.realtime else self.step()
         if name == "WELCOME":
             caps = cmd.data.get("capabilities", [])
             if type(caps) is not list or not all(isinstance(c, str) for c in caps):
@@ -144,14 +152,9 @@ class SimGame:
             for aid in ids:
                 self.actions.pop(aid, None)
             return []
-        if name == "ACTION_BATCH":
-            for per_venv in cmd.data.values():  # all or nothing: check every venv before applying any
-                self._set_actions(per_venv, apply=False)
-            for per_venv in cmd.data.values():
-                self._set_actions(per_venv)
-            return [] if self.realtime else self.step()
         if name == "ACTION":
-            self._set_actions(cmd.data)
+            self._check_known_actions(cmd.data)
+            self.actions.update(cmd.data)
             if self.realtime:
                 return []
             # Lockstep with a seed trainer: step once every venv with live cars has its actions.
@@ -195,12 +198,10 @@ class SimGame:
         if spawn["track"] is not None:
             check_buildable_track(spawn["track"])
 
-    def _set_actions(self, actions: dict[str, list], apply: bool = True) -> None:
+    def _check_known_actions(self, actions: dict[str, list]) -> None:
         if not self.actions.keys() >= actions.keys():  # one C-level set test on the hot path
             unknown = [aid for aid in actions if aid not in self.actions]
             raise ProtocolError(f"actions for agents never spawned: {', '.join(unknown[:3])}", "unknown_agent")
-        if apply:
-            self.actions.update(actions)  # validated lists; converted and clipped once per step
 
     def _forget(self, envid: str) -> None:
         for aid in [a for a in self.actions if protocol.parse_agent_id(a)[1] == envid]:
@@ -214,15 +215,20 @@ class SimGame:
         ids = sim.agent_ids
         if not ids or sim.frozen:
             return []
-        # clipped in float64: a huge (finite) number must not overflow float32 on the way
-        actions = np.clip(np.array(list(map(self.actions.__getitem__, ids))), -1.0, 1.0).astype(np.float32)
-        result = sim.step(actions)
+        result = sim.step(self._action_array(ids))
         self.stats["steps"] += 1
         self.acted_venvs.clear()
         live = np.flatnonzero(result.live)
         if live.size == 0:
             return []
         return self._frames([ids[k] for k in live], result, live)
+
+    def _action_array(self, ids: list[str]) -> np.ndarray:
+        """The latest actions of cars ``ids`` as the game applies them: (n, 3) float32 in [-1, 1]."""
+        # one flat pass (np.array of n short lists costs twice as much); clipped in float64: a huge
+        # (finite) number must not overflow float32 on the way
+        flat = np.fromiter(chain.from_iterable(map(self.actions.__getitem__, ids)), np.float64, 3 * len(ids))
+        return flat.clip(-1.0, 1.0, out=flat).astype(np.float32).reshape(-1, 3)
 
     def _report(self, ids: list[str], envid: str) -> bytes:
         """The observation packet answering a spawn or reset (reward 0, not done, lap 0)."""
