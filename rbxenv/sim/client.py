@@ -218,9 +218,12 @@ class SimGame:
         result = sim.step(self._action_array(ids))
         self.stats["steps"] += 1
         self.acted_venvs.clear()
-        live = np.flatnonzero(result.live)
-        if live.size == 0:
+        reported = np.count_nonzero(result.live)
+        if reported == len(ids):  # every car was live (the usual lockstep step): no rows to pick
+            return self._frames(ids, result, slice(None))
+        if reported == 0:
             return []
+        live = np.flatnonzero(result.live)
         return self._frames([ids[k] for k in live], result, live)
 
     def _action_array(self, ids: list[str]) -> np.ndarray:
@@ -241,7 +244,8 @@ class SimGame:
             ids, self.sim.observe(ids), np.zeros(n), zeros, zeros, info, self._tick(), self._form
         )
 
-    def _frames(self, ids: list[str], result: StepResult, rows: np.ndarray) -> list[bytes]:
+    def _frames(self, ids: list[str], result: StepResult, rows: np.ndarray | slice) -> list[bytes]:
+        """Observation frames of the cars ``rows`` (indices into ``result``, or ``slice(None)``: all)."""
         r = result
         info = self._info(
             rows, r.progress[rows], r.lap[rows], r.lap_time[rows], r.speed[rows], r.collided[rows], r.cause[rows]
@@ -273,14 +277,14 @@ class SimGame:
 
     def _info(self, rows, progress, lap, lap_time, speed, collided, cause) -> dict[str, np.ndarray]:
         """Info columns (PROTOCOL.md §3.3) of the cars ``rows`` (poses read from the sim)."""
-        pos = self.sim.pos[rows]
+        x, y = self.sim.pos[rows].T.copy()  # contiguous: orjson writes them natively, not through tolist()
         return {
             "progress": progress,
             "lap": lap,
             "lap_time": lap_time,
             "speed": speed,
-            "x": pos[:, 0],
-            "y": pos[:, 1],
+            "x": x,
+            "y": y,
             "heading": self.sim.heading[rows],
             "collided": collided,
             "cause": cause,
