@@ -120,6 +120,20 @@ def test_wall_hit_terminates_with_penalty():
     assert not after.live[0] and after.reward[0] == 0 and not after.terminated[0]  # parked
 
 
+def test_step_results_are_not_changed_by_later_steps():
+    sim = one_car()
+    results, copies = [], []
+    for action in [[1, 1, 0]] * 40 + [[1, 0, 0]] * 3:  # into the wall (an end), parked, then a restart
+        results.append(sim.step(np.array([action], dtype=np.float64)))
+        copies.append(copy.deepcopy(results[-1]))
+        if not sim.live[0]:
+            sim.reset_agents(["car_0_env_e"])
+    assert any(r.terminated[0] for r in results)
+    for res, saved in zip(results, copies, strict=True):
+        for f in dataclasses.fields(res):
+            np.testing.assert_array_equal(getattr(res, f.name), getattr(saved, f.name), err_msg=f.name)
+
+
 def test_stuck_ends_after_30_slow_steps():
     results = drive(one_car(), [0, 0, 0], 31)
     assert [r.terminated[0] for r in results].index(True) == CFG.stuck_steps - 1

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from rbxenv import protocol
 from rbxenv.bridge import TrainingBridge
+from rbxenv.sim.client import SimGame
+from rbxenv.sim.world import Sim
 from rbxenv.tracks import generate
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,3 +70,58 @@ def test_seed_methods_drive_the_sim(game: TrainingBridge):
     bridge.close_environment("a")
     bridge.close_all()
     assert bridge.stats["bad_frames"] == 0
+
+
+# ------------------------------------------------------------------ SimGame in process (no sockets)
+
+
+def lockstep_game(cars_per_venv: int = 2) -> SimGame:
+    game = SimGame(Sim(seed=0))
+    game.welcome(["batch", "tick", "info", "columns"])
+    for v in ("a", "b"):
+        ids = [protocol.agent_id(i, v) for i in range(cars_per_venv)]
+        game.receive(protocol.encode_command("SPAWN_AGENTS", v, {"agents": ids, "track": generate(3)}, 1).decode())
+    return game
+
+
+def batch_frame(actions: dict[str, list], tick: int) -> str:
+    """ACTION_BATCH of {agent id: action}, grouped by venv."""
+    batch: dict[str, dict] = {}
+    for aid, action in actions.items():
+        batch.setdefault(protocol.parse_agent_id(aid)[1], {})[aid] = action
+    return protocol.encode_command("ACTION_BATCH", None, batch, tick).decode()
+
+
+def test_sim_game_holds_the_latest_action_of_cars_left_out_of_a_batch():
+    full, partial = lockstep_game(), lockstep_game()
+    ids = full.sim.agent_ids
+    first = {aid: [1.0, 0.1 * k, 0.0] for k, aid in enumerate(ids)}
+    assert full.receive(batch_frame(first, 2)) == partial.receive(batch_frame(first, 2))
+    second = {aid: [0.5, -0.2, 1.0] for aid in ids[:2]}  # venv "a" only: "b" keeps its first actions
+    assert partial.receive(batch_frame(second, 3)) == full.receive(batch_frame(first | second, 3))
+
+
+def test_sim_game_refuses_a_batch_with_an_unknown_agent_whole():
+    game, untouched = lockstep_game(), lockstep_game()
+    ids = game.sim.agent_ids
+    bad = {aid: [1.0, 0.0, 0.0] for aid in ids} | {"car_7_env_b": [1.0, 0.0, 0.0]}
+    (reply,) = game.receive(batch_frame(bad, 2))
+    assert json.loads(reply)["code"] == "unknown_agent" and game.tick == 1 and game.stats["steps"] == 0
+    idle = {aid: [0.0, 0.0, 0.0] for aid in ids[:1]}  # the others still hold their spawn actions (0)
+    assert game.receive(batch_frame(idle, 2)) == untouched.receive(batch_frame(idle, 2))
+
+
+def test_sim_game_reports_only_the_cars_live_at_the_start_of_a_step():
+    game = lockstep_game()
+    ids = game.sim.agent_ids
+    x, y = game.sim.track("a").centerline[0]
+    game.sim.teleport(ids[1], x + 100.0, y + 100.0, 0.0)  # off the track: ends on the next step
+    drive = {aid: [0.3, 0.0, 0.0] for aid in ids}
+    first = json.loads(game.receive(batch_frame(drive, 2))[0])
+    assert first["ids"] == ids and first["terminated"] == [False, True, False, False]
+    assert first["info"]["cause"] == [None, "wall", None, None]
+    second = json.loads(game.receive(batch_frame(drive, 3))[0])
+    assert second["ids"] == [ids[0], *ids[2:]] and len(second["obs"]) == 3 and second["tick"] == 3
+    for key in ("x", "y", "heading", "speed"):
+        assert len(second["info"][key]) == 3
+    assert second["info"]["x"][0] == game.sim.pos[0, 0] and second["info"]["y"][2] == game.sim.pos[3, 1]

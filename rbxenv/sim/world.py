@@ -33,7 +33,7 @@ _CAUSES = np.array(kernels.CAUSES, dtype=object)  # the kernels' cause codes -> 
 
 @dataclass
 class StepResult:
-    """Arrays over all cars, in ``Sim.agent_ids`` order."""
+    """Arrays over all cars, in ``Sim.agent_ids`` order: new arrays each step, which later steps leave alone."""
 
     obs: np.ndarray  # (n, obs_size) float32
     reward: np.ndarray  # (n,) float32
