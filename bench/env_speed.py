@@ -62,10 +62,7 @@ def bench_env(num_venvs: int, num_agents: int, seconds: float) -> tuple[float, b
         # A real pair of frames of this size, for the echo benchmark.
         ids = env.session.agent_ids
         actions = rng.uniform(-1, 1, shape).astype(np.float32)
-        batch: dict = {}
-        for aid, row in zip(ids, actions, strict=True):
-            batch.setdefault(aid.split("_env_")[1], {})[aid] = row
-        out_frame = protocol.encode_command("ACTION_BATCH", None, batch, 1)
+        out_frame = protocol.encode_action_rows(ids, actions, 1)  # the column form the simulator takes
         n = len(ids)
         info = protocol.info_columns(n)  # what the simulator reports, in the column form it sends
         for key, value in {"progress": 0.5, "lap": 0, "speed": 41.2, "x": 12.5, "y": -3.25, "heading": 1.5}.items():
@@ -106,22 +103,22 @@ def start_peer(url: str, in_frame: bytes, hello: bool) -> subprocess.Popen:
 
 
 def bench_bridge(out_frame: bytes, in_frame: bytes, seconds: float) -> float:
-    """``TrainingBridge.send_action_batch`` + ``get_observations`` against the canned peer: the
-    bridge's own cost (thread hand-off, validation, slots) with no simulator behind it."""
+    """``TrainingBridge.send_action_rows`` + ``get_observations`` against the canned peer: the
+    bridge's own cost (validation, slots, running the loop) with no simulator behind it."""
     from rbxenv.bridge import TrainingBridge
 
-    batch = protocol.decode_command(out_frame).data
-    ids = [aid for per_venv in batch.values() for aid in per_venv]
+    rows = protocol.decode_command(out_frame).data
+    ids, actions = rows.agent_ids, rows.actions.astype(np.float32)
     with TrainingBridge(port=0) as bridge:
         peer = start_peer(bridge.url, in_frame, hello=True)
         bridge.wait_for_game(10)
         bridge.data.track(ids, 0)  # as if spawned: the peer only ever sends these cars
         for _ in range(20):
-            bridge.send_action_batch(batch)
+            bridge.send_action_rows(ids, actions)
             bridge.get_observations(ids)
         steps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            bridge.send_action_batch(batch)
+            bridge.send_action_rows(ids, actions)
             bridge.get_observations(ids)
             steps += 1
         rate = steps * len(ids) / (time.perf_counter() - t0)

@@ -821,6 +821,23 @@ class TrainingBridge:
         self.action_sent_at = time.monotonic()
         return self._tick
 
+    def send_action_rows(self, agent_ids: Sequence[str], actions: np.ndarray) -> int:
+        """Actions of many agents at once, row k of ``actions`` (n, action_size) for ``agent_ids[k]``:
+        one ACTION_BATCH in column form to games that announced ``columns`` (no dict per car to
+        build or parse), else ``send_action_batch``. Returns the tick id the observations will answer.
+        """
+        if self.game is not None and self.game.has("columns"):
+            tick = self._next_tick()
+            self.data.track(agent_ids, tick)
+            ids = agent_ids if type(agent_ids) is list else list(agent_ids)
+            self._send(protocol.encode_action_rows(ids, np.ascontiguousarray(actions), tick))
+            self.action_sent_at = time.monotonic()
+            return tick
+        batch: dict[str, dict] = {}
+        for aid, row in zip(agent_ids, actions, strict=True):
+            batch.setdefault(protocol.parse_agent_id(aid)[1], {})[aid] = row
+        return self.send_action_batch(batch)
+
     def close_environment(self, env_id: str) -> None:
         """Destroy a venv (track and cars) in the game."""
         self.data.forget([aid for aid in list(self.data.rows) if protocol.parse_agent_id(aid)[1] == env_id])

@@ -179,6 +179,15 @@ def info_dicts(info: dict[str, np.ndarray]) -> list[dict]:
     return out
 
 
+@dataclass(eq=False)
+class ActionRows:
+    """ACTION_BATCH in column form (capability ``columns``), decoded: row k of ``actions``
+    (n, action_size) float64 is the action of ``agent_ids[k]``."""
+
+    agent_ids: list[str]
+    actions: np.ndarray
+
+
 @dataclass(frozen=True)
 class Command:
     """A trainer -> game command, validated. ``data`` is normalised per command (see decode_command)."""
@@ -443,30 +452,43 @@ def _match_ids(ids: Iterable[str], n: int, pattern: re.Pattern) -> re.Match | No
     return pattern.fullmatch(joined) if joined.count("\n") == n - 1 else None
 
 
-def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
-    """The column form (capability ``columns``): one array per field, row k for ``ids[k]``.
-
-    Validated with whole-array passes, not a loop per car: this is the lockstep hot path.
-    """
+def _id_column(msg: dict, where: str) -> list[str]:
+    """The ``ids`` array of a column-form message: unique agent ids (one regex pass for all)."""
     ids = msg["ids"]
     if type(ids) is not list or len(ids) > MAX_AGENTS:
         got = f"{len(ids)} ids" if type(ids) is list else _type_name(ids)
-        raise ProtocolError(f"obs.ids: expected an array of at most {MAX_AGENTS} agent ids, got {got}",
+        raise ProtocolError(f"{where}.ids: expected an array of at most {MAX_AGENTS} agent ids, got {got}",
                             "too_large" if type(ids) is list else "bad_message")  # fmt: skip
     n = len(ids)
     if n and not (_STR.issuperset(map(type, ids)) and _match_ids(ids, n, _AGENT_IDS)):
         for aid in ids:
             parse_agent_id(aid)  # raises, naming the bad id
     if len(set(ids)) != n:
-        raise ProtocolError("obs.ids: an agent id appears twice")
-    rows = _column(msg, "obs", n, _LIST, "obs")
+        raise ProtocolError(f"{where}.ids: an agent id appears twice")
+    return ids
+
+
+def _vector_column(msg: dict, key: str, ids: list[str], size: int, where: str) -> list[list]:
+    """A column of ``size``-number arrays, one per id (one C-level type pass when fine)."""
+    rows = _column(msg, key, len(ids), _LIST, where)
     try:
         flat_ok = _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows)))
     except TypeError:
         flat_ok = False
-    if not flat_ok or set(map(len, rows)) - {obs_size}:
+    if not flat_ok or set(map(len, rows)) - {size}:
         for k, row in enumerate(rows):
-            _check_vector(row, obs_size, f"obs.obs[{k}] ({ids[k]})")
+            _check_vector(row, size, f"{where}.{key}[{k}] ({ids[k]})")
+    return rows
+
+
+def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
+    """The column form (capability ``columns``): one array per field, row k for ``ids[k]``.
+
+    Validated with whole-array passes, not a loop per car: this is the lockstep hot path.
+    """
+    ids = _id_column(msg, "obs")
+    n = len(ids)
+    rows = _vector_column(msg, "obs", ids, obs_size, "obs")
     reward = np.array(_column(msg, "reward", n, _NUMBER_TYPES, "obs"), dtype=np.float64)
     terminated = np.array(_column(msg, "terminated", n, _BOOL, "obs"), dtype=bool)
     truncated = np.array(_column(msg, "truncated", n, _BOOL, "obs"), dtype=bool)
@@ -611,6 +633,13 @@ def encode_command(command: str, envid: str | None = None, data: object = None, 
     return dumps(msg)
 
 
+def encode_action_rows(agent_ids: list[str], actions: np.ndarray, tick: int) -> bytes:
+    """ACTION_BATCH in column form (to games that announced ``columns``): row k of ``actions``
+    (n, action_size) for ``agent_ids[k]``."""
+    msg = {"command": "ACTION_BATCH", "envid": None, "data": None, "tick": tick, "ids": agent_ids, "actions": actions}
+    return dumps(msg)
+
+
 def _check_agent_list(data: object, envid: str | None, where: str) -> list[str]:
     if type(data) is not list:
         raise ProtocolError(f"{where}: expected an array of agent ids, got {_type_name(data)}")
@@ -736,7 +765,8 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     """Parse and validate one frame sent by the trainer (the game side of the protocol).
 
     ``data`` comes out normalised: FREEZE/UPDATE_COLLISIONS -> bool, RESET/REMOVE -> list of ids,
-    SPAWN_AGENTS -> spawn dict, ACTION -> {aid: action}, ACTION_BATCH -> {envid: {aid: action}}.
+    SPAWN_AGENTS -> spawn dict, ACTION -> {aid: action}, ACTION_BATCH -> {envid: {aid: action}}
+    (``ActionRows`` in the column form).
     Frames the trainer sends that are not commands (``welcome``, ``error``) come back as
     Command("WELCOME"/"ERROR", None, msg).
     """
@@ -760,6 +790,10 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     if name in ("CLOSE_ALL",):
         return Command(name, None, None, tick)
     if name == "ACTION_BATCH":
+        if data is None and "ids" in msg:  # the column form
+            ids = _id_column(msg, name)
+            rows = _vector_column(msg, "actions", ids, action_size, name)
+            return Command(name, None, ActionRows(ids, np.array(rows, np.float64).reshape(len(ids), action_size)), tick)
         if type(data) is not dict or len(data) > MAX_VENVS:
             got = f"{len(data)} venvs" if type(data) is dict else _type_name(data)
             raise ProtocolError(

@@ -105,7 +105,6 @@ class GameSession:
         self.venv_ids = [f"v{k}" for k in range(num_venvs)]
         self.agent_ids = [agent_id(i, v) for v in self.venv_ids for i in range(num_agents)]
         self.venv_of = np.repeat(np.arange(num_venvs), num_agents)
-        self._envid_of = {aid: self.venv_ids[v] for aid, v in zip(self.agent_ids, self.venv_of, strict=True)}
         self.tracks: dict[str, dict | None] = dict.fromkeys(self.venv_ids)
         self.bridge = TrainingBridge(host, port, token, obs_timeout=obs_timeout)
         self.game: GameSpec | None = None
@@ -261,14 +260,7 @@ class GameSession:
 
     def send(self, ids: Sequence[str], actions: np.ndarray) -> None:
         """One ACTION_BATCH for the given cars (rows of ``actions`` in the order of ``ids``)."""
-        batch: dict[str, dict] = {}
-        for aid, row in zip(ids, actions, strict=True):
-            envid = self._envid_of[aid]
-            per_venv = batch.get(envid)
-            if per_venv is None:
-                per_venv = batch[envid] = {}
-            per_venv[aid] = row
-        self.bridge.send_action_batch(batch)
+        self.bridge.send_action_rows(ids, actions)
 
     def step(self, ids: Sequence[str], actions: np.ndarray) -> Observations:
         self.send(ids, actions)

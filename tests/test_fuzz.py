@@ -322,6 +322,20 @@ def bad_commands(rng: random.Random, count: int) -> list[tuple[str | bytes, str]
         (json.dumps({"command": "REMOVE_AGENTS", "envid": "a", "data": ["car_5_env_a"]}), "unknown_agent"),
         (json.dumps({"command": "RESET_AGENTS", "envid": "a", "data": "car_0_env_a"}), "bad_message"),
         (json.dumps({"command": "ACTION_BATCH", "tick": -3, "data": {}}), "bad_message"),
+        # the column form (capability "columns")
+        (
+            json.dumps({"command": "ACTION_BATCH", "tick": 2, "ids": ["car_9_env_a"], "actions": [[1, 0, 0]]}),
+            "unknown_agent",
+        ),
+        (
+            json.dumps({"command": "ACTION_BATCH", "tick": 2, "ids": ["car_0_env_a"], "actions": [[1, 0]]}),
+            "bad_message",
+        ),
+        (json.dumps({"command": "ACTION_BATCH", "tick": 2, "ids": ["car_0_env_a"], "actions": []}), "bad_message"),
+        (
+            json.dumps({"command": "ACTION_BATCH", "tick": 2, "ids": ["car_0_env_a"] * 2, "actions": [[1, 0, 0]] * 2}),
+            "bad_message",
+        ),
         (json.dumps({"command": "ACTION_BATCH", "tick": 1, "data": {f"v{k}": {} for k in range(10_000)}}), "too_large"),
         (
             json.dumps({"command": "SPAWN_AGENTS", "envid": "z", "data": [f"car_{k}_env_z" for k in range(100_000)]}),
@@ -535,7 +549,13 @@ values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionari
                       max_leaves=12)  # fmt: skip
 commands = st.fixed_dictionaries(
     {"command": st.sampled_from(sorted(protocol.COMMANDS) + ["JUMP"]), "envid": st.sampled_from(["a", "b", None, 3])},
-    optional={"data": values, "tick": st.integers(0, 2**53) | values},
+    optional={
+        "data": values,
+        "tick": st.integers(0, 2**53) | values,
+        "ids": st.lists(st.sampled_from(["car_0_env_a", "car_1_env_a", "car_2_env_a", "car_0_env_b"]), max_size=4)
+        | values,
+        "actions": st.lists(st.lists(st.floats(allow_nan=False), min_size=3, max_size=3), max_size=4) | values,
+    },
 )
 
 

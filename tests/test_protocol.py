@@ -151,6 +151,61 @@ def test_action_batch_with_tick():
     assert decode_command(frame) == Command("ACTION_BATCH", None, data, 42)
 
 
+def test_action_batch_in_column_form():
+    ids = ["car_0_env_3f2a", "car_1_env_3f2a", "car_0_env_9c1d"]
+    actions = np.array([[1.0, -0.2, 0.0], [0.5, 0.25, 1.0], [-1.0, 1e-7, 0.0]], np.float32)
+    frame = p.encode_action_rows(ids, actions, tick=42)
+    sent = orjson.loads(frame)
+    assert sent == {"command": "ACTION_BATCH", "envid": None, "data": None, "tick": 42, "ids": ids,
+                    "actions": [[1.0, -0.2, 0.0], [0.5, 0.25, 1.0], [-1.0, 1e-7, 0.0]]}  # fmt: skip
+    cmd = decode_command(frame)
+    assert (cmd.name, cmd.envid, cmd.tick) == ("ACTION_BATCH", None, 42)
+    assert isinstance(cmd.data, p.ActionRows) and cmd.data.agent_ids == ids
+    assert cmd.data.actions.dtype == np.float64
+    assert np.array_equal(cmd.data.actions.astype(np.float32), actions)  # float32 values round-trip exactly
+    empty = decode_command(p.encode_action_rows([], np.zeros((0, 3), np.float32), tick=1))
+    assert empty.data.agent_ids == [] and empty.data.actions.shape == (0, 3)
+
+
+def action_rows_msg(**change) -> dict:
+    msg = {"command": "ACTION_BATCH", "envid": None, "data": None, "tick": 3, "ids": ["car_0_env_a", "car_1_env_b"],
+           "actions": [[1, 0, 0], [0.5, -0.5, 0]]}  # fmt: skip
+    msg.update(change)
+    return msg
+
+
+BAD_ACTION_ROWS = [
+    (action_rows_msg(ids="car_0_env_a"), "bad_message", ["ACTION_BATCH.ids", "array", "string"]),
+    (action_rows_msg(ids=["car_0_env_a", "car_0_env_a"]), "bad_message", ["ACTION_BATCH.ids", "twice"]),
+    (action_rows_msg(ids=["car_0_env_a", "bus_1"]), "unknown_agent", ["'bus_1'", "car_<i>_env_<envid>"]),
+    (action_rows_msg(ids=["car_0_env_a\ncar_1_env_a", "car_2_env_a"]), "unknown_agent", ["car_0_env_a"]),
+    (action_rows_msg(actions=[[1, 0, 0]]), "bad_message", ["ACTION_BATCH.actions", "2 values", "got 1"]),
+    (action_rows_msg(actions=None), "bad_message", ["ACTION_BATCH.actions", "null"]),
+    (
+        action_rows_msg(actions=[[1, 0, 0], [1, 0]]),
+        "bad_message",
+        ["ACTION_BATCH.actions[1]", "car_1_env_b", "expected 3 numbers, got 2"],
+    ),
+    (action_rows_msg(actions=[[1, 0, 0], [1, None, 0]]), "bad_message", ["ACTION_BATCH.actions[1]", "[1]", "null"]),
+    (action_rows_msg(actions=[[1, 0, 0], [1, True, 0]]), "bad_message", ["ACTION_BATCH.actions[1]", "boolean"]),
+    (action_rows_msg(actions=[[1, 0, 0], "abc"]), "bad_message", ["ACTION_BATCH.actions[1]", "array", "string"]),
+    (action_rows_msg(tick=-1), "bad_message", ["ACTION_BATCH.tick"]),
+    (action_rows_msg(ids=None), "bad_message", ["ACTION_BATCH.ids", "null"]),
+]
+
+
+@pytest.mark.parametrize(("msg", "code", "fragments"), BAD_ACTION_ROWS)
+def test_bad_action_batch_in_column_form(msg, code, fragments):
+    fails(decode_command, raw(msg), code, *fragments)
+
+
+def test_action_batch_in_column_form_with_too_many_ids():
+    ids = [p.agent_id(k, "a") for k in range(MAX_AGENTS + 1)]
+    fails(
+        decode_command, raw(action_rows_msg(ids=ids, actions=[[0, 0, 0]] * len(ids))), "too_large", "ACTION_BATCH.ids"
+    )
+
+
 @pytest.mark.parametrize("name", ["ACTION", "SPAWN_AGENTS", "RESET_AGENTS"])
 def test_tick_is_accepted_on_every_ticked_command(name):
     data = {"car_0_env_a": [0, 0, 0]} if name == "ACTION" else ["car_0_env_a"]

@@ -125,3 +125,26 @@ def test_sim_game_reports_only_the_cars_live_at_the_start_of_a_step():
     for key in ("x", "y", "heading", "speed"):
         assert len(second["info"][key]) == 3
     assert second["info"]["x"][0] == game.sim.pos[0, 0] and second["info"]["y"][2] == game.sim.pos[3, 1]
+
+
+def rows_frame(actions: dict[str, list], tick: int) -> str:
+    """The same ACTION_BATCH in column form (what the trainer sends a game that announced columns)."""
+    return protocol.encode_action_rows(list(actions), np.array(list(actions.values())), tick).decode()
+
+
+def test_sim_game_answers_both_forms_of_action_batch_alike():
+    """Every car in order (the trainer's fast path), a part of them, cars out of order, an unknown
+    agent: the column form gives the same frames and state as the per-venv form."""
+    by_venv, by_rows = lockstep_game(), lockstep_game()
+    ids = by_venv.sim.agent_ids
+    rng = np.random.default_rng(0)
+    steps = [
+        dict(zip(ids, rng.uniform(-1.5, 1.5, (4, 3)).astype(np.float32).tolist(), strict=True)),  # clipped
+        {ids[3]: [1.0, 0.5, 1.0], ids[0]: [0.25, -1.0, 0.0]},  # the others hold theirs
+        dict(zip(ids[::-1], rng.uniform(-1, 1, (4, 3)).astype(np.float32).tolist(), strict=True)),
+        {ids[0]: [1.0, 0.0, 0.0], "car_7_env_b": [1.0, 0.0, 0.0]},  # refused whole
+    ]
+    for tick, actions in enumerate(steps, start=2):
+        assert by_rows.receive(rows_frame(actions, tick)) == by_venv.receive(batch_frame(actions, tick))
+        assert by_rows.actions == by_venv.actions and by_rows.tick == by_venv.tick
+    assert by_rows.stats == by_venv.stats and by_rows.stats["bad_commands"] == 1

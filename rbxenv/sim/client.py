@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterable
 from itertools import chain
 
 import numpy as np
@@ -21,7 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rbxenv import protocol
-from rbxenv.protocol import Command, GameSpec, ProtocolError
+from rbxenv.protocol import ActionRows, Command, GameSpec, ProtocolError
 from rbxenv.sim.world import Sim, StepResult
 
 log = logging.getLogger("rbxenv.sim")
@@ -104,6 +105,8 @@ class SimGame:
         sim = self.sim
         name = cmd.name
         if name == "ACTION_BATCH":  # the lockstep hot path, tested first
+            if type(cmd.data) is ActionRows:
+                return self._action_rows(cmd.data)
             batch = cmd.data.values()
             for per_venv in batch:  # all or nothing: check every venv before applying any
                 self._check_known_actions(per_venv)
@@ -198,10 +201,23 @@ class SimGame:
         if spawn["track"] is not None:
             check_buildable_track(spawn["track"])
 
-    def _check_known_actions(self, actions: dict[str, list]) -> None:
-        if not self.actions.keys() >= actions.keys():  # one C-level set test on the hot path
-            unknown = [aid for aid in actions if aid not in self.actions]
+    def _check_known_actions(self, ids: Iterable[str]) -> None:
+        """Refuse actions for agents never spawned (``ids``: a list, or an {id: action} dict)."""
+        if not all(map(self.actions.__contains__, ids)):  # one C-level pass on the hot path
+            unknown = [aid for aid in ids if aid not in self.actions]
             raise ProtocolError(f"actions for agents never spawned: {', '.join(unknown[:3])}", "unknown_agent")
+
+    def _action_rows(self, rows: ActionRows) -> list[bytes]:
+        """ACTION_BATCH in column form: it means what the per-venv form means; when it names every
+        car in the simulator's order (as the trainer sends it), the step takes its array as it is."""
+        ids = rows.agent_ids
+        self._check_known_actions(ids)
+        self.actions.update(zip(ids, rows.actions.tolist(), strict=True))  # held for cars a later batch leaves out
+        if self.realtime:
+            return []
+        if ids == self.sim.agent_ids:
+            return self.step(rows.actions.clip(-1.0, 1.0).astype(np.float32))  # as _action_array would
+        return self.step()
 
     def _forget(self, envid: str) -> None:
         for aid in [a for a in self.actions if protocol.parse_agent_id(a)[1] == envid]:
@@ -209,13 +225,14 @@ class SimGame:
 
     # ------------------------------------------------------------------ stepping and reporting
 
-    def step(self) -> list[bytes]:
-        """Advance one decision step with the latest actions; frames for the cars that were live."""
+    def step(self, actions: np.ndarray | None = None) -> list[bytes]:
+        """Advance one decision step with the latest actions (``actions``: the same, already as an
+        (n, 3) float32 array in ``Sim.agent_ids`` order); frames for the cars that were live."""
         sim = self.sim
         ids = sim.agent_ids
         if not ids or sim.frozen:
             return []
-        result = sim.step(self._action_array(ids))
+        result = sim.step(self._action_array(ids) if actions is None else actions)
         self.stats["steps"] += 1
         self.acted_venvs.clear()
         reported = np.count_nonzero(result.live)
