@@ -69,6 +69,10 @@ class Observations:
     truncated: np.ndarray  # (n,) bool
     info: dict[str, np.ndarray]  # one column per protocol.INFO_KEYS (NaN / None where not reported)
     has_info: np.ndarray  # (n,) bool: the game sent info for this agent
+    # The game restarted the agent as its episode ended (autoreset; spawn_agents(autoreset=True))
+    # and reset_obs is its first observation of the next episode (zeros where not restarted).
+    restarted: np.ndarray | None = None  # (n,) bool
+    reset_obs: np.ndarray | None = None  # (n, obs_size) float32
 
     @property
     def infos(self) -> list[dict]:
@@ -112,6 +116,8 @@ class DataBridge:
             "info_numbers": np.full((len(protocol.INFO_NUMBERS), capacity), np.nan),  # a row per INFO_NUMBERS key
             "info_collided": np.zeros(capacity, bool),
             "info_cause": np.full(capacity, None, object),
+            "restarted": np.zeros(capacity, bool),  # autoreset: restarted by the game as its episode ended
+            "reset_obs": np.zeros((capacity, obs_size), np.float32),  # ... and its first observation since
         }
         for key, old in self._c.items():
             if key == "info_numbers":
@@ -126,6 +132,7 @@ class DataBridge:
         c = self._c
         c["reward"][rows] = 0.0
         c["terminated"][rows] = c["truncated"][rows] = c["fresh"][rows] = c["has_info"][rows] = False
+        c["restarted"][rows] = False
 
     def ready(self, rows: np.ndarray | slice) -> bool:
         """Every agent of these rows (``select``) has an observation waiting."""
@@ -215,6 +222,15 @@ class DataBridge:
                 c["info_numbers"][:, told] = numbers if told is rows else numbers[:, batch.has_info]
                 c["info_collided"][told] = info["collided"][batch.has_info]
                 c["info_cause"][told] = info["cause"][batch.has_info]
+            if batch.restarted is not None and batch.restarted.any():
+                restarted = _rows(rows)[batch.restarted]
+                c["restarted"][restarted] = True
+                c["reset_obs"][restarted] = batch.reset_obs[batch.restarted]
+                if (
+                    batch.tick is not None
+                ):  # older packets belong to the episode that ended (and stay below expected_tick)
+                    c["episode_tick"][restarted] = batch.tick
+                    c["expected_tick"][restarted] = np.maximum(c["expected_tick"][restarted], batch.tick)
             c["fresh_at"][rows] = np.where(c["fresh"][rows], c["fresh_at"][rows], now)
             c["fresh"][rows] = True
             self.cond.notify_all()
@@ -293,6 +309,8 @@ class DataBridge:
                 take(c["truncated"][rows]),
                 info,
                 take(c["has_info"][rows]),
+                take(c["restarted"][rows]),
+                take(c["reset_obs"][rows]),
             )
             self._drain(rows)
             return out
@@ -325,6 +343,8 @@ def _rows_of_batch(batch: ObsBatch, keep: np.ndarray) -> ObsBatch:
         batch.truncated[keep],
         {key: column[keep] for key, column in batch.info.items()},
         batch.has_info[keep],
+        None if batch.restarted is None else batch.restarted[keep],
+        None if batch.reset_obs is None else batch.reset_obs[keep],
     )
 
 
@@ -762,11 +782,16 @@ class TrainingBridge:
         track: dict | None = None,
         start: str = "grid",
         seed: int | None = None,
+        autoreset: bool = False,
     ) -> None:
         """(Re)spawn agents of a venv; creates the venv (and its track) if it is new.
 
         ``track``/``start``/``seed`` are sent only to games that announced ``track_spec`` /
-        ``random_start``; a seed game gets the seed's plain list of agent ids.
+        ``random_start``; a seed game gets the seed's plain list of agent ids. ``autoreset``: the
+        game restarts each of these cars in the step its episode ends, and that step's observations
+        bring its first observation of the next one (``Observations.restarted``/``reset_obs``), so
+        no RESET_AGENTS round trip is needed; asked only of games that announced ``autoreset`` and
+        ``columns`` (see ``autoresets``).
         """
         protocol.check_envid(env_id)
         agents = list(agents)
@@ -780,7 +805,14 @@ class TrainingBridge:
                 data["track"] = track
             if seed is not None:
                 data["seed"] = int(seed)
+            if autoreset and self.autoresets:
+                data["autoreset"] = True
         self._send(protocol.encode_command("SPAWN_AGENTS", env_id, data, tick if self._ticked() else None))
+
+    @property
+    def autoresets(self) -> bool:
+        """The game restarts cars spawned with ``autoreset=True`` itself (it announced the capability)."""
+        return self.game is not None and self.game.has("autoreset") and self.game.has("columns")
 
     def reset_agents(self, env_id: str, agents: Sequence[str]) -> None:
         """Respawn agents (their episodes restart); the game answers with their observations."""

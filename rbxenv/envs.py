@@ -222,6 +222,9 @@ class RacingVectorEnv(VectorEnv):
         self._steps = 0
         self._rng = np.random.default_rng()
         self._freezer = _FreezeWhenIdle(session) if self.game.mode == "realtime" else None
+        # In lockstep the game restarts ended cars itself where it can (no RESET_AGENTS round trip);
+        # in real time, packets of the next episode could arrive before the ending is read.
+        session.autoreset = self.game.mode == "lockstep"
 
     def _restart_stacks(self, rows: np.ndarray | slice, obs: np.ndarray) -> None:
         # A new episode starts with every frame equal to its first observation (no zeros that a
@@ -272,7 +275,7 @@ class RacingVectorEnv(VectorEnv):
             infos = {key: self._last_infos[key].copy() for key in (*INFO_NUMBERS, "collided")}
             infos["cause"] = np.full(n, None, dtype=object)
             infos["lost_step"] = True
-            return self._finish(reward, terminated, truncated, infos, [])
+            return self._finish(reward, terminated, truncated, infos, [], None)
         self._steps += 1
         self._stack[:, :-1] = self._stack[:, 1:]
         self._stack[:, -1] = got.obs
@@ -286,21 +289,32 @@ class RacingVectorEnv(VectorEnv):
         rotate = self._venvs_due_for_new_track()
         for venv in rotate:  # moving a venv to a new track ends its cars' episodes (truncation)
             truncated[self.session.venv_of == venv] |= ~terminated[self.session.venv_of == venv]
-        return self._finish(reward, terminated, truncated, infos, rotate)
+        return self._finish(reward, terminated, truncated, infos, rotate, got)
 
-    def _finish(self, reward, terminated, truncated, infos, rotate):
-        """Report the episodes that ended, respawn their cars (same step), restart their stacks."""
+    def _finish(self, reward, terminated, truncated, infos, rotate, got: Observations | None):
+        """Report the episodes that ended, restart their cars (same step) and their stacks: cars
+        the game restarted itself (autoreset) come with their first observation, the others
+        (and every car of a venv moving to a new track) are respawned."""
         done = terminated | truncated
         if not done.any():
             return self._stacked(), reward, terminated, truncated, infos
+        n = self.num_envs
+        first_obs = np.zeros((n, self.obs_size), dtype=np.float32)
+        restarted = done & (got.restarted if got is not None and got.restarted is not None else False)
+        restarted &= ~np.isin(self.session.venv_of, rotate)
+        first_obs[restarted] = got.reset_obs[restarted] if restarted.any() else 0.0
+        respawn = np.flatnonzero(done & ~restarted)
         lost = infos.get("lost_step", False)
-        if not lost:
+        if not lost and (len(respawn) or rotate):
             try:
-                fresh = self.session.respawn(np.flatnonzero(done), rotate, self._rng)
+                fresh = self.session.respawn(respawn, rotate, self._rng)
             except BridgeClosed:
                 if self.session.reconnect_timeout <= 0:
                     raise
                 lost = True
+            else:
+                order = {aid: k for k, aid in enumerate(fresh.agent_ids)}
+                first_obs[respawn] = fresh.obs[[order[self.session.agent_ids[k]] for k in respawn]]
         if lost:
             # Lost now (or before this step's answer): the cars still driving end here as well,
             # truncated at this step's real observation, and every car restarts on the returned game.
@@ -308,7 +322,8 @@ class RacingVectorEnv(VectorEnv):
             done[:] = True
             fresh = self.session.reconnect()
             infos["reconnected"] = True
-        n = self.num_envs
+            order = {aid: k for k, aid in enumerate(fresh.agent_ids)}
+            first_obs[:] = fresh.obs[[order[aid] for aid in self.session.agent_ids]]
         rows = np.flatnonzero(done)
         infos["final_obs"] = np.where(done[:, None], self._stack.reshape(n, -1), 0.0).astype(np.float32)
         infos["_final_obs"] = done
@@ -322,8 +337,7 @@ class RacingVectorEnv(VectorEnv):
             "crashed": done & (infos["cause"] == "wall"),
         }
         infos["_episode"] = done
-        order = {aid: k for k, aid in enumerate(fresh.agent_ids)}
-        self._restart_stacks(rows, fresh.obs[[order[self.session.agent_ids[k]] for k in rows]])
+        self._restart_stacks(rows, first_obs[rows])
         return self._stacked(), reward, terminated, truncated, infos
 
     def _venvs_due_for_new_track(self) -> list[int]:

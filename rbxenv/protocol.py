@@ -38,7 +38,7 @@ SEED_COMMANDS = frozenset(
     }
 )
 COMMANDS = SEED_COMMANDS | {"ACTION_BATCH"}
-CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns"})
+CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns", "autoreset"})
 ERROR_CODES = frozenset(
     {
         "bad_json",
@@ -140,6 +140,8 @@ class ObsBatch:
 
     Row ``k`` of every array belongs to ``agent_ids[k]``. ``info`` holds one column per
     ``INFO_KEYS`` entry (see ``info_columns``); ``has_info[k]`` says whether agent k sent any.
+    ``restarted[k]``: the game restarted agent k as its episode ended here (autoreset, §3.2), and
+    ``reset_obs[k]`` is its first observation of the next one (both None: nobody restarted).
     """
 
     tick: int | None
@@ -150,6 +152,8 @@ class ObsBatch:
     truncated: np.ndarray  # (n,) bool
     info: dict[str, np.ndarray]
     has_info: np.ndarray  # (n,) bool
+    restarted: np.ndarray | None = None  # (n,) bool
+    reset_obs: np.ndarray | None = None  # (n, obs_size) float32, zeros where not restarted
 
     @property
     def infos(self) -> list[dict | None]:
@@ -452,19 +456,18 @@ def _match_ids(ids: Iterable[str], n: int, pattern: re.Pattern) -> re.Match | No
     return pattern.fullmatch(joined) if joined.count("\n") == n - 1 else None
 
 
-def _id_column(msg: dict, where: str) -> list[str]:
+def _id_column(ids: object, where: str) -> list[str]:
     """The ``ids`` array of a column-form message: unique agent ids (one regex pass for all)."""
-    ids = msg["ids"]
     if type(ids) is not list or len(ids) > MAX_AGENTS:
         got = f"{len(ids)} ids" if type(ids) is list else _type_name(ids)
-        raise ProtocolError(f"{where}.ids: expected an array of at most {MAX_AGENTS} agent ids, got {got}",
+        raise ProtocolError(f"{where}: expected an array of at most {MAX_AGENTS} agent ids, got {got}",
                             "too_large" if type(ids) is list else "bad_message")  # fmt: skip
     n = len(ids)
     if n and not (_STR.issuperset(map(type, ids)) and _match_ids(ids, n, _AGENT_IDS)):
         for aid in ids:
             parse_agent_id(aid)  # raises, naming the bad id
     if len(set(ids)) != n:
-        raise ProtocolError(f"{where}.ids: an agent id appears twice")
+        raise ProtocolError(f"{where}: an agent id appears twice")
     return ids
 
 
@@ -486,7 +489,7 @@ def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
 
     Validated with whole-array passes, not a loop per car: this is the lockstep hot path.
     """
-    ids = _id_column(msg, "obs")
+    ids = _id_column(msg["ids"], "obs.ids")
     n = len(ids)
     rows = _vector_column(msg, "obs", ids, obs_size, "obs")
     reward = np.array(_column(msg, "reward", n, _NUMBER_TYPES, "obs"), dtype=np.float64)
@@ -522,7 +525,31 @@ def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
             bad = next(c for c in causes if c not in _CAUSES_OR_NULL)
             raise ProtocolError(f"obs.info.cause: expected one of {sorted(ENDING_CAUSES)} or null, got {_show(bad)}")
         info["cause"] = np.array(causes, dtype=object)
-    return ObsBatch(tick, ids, _obs_array(rows, n, obs_size, "obs.obs"), reward, terminated, truncated, info, has_info)
+    batch = ObsBatch(tick, ids, _obs_array(rows, n, obs_size, "obs.obs"), reward, terminated, truncated, info, has_info)
+    if "reset_ids" in msg:
+        batch.restarted, batch.reset_obs = _decode_restarts(msg, batch, obs_size)
+    return batch
+
+
+def _decode_restarts(msg: dict, batch: ObsBatch, obs_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``reset_ids`` / ``reset_obs`` (autoreset): agents of this batch whose episode ended in it
+    and that the game restarted, with their first observations -> (restarted, reset_obs) by row."""
+    reset_ids = _id_column(msg["reset_ids"], "obs.reset_ids")
+    rows = _vector_column(msg, "reset_obs", reset_ids, obs_size, "obs")
+    row_of = {aid: k for k, aid in enumerate(batch.agent_ids)}
+    restarted = np.zeros(len(row_of), dtype=bool)
+    reset_obs = np.zeros((len(row_of), obs_size), dtype=np.float32)
+    if not reset_ids:
+        return restarted, reset_obs
+    for aid in reset_ids:
+        k = row_of.get(aid)
+        if k is None:
+            raise ProtocolError(f"obs.reset_ids: {aid} is not in this batch's ids (its ending must come with it)")
+        if not (batch.terminated[k] or batch.truncated[k]):
+            raise ProtocolError(f"obs.reset_ids: {aid} was restarted, but its episode did not end in this batch")
+        restarted[k] = True
+    reset_obs[[row_of[aid] for aid in reset_ids]] = _obs_array(rows, len(reset_ids), obs_size, "obs.reset_obs")
+    return restarted, reset_obs
 
 
 def decode_game_message(raw: str | bytes, obs_size: int) -> Hello | ObsBatch | ErrorMessage:
@@ -576,11 +603,14 @@ def encode_obs(
     info: dict[str, np.ndarray] | None = None,
     tick: int | None = None,
     form: str = "batch",
+    reset_ids: list[str] | None = None,
+    reset_obs: np.ndarray | None = None,
 ) -> bytes:
     """An observation message of the given agents, ``info`` as columns (see ``info_columns``).
 
     ``form``: "columns" (v1 ``obs`` batch in column form), "batch" (v1 ``obs`` batch, one entry per
-    agent) or "seed" (the seed's per-venv packet, no type and no tick).
+    agent) or "seed" (the seed's per-venv packet, no type and no tick). ``reset_ids`` and their
+    first observations ``reset_obs``: the agents restarted by autoreset (column form only).
     """
     if form == "columns":
         msg = {"type": "obs", "tick": tick, "ids": agent_ids, "obs": obs, "reward": reward,
@@ -595,6 +625,8 @@ def encode_obs(
                 "collided": info["collided"],
                 "cause": info["cause"].tolist(),
             }
+        if reset_ids is not None:
+            msg["reset_ids"], msg["reset_obs"] = reset_ids, reset_obs
         return dumps(msg)
     infos = info_dicts(info) if info is not None else None
     agents = {}
@@ -736,13 +768,14 @@ def check_track_spec(track: object, where: str = "track") -> dict:
 
 
 def _check_spawn(data: object, envid: str) -> dict:
-    """SPAWN_AGENTS data -> {"agents", "track", "start", "seed"} whichever form it came in."""
+    """SPAWN_AGENTS data -> {"agents", "track", "start", "seed", "autoreset"} whichever form it came in."""
     if type(data) is list:
         return {
             "agents": _check_agent_list(data, envid, "SPAWN_AGENTS.data"),
             "track": None,
             "start": "grid",
             "seed": None,
+            "autoreset": False,
         }
     if type(data) is not dict:
         raise ProtocolError(
@@ -758,7 +791,8 @@ def _check_spawn(data: object, envid: str) -> dict:
     seed = data.get("seed")
     if seed is not None:
         _check_int(seed, "SPAWN_AGENTS.data.seed", 0, 2**63 - 1)
-    return {"agents": agents, "track": track, "start": start, "seed": seed}
+    autoreset = _check_bool(data.get("autoreset", False), "SPAWN_AGENTS.data.autoreset")
+    return {"agents": agents, "track": track, "start": start, "seed": seed, "autoreset": autoreset}
 
 
 def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
@@ -791,7 +825,7 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
         return Command(name, None, None, tick)
     if name == "ACTION_BATCH":
         if data is None and "ids" in msg:  # the column form
-            ids = _id_column(msg, name)
+            ids = _id_column(msg["ids"], f"{name}.ids")
             rows = _vector_column(msg, "actions", ids, action_size, name)
             return Command(name, None, ActionRows(ids, np.array(rows, np.float64).reshape(len(ids), action_size)), tick)
         if type(data) is not dict or len(data) > MAX_VENVS:

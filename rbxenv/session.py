@@ -102,6 +102,9 @@ class GameSession:
         self.wait_timeout, self.sim_seed = wait_timeout, sim_seed
         self.reconnect_timeout = reconnect_timeout
         self.reconnects = 0
+        # Cars are spawned asking the game to restart them when their episodes end (games that can:
+        # TrainingBridge.autoresets); the vector env sets it, PettingZoo's agents stay done instead.
+        self.autoreset = False
         self.venv_ids = [f"v{k}" for k in range(num_venvs)]
         self.agent_ids = [agent_id(i, v) for v in self.venv_ids for i in range(num_agents)]
         self.venv_of = np.repeat(np.arange(num_venvs), num_agents)
@@ -227,7 +230,7 @@ class GameSession:
         envid = self.venv_ids[venv]
         self.tracks[envid] = track
         ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
-        self.bridge.spawn_agents(envid, ids, track=track, start=self.start, seed=seed)
+        self.bridge.spawn_agents(envid, ids, track=track, start=self.start, seed=seed, autoreset=self.autoreset)
         return ids
 
     def spawn_venv(self, venv: int, rng: np.random.Generator) -> list[str]:

@@ -870,3 +870,28 @@ def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
             data.track(ids, 4)
     assert np.array_equal(first.obs[:, 0], np.array([30.0 + k for k in range(len(ids))], np.float32))
     assert first.reward[0] == 30.0 and not data.ready(data.select(ids))
+
+
+def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
+    from rbxenv.bridge import DataBridge
+
+    data = DataBridge()
+    ids = [protocol.agent_id(i, "a") for i in range(3)]
+    data.track(ids, 1, restart=True)
+    data.track(ids, 2)
+    batch = obs_batch(ids, 2, dict.fromkeys(ids, 1.0), [True] * 3)
+    batch.terminated[1] = True
+    batch.restarted = np.array([False, True, False])
+    batch.reset_obs = np.zeros((3, 13), np.float32)
+    batch.reset_obs[1] = 7.0
+    data.put_batch(batch)
+    got = data.wait(ids, 1.0)
+    assert got.restarted.tolist() == [False, True, False] and got.terminated.tolist() == [False, True, False]
+    assert got.reset_obs[1].tolist() == [7.0] * 13 and not got.reset_obs[[0, 2]].any()
+    data.track(ids, 3)
+    late = obs_batch([ids[1]], 1, {ids[1]: 5.0}, [True])  # sent before the restart: the old episode's
+    data.put_batch(late)
+    assert data.stats["old_episode_packets"] == 1
+    data.put_batch(obs_batch(ids, 3, dict.fromkeys(ids, 2.0), [True] * 3))
+    got = data.wait(ids, 1.0)
+    assert not got.restarted.any() and got.reward.tolist() == [2.0] * 3

@@ -103,6 +103,40 @@ def test_vector_env_per_car_reset_final_obs_and_stats():
         env.close()
 
 
+def test_cars_the_game_restarts_itself_give_the_rollout_reset_agents_gives():
+    """Lockstep with the simulator: a crashed car is restarted by the game in the step it ends
+    (autoreset), so that step is one round trip; the rollout is the one RESET_AGENTS round trips
+    give, final observations and episode statistics included, also across track changes."""
+
+    def rollout(autoreset: bool) -> tuple[list, int, int]:
+        env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, track_change_steps=40)
+        try:
+            env.session.autoreset = autoreset
+            obs, _ = env.reset(seed=3)
+            rng = np.random.default_rng(0)
+            steer = np.linspace(-0.9, 0.9, 6)  # most cars turn into a wall sooner or later
+            steps, lone_frames, ended = [obs], 0, 0
+            for _ in range(120):
+                sent = env.session.bridge.stats["frames_out"]
+                actions = rng.uniform(-1, 1, (6, 3)).astype(np.float32)
+                actions[:, 0], actions[:, 1] = 1.0, np.clip(0.3 * actions[:, 1] + steer, -1, 1)
+                obs, reward, term, trunc, infos = env.step(actions)
+                done = term | trunc
+                ended += int(done.sum())
+                lone_frames += env.session.bridge.stats["frames_out"] - sent == 1 and done.any()
+                steps += [obs, reward, term, trunc, infos.get("final_obs"), infos.get("episode", {}).get("r")]
+            return steps, lone_frames, ended
+        finally:
+            env.close()
+
+    (auto, auto_lone, ended), (manual, manual_lone, _) = rollout(True), rollout(False)
+    assert ended > 10, "random driving crashes cars"
+    assert auto_lone > 5 and manual_lone == 0, "restarted by the game: no RESET_AGENTS round trip"
+    assert len(auto) == len(manual)
+    for a, b in zip(auto, manual, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_vector_env_reproducible_with_seed():
     def rollout() -> tuple[np.ndarray, np.ndarray]:
         env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, track_change_steps=20, sim_seed=5)

@@ -91,7 +91,13 @@ def test_seed_spawn_example_from_the_page():
     assert cmd == Command(
         "SPAWN_AGENTS",
         "3f2a",
-        {"agents": ["car_0_env_3f2a", "car_1_env_3f2a"], "track": None, "start": "grid", "seed": None},
+        {
+            "agents": ["car_0_env_3f2a", "car_1_env_3f2a"],
+            "track": None,
+            "start": "grid",
+            "seed": None,
+            "autoreset": False,
+        },
         None,
     )
 
@@ -212,14 +218,14 @@ def test_tick_is_accepted_on_every_ticked_command(name):
     assert decode_command(p.encode_command(name, "a", data, tick=3)).tick == 3
 
 
-def test_spawn_object_with_track_spec_random_start_and_seed():
+def test_spawn_object_with_track_spec_random_start_seed_and_autoreset():
     track = square_track()
-    data = {"agents": ["car_0_env_a", "car_1_env_a"], "track": track, "start": "random", "seed": 7}
+    data = {"agents": ["car_0_env_a", "car_1_env_a"], "track": track, "start": "random", "seed": 7, "autoreset": True}
     cmd = decode_command(p.encode_command("SPAWN_AGENTS", "a", data, tick=1))
-    assert cmd.data == {"agents": data["agents"], "track": track, "start": "random", "seed": 7}
-    # start defaults to grid, track and seed are optional, unknown keys ignored
+    assert cmd.data == data
+    # start defaults to grid, track, seed and autoreset are optional, unknown keys ignored
     cmd = decode_command(raw({"command": "SPAWN_AGENTS", "envid": "a", "data": {"agents": [], "future": 1}}))
-    assert cmd.data == {"agents": [], "track": None, "start": "grid", "seed": None}
+    assert cmd.data == {"agents": [], "track": None, "start": "grid", "seed": None, "autoreset": False}
 
 
 def test_track_spec_grid_is_optional():
@@ -388,6 +394,11 @@ BAD_COMMANDS = [
         {"command": "SPAWN_AGENTS", "envid": "a", "data": {"agents": [], "seed": -1}},
         "bad_message",
         ["SPAWN_AGENTS.data.seed", "-1"],
+    ),
+    (
+        {"command": "SPAWN_AGENTS", "envid": "a", "data": {"agents": [], "autoreset": 1}},
+        "bad_message",
+        ["SPAWN_AGENTS.data.autoreset", "true or false", "number 1"],
     ),
     (
         {"command": "SPAWN_AGENTS", "envid": "a", "data": {"agents": [], "seed": "7"}},
@@ -735,6 +746,44 @@ BAD_COLUMNS = [
 @pytest.mark.parametrize(("msg", "code", "fragments"), BAD_COLUMNS)
 def test_bad_obs_columns(msg, code, fragments):
     fails(game, raw(msg), code, *fragments)
+
+
+RESTART = [0.25] * 10 + [1.0, 0.0, 0.0]
+
+
+def test_obs_batch_with_autoreset_restarts():
+    batch = game(raw(columns_msg(reset_ids=["car_1_env_a"], reset_obs=[RESTART])))
+    assert batch.restarted.tolist() == [False, True]
+    np.testing.assert_array_equal(batch.reset_obs, np.array([[0.0] * 13, RESTART], np.float32))
+    assert batch.terminated.tolist() == [False, True]  # the ending is reported as ever
+    none = game(raw(columns_msg(reset_ids=[], reset_obs=[])))
+    assert none.restarted.tolist() == [False, False]
+    assert game(raw(columns_msg())).restarted is None  # no restarts at all: nothing to read
+    ids, obs = ["car_0_env_a", "car_1_env_a"], np.array([OBS13, [0.0] * 13], np.float32)
+    info = p.info_columns(2)
+    frame = p.encode_obs(ids, obs, np.zeros(2), np.array([False, True]), np.zeros(2, bool), info, 4, "columns",
+                         reset_ids=["car_1_env_a"], reset_obs=np.array([RESTART], np.float32))  # fmt: skip
+    again = game(frame)
+    assert again.restarted.tolist() == [False, True] and again.reset_obs[1].tolist() == np.float32(RESTART).tolist()
+
+
+BAD_RESTARTS = [
+    (columns_msg(reset_ids=["car_0_env_a"], reset_obs=[RESTART]), ["obs.reset_ids", "car_0_env_a", "did not end"]),
+    (columns_msg(reset_ids=["car_5_env_a"], reset_obs=[RESTART]), ["obs.reset_ids", "car_5_env_a", "not in"]),
+    (columns_msg(reset_ids=["car_1_env_a"] * 2, reset_obs=[RESTART] * 2), ["obs.reset_ids", "twice"]),
+    (columns_msg(reset_ids=["car_1_env_a"], reset_obs=[]), ["obs.reset_obs", "1 values", "got 0"]),
+    (
+        columns_msg(reset_ids=["car_1_env_a"], reset_obs=[RESTART[:5]]),
+        ["obs.reset_obs[0]", "car_1_env_a", "13 numbers"],
+    ),
+    (columns_msg(reset_ids="car_1_env_a", reset_obs=[RESTART]), ["obs.reset_ids", "array"]),
+    (columns_msg(reset_ids=["car_1_env_a"]), ["obs.reset_obs", "null"]),
+]
+
+
+@pytest.mark.parametrize(("msg", "fragments"), BAD_RESTARTS)
+def test_bad_autoreset_restarts(msg, fragments):
+    fails(game, raw(msg), "bad_message", *fragments)
 
 
 @pytest.mark.parametrize(

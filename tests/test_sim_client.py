@@ -148,3 +148,32 @@ def test_sim_game_answers_both_forms_of_action_batch_alike():
         assert by_rows.receive(rows_frame(actions, tick)) == by_venv.receive(batch_frame(actions, tick))
         assert by_rows.actions == by_venv.actions and by_rows.tick == by_venv.tick
     assert by_rows.stats == by_venv.stats and by_rows.stats["bad_commands"] == 1
+
+
+def test_autoreset_restarts_an_ended_car_as_reset_agents_would():
+    """Twin games: cars spawned with autoreset are restarted in the step they end, and the batch
+    carries their first observations; the same cars reset by RESET_AGENTS give the same ones, and
+    both games go on alike."""
+    auto, manual = SimGame(Sim(seed=0)), SimGame(Sim(seed=0))
+    ids = [protocol.agent_id(i, "a") for i in range(3)]
+    for game, autoreset in ((auto, True), (manual, False)):
+        game.welcome(["batch", "tick", "info", "columns"])
+        spawn = {"agents": ids, "track": generate(3), "start": "random", "seed": 5, "autoreset": autoreset}
+        game.receive(protocol.encode_command("SPAWN_AGENTS", "a", spawn, 1).decode())
+        x, y = game.sim.track("a").centerline[0]
+        game.sim.teleport(ids[1], x + 100.0, y + 100.0, 0.0)  # off the track: ends on the next step
+    drive = {aid: [0.3, 0.0, 0.0] for aid in ids}
+    ended = json.loads(auto.receive(rows_frame(drive, 2))[0])
+    plain = json.loads(manual.receive(rows_frame(drive, 2))[0])
+    assert ended.pop("reset_ids") == [ids[1]] and "reset_ids" not in plain
+    restart_obs = ended.pop("reset_obs")
+    assert ended == plain  # the ending itself is reported as without autoreset (pose where it ended)
+    (report,) = manual.receive(protocol.encode_command("RESET_AGENTS", "a", [ids[1]], 3).decode())
+    assert restart_obs == json.loads(report)["obs"]
+    assert auto.sim.live.all() and auto.actions == manual.actions
+    for tick in (4, 5):  # ticks line up once manual's reset took its own
+        assert auto.receive(rows_frame(drive, tick)) == manual.receive(rows_frame(drive, tick))
+    # a car spawned again without autoreset is parked when it ends
+    auto.receive(protocol.encode_command("SPAWN_AGENTS", "a", {"agents": [ids[1]]}, 6).decode())
+    auto.sim.teleport(ids[1], x + 100.0, y + 100.0, 0.0)
+    assert "reset_ids" not in json.loads(auto.receive(rows_frame(drive, 7))[0]) and not auto.sim.live[1]

@@ -27,7 +27,7 @@ from rbxenv.sim.world import Sim, StepResult
 
 log = logging.getLogger("rbxenv.sim")
 
-CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns"})
+CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns", "autoreset"})
 
 # What one simulator seats: a trainer (or anything that reaches its socket) cannot make it
 # allocate without bound. Car indices above MAX_CARS_PER_VENV would build that many grid slots.
@@ -68,6 +68,7 @@ class SimGame:
         self.ticked = False
         self.tick = 0  # tick of the latest command applied
         self.actions: dict[str, list] = {}  # latest action per car (held in real time)
+        self.autoreset: set[str] = set()  # cars restarted as soon as their episode ends (column form only)
         self.acted_venvs: set[str] = set()  # lockstep with per-venv ACTIONs: venvs acted since the last step
         self.stats = {"steps": 0, "bad_commands": 0, "internal_errors": 0}
         self._bad = protocol.RateLimitedLog(log, "bad command from trainer")
@@ -131,6 +132,7 @@ class SimGame:
         if name == "CLOSE_ALL":
             sim.close_all()
             self.actions.clear()
+            self.autoreset.clear()
             return []
         if name == "CLOSE":
             sim.close_venv(cmd.envid)
@@ -142,6 +144,10 @@ class SimGame:
             sim.spawn(cmd.envid, spawn["agents"], track=spawn["track"], start=spawn["start"], seed=spawn["seed"])
             for aid in spawn["agents"]:
                 self.actions[aid] = [0.0, 0.0, 0.0]
+            if spawn["autoreset"]:
+                self.autoreset.update(spawn["agents"])
+            else:
+                self.autoreset.difference_update(spawn["agents"])
             return [self._report(spawn["agents"], envid=cmd.envid)]
         if name == "RESET_AGENTS":
             ids = self._known(cmd.data)
@@ -154,6 +160,7 @@ class SimGame:
             sim.remove_agents(ids)
             for aid in ids:
                 self.actions.pop(aid, None)
+            self.autoreset.difference_update(ids)
             return []
         if name == "ACTION":
             self._check_known_actions(cmd.data)
@@ -222,6 +229,7 @@ class SimGame:
     def _forget(self, envid: str) -> None:
         for aid in [a for a in self.actions if protocol.parse_agent_id(a)[1] == envid]:
             del self.actions[aid]
+            self.autoreset.discard(aid)
 
     # ------------------------------------------------------------------ stepping and reporting
 
@@ -269,6 +277,11 @@ class SimGame:
         )
         obs, reward = result.obs[rows], result.reward[rows]
         term, trunc = result.terminated[rows], result.truncated[rows]
+        if self.columns:
+            reset_ids, reset_obs = self._restart(ids, term | trunc) if self.autoreset else (None, None)
+            return [
+                protocol.encode_obs(ids, obs, reward, term, trunc, info, self._tick(), "columns", reset_ids, reset_obs)
+            ]
         if self.batch:
             return [protocol.encode_obs(ids, obs, reward, term, trunc, info, self._tick(), self._form)]
         # Seed trainers expect one packet per venv.
@@ -284,6 +297,20 @@ class SimGame:
                                     form="seed")
             )  # fmt: skip
         return frames
+
+    def _restart(self, ids: list[str], ended: np.ndarray) -> tuple[list[str] | None, np.ndarray | None]:
+        """Autoreset: restart the cars among ``ids`` whose episode just ended and that were spawned
+        with ``autoreset`` (as RESET_AGENTS would), after their ending was read; their ids and first
+        observations, or (None, None)."""
+        if not ended.any():
+            return None, None
+        restart = [aid for aid, end in zip(ids, ended.tolist(), strict=True) if end and aid in self.autoreset]
+        if not restart:
+            return None, None
+        self.sim.reset_agents(restart)
+        for aid in restart:
+            self.actions[aid] = [0.0, 0.0, 0.0]
+        return restart, self.sim.observe(restart)
 
     @property
     def _form(self) -> str:
@@ -302,7 +329,7 @@ class SimGame:
             "speed": speed,
             "x": x,
             "y": y,
-            "heading": self.sim.heading[rows],
+            "heading": self.sim.heading[rows].copy(),  # (a view for slice(None)): autoreset moves the car
             "collided": collided,
             "cause": cause,
         }
