@@ -474,11 +474,7 @@ def _id_column(ids: object, where: str) -> list[str]:
 def _vector_column(msg: dict, key: str, ids: list[str], size: int, where: str) -> list[list]:
     """A column of ``size``-number arrays, one per id (one C-level type pass when fine)."""
     rows = _column(msg, key, len(ids), _LIST, where)
-    try:
-        flat_ok = _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows)))
-    except TypeError:
-        flat_ok = False
-    if not flat_ok or set(map(len, rows)) - {size}:
+    if not _vectors_ok(rows, size):
         for k, row in enumerate(rows):
             _check_vector(row, size, f"{where}.{key}[{k}] ({ids[k]})")
     return rows
@@ -731,12 +727,7 @@ def _action_batch_ok(data: dict, action_size: int) -> bool:
         return False  # a separator hidden in a key
     if _BATCH_IDS.fullmatch(joined) is None:
         return False
-    rows = list(chain.from_iterable(actions.values() for actions in per_venv))
-    return (
-        _LIST.issuperset(map(type, rows))
-        and set(map(len, rows)) == {action_size}
-        and _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows)))
-    )
+    return _vectors_ok(list(chain.from_iterable(actions.values() for actions in per_venv)), action_size)
 
 
 def check_track_spec(track: object, where: str = "track") -> dict:
@@ -747,8 +738,9 @@ def check_track_spec(track: object, where: str = "track") -> dict:
     if type(centerline) is not list or not 8 <= len(centerline) <= 20000:
         got = f"{len(centerline)} points" if type(centerline) is list else _type_name(centerline)
         raise ProtocolError(f"{where}.centerline: expected an array of 8..20000 [x, y] points, got {got}")
-    for k, point in enumerate(centerline):
-        _check_vector(point, 2, f"{where}.centerline[{k}]")
+    if not _vectors_ok(centerline, 2):  # one pass for all points; the loop says which is wrong
+        for k, point in enumerate(centerline):
+            _check_vector(point, 2, f"{where}.centerline[{k}]")
     half_width = track.get("half_width")
     if type(half_width) is not list or len(half_width) != len(centerline):
         got = f"{len(half_width)} numbers" if type(half_width) is list else _type_name(half_width)
@@ -756,15 +748,25 @@ def check_track_spec(track: object, where: str = "track") -> dict:
             f"{where}.half_width: expected {len(centerline)} numbers, one per centre-line point, got {got}"
         )
     _check_vector(half_width, len(centerline), f"{where}.half_width")
-    for k, w in enumerate(half_width):
-        if not w > 0:
-            raise ProtocolError(f"{where}.half_width[{k}]: expected a positive number, got {_show(w)}")
+    if not min(half_width) > 0:
+        k = next(k for k, w in enumerate(half_width) if not w > 0)
+        raise ProtocolError(f"{where}.half_width[{k}]: expected a positive number, got {_show(half_width[k])}")
     grid = track.get("grid", [])
     if type(grid) is not list:
         raise ProtocolError(f"{where}.grid: expected an array of [x, y, heading], got {_type_name(grid)}")
-    for k, slot in enumerate(grid):
-        _check_vector(slot, 3, f"{where}.grid[{k}]")
+    if not _vectors_ok(grid, 3):
+        for k, slot in enumerate(grid):
+            _check_vector(slot, 3, f"{where}.grid[{k}]")
     return track
+
+
+def _vectors_ok(rows: list, size: int) -> bool:
+    """Every row an array of ``size`` numbers (whole-list passes; ``_check_vector`` names a bad one)."""
+    return (
+        _LIST.issuperset(map(type, rows))
+        and set(map(len, rows)) <= {size}
+        and _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows)))
+    )
 
 
 def _check_spawn(data: object, envid: str) -> dict:
