@@ -829,7 +829,8 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
         if data is None and "ids" in msg:  # the column form
             ids = _id_column(msg["ids"], f"{name}.ids")
             rows = _vector_column(msg, "actions", ids, action_size, name)
-            return Command(name, None, ActionRows(ids, np.array(rows, np.float64).reshape(len(ids), action_size)), tick)
+            flat = np.fromiter(chain.from_iterable(rows), np.float64, len(ids) * action_size)  # (np.array: 2x slower)
+            return Command(name, None, ActionRows(ids, flat.reshape(len(ids), action_size)), tick)
         if type(data) is not dict or len(data) > MAX_VENVS:
             got = f"{len(data)} venvs" if type(data) is dict else _type_name(data)
             raise ProtocolError(
