@@ -38,18 +38,33 @@ def worst_clearance(p, hw, s, length, min_along, gap):
     """The pair of centre-line points i < j farther apart than ``min_along`` along the loop (of
     ``length``; ``s`` = arc length of each point) but closer on the ground than
     ``hw[i] + hw[j] + gap``, whose distance falls shortest of that; (i, j, distance, needed), or
-    i = j = -1 when no pair is too close. Ties go to the first pair in (i, j) order."""
+    i = j = -1 when no pair is too close. Ties go to the first pair in (i, j) order.
+
+    Most pairs are far apart: point j + k is at least d - k * step from point i when point j is
+    d away (step = the longest segment), so the j that cannot come within the largest ``need``
+    are skipped, which leaves every pair that can count, in the same order."""
+    n = len(p)
+    step = 0.0
+    for i in range(n):
+        dx, dy = p[(i + 1) % n, 0] - p[i, 0], p[(i + 1) % n, 1] - p[i, 1]
+        step = max(step, math.sqrt(dx * dx + dy * dy))
+    step = max(step, 1e-9) * (1.0 + 1e-9)  # rounded up, as reach below: skip only what is surely out
+    reach = 2.0 * hw.max() + gap + 1e-6  # no pair needs more
     best, bi, bj, bd, bn = np.inf, -1, -1, 0.0, 0.0
-    for i in range(len(p)):
-        for j in range(i + 1, len(p)):
+    for i in range(n):
+        j = i + 1
+        while j < n:
             along = abs(s[i] - s[j])
             if not min(along, length - along) > min_along:
+                j += 1
                 continue
             need = hw[i] + hw[j] + gap
             dx, dy = p[i, 0] - p[j, 0], p[i, 1] - p[j, 1]
             d = math.sqrt(dx * dx + dy * dy)
             if d < need and d - need < best:
                 best, bi, bj, bd, bn = d - need, i, j, d, need
+            ahead = (d * (1.0 - 1e-9) - reach) / step  # j + 1 .. j + ahead - 1 are farther than reach
+            j += int(ahead) if 1.0 <= ahead < n else 1  # (not when d overflowed to inf: ahead is inf or nan)
     return bi, bj, bd, bn
 
 
@@ -63,6 +78,7 @@ def nearest_segments(q, p):
     distance to that point."""
     n = len(p)
     k, f, dist = np.zeros(len(q), np.int64), np.zeros(len(q)), np.full(len(q), np.inf)
+    dist2 = np.full(len(q), np.inf)  # dist ** 2 as summed: only a smaller one can give a smaller sqrt
     for i in range(n):
         dx, dy = p[(i + 1) % n, 0] - p[i, 0], p[(i + 1) % n, 1] - p[i, 1]
         seg2 = max(dx * dx + dy * dy, 1e-12)
@@ -70,9 +86,11 @@ def nearest_segments(q, p):
         for r in range(len(q)):
             t = min(max((q[r, 0] * dx + q[r, 1] * dy) - base, 0.0), seg2) / seg2
             ex, ey = q[r, 0] - (p[i, 0] + t * dx), q[r, 1] - (p[i, 1] + t * dy)
-            e = math.sqrt(ex * ex + ey * ey)
-            if e < dist[r]:
-                k[r], f[r], dist[r] = i, t, e
+            e2 = ex * ex + ey * ey
+            if e2 < dist2[r]:
+                e = math.sqrt(e2)
+                if e < dist[r]:
+                    k[r], f[r], dist[r], dist2[r] = i, t, e, e2
     return k, f, dist
 
 

@@ -28,8 +28,9 @@ rounds every number to 3 decimals, so one seed gives byte-identical JSON everywh
 invalid candidate (see ``validate``) is redrawn from a derived sub-seed.
 
 Geometry helpers for the simulator (all vectorised numpy): ``centerline_array``, ``tangents``,
-``walls`` and ``cumulative_length``. The few loops numpy cannot make fast (``validate``'s pair
-searches, the grid method's polyomino growth) are compiled with numba in ``rbxenv.track_kernels``.
+``walls`` (``offset_walls`` on arrays) and ``cumulative_length``. The few loops numpy cannot make
+fast (``validate``'s pair searches, the grid method's polyomino growth) are compiled with numba in
+``rbxenv.track_kernels``.
 
 CLI: ``python -m rbxenv.tracks --seed 3 --method hull -o track.json --png track.png``.
 """
@@ -57,6 +58,7 @@ __all__ = [
     "centerline_array",
     "tangents",
     "walls",
+    "offset_walls",
     "cumulative_length",
     "save",
     "load",
@@ -114,18 +116,41 @@ def walls(spec: dict) -> tuple[np.ndarray, np.ndarray]:
     ``left`` is on the driver's left when driving the track direction: centre + normal * w with
     normal = tangent rotated +90 degrees; ``right`` is centre - normal * w.
     """
-    return _walls(centerline_array(spec), np.asarray(spec["half_width"], dtype=np.float64))
+    return offset_walls(centerline_array(spec), np.asarray(spec["half_width"], dtype=np.float64))
+
+
+# These run a dozen times per generated track on a few hundred points, where the call overhead
+# of np.roll and np.linalg.norm was most of the cost; _next, _prev and _norms give the same
+# numbers for a fifth of it.
+
+
+def _next(a: np.ndarray) -> np.ndarray:
+    """a[i + 1] at each i around the loop (np.roll(a, -1, axis=0))."""
+    return np.concatenate([a[1:], a[:1]])
+
+
+def _prev(a: np.ndarray) -> np.ndarray:
+    """a[i - 1] at each i around the loop (np.roll(a, 1, axis=0))."""
+    return np.concatenate([a[-1:], a[:-1]])
+
+
+def _norms(v: np.ndarray) -> np.ndarray:
+    """Length of each row of v (n, 2): np.linalg.norm(v, axis=1), bit for bit."""
+    return np.sqrt(v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1])
+
+
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    """Rows of v (n, 2) scaled to length 1 (zero rows stay zero)."""
+    n = _norms(v)[:, None]
+    return v / np.where(n > 0, n, 1.0)
 
 
 def _cumulative(p: np.ndarray) -> np.ndarray:
-    seg = np.linalg.norm(np.roll(p, -1, axis=0) - p, axis=1)
-    return np.concatenate([[0.0], np.cumsum(seg)])
+    return np.concatenate([[0.0], np.cumsum(_norms(_next(p) - p))])
 
 
 def _tangents(p: np.ndarray) -> np.ndarray:
-    d = np.roll(p, -1, axis=0) - np.roll(p, 1, axis=0)
-    n = np.linalg.norm(d, axis=1, keepdims=True)
-    return d / np.where(n > 0, n, 1.0)
+    return _unit_rows(_next(p) - _prev(p))
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -137,39 +162,39 @@ def _left_normals(t: np.ndarray) -> np.ndarray:
     return np.stack([-t[:, 1], t[:, 0]], axis=1)
 
 
-def _walls(p: np.ndarray, hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    off = _left_normals(_tangents(p)) * hw[:, None]
-    return p + off, p - off
+def offset_walls(points: np.ndarray, half_width: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``walls`` of a centre line (N, 2) and half widths (N,) already read as float64 arrays."""
+    off = _left_normals(_tangents(points)) * half_width[:, None]
+    return points + off, points - off
 
 
 def _corner_radii(p: np.ndarray) -> np.ndarray:
     """Radius of the circle through each point and its two neighbours (inf on straights)."""
-    a, b = np.roll(p, 1, axis=0), np.roll(p, -1, axis=0)
+    a, b = _prev(p), _next(p)
     ab, bc, ca = p - a, b - p, a - b
     cross = np.abs(ab[:, 0] * bc[:, 1] - ab[:, 1] * bc[:, 0])
-    prod = np.linalg.norm(ab, axis=1) * np.linalg.norm(bc, axis=1) * np.linalg.norm(ca, axis=1)
+    prod = _norms(ab) * _norms(bc) * _norms(ca)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(cross > 1e-12, prod / (2.0 * cross), np.inf)
 
 
-def _resample(p: np.ndarray, n: int, s0: float = 0.0) -> np.ndarray:
-    """n points evenly spaced by arc length along the closed polyline p, starting at arc s0."""
-    cum = _cumulative(p)
-    s = (s0 + np.arange(n) * (cum[-1] / n)) % cum[-1]
+def _resample(p: np.ndarray, n: int, cum: np.ndarray) -> np.ndarray:
+    """n points evenly spaced by arc length along the closed polyline p (``cum = _cumulative(p)``)."""
+    s = (np.arange(n) * (cum[-1] / n)) % cum[-1]
     closed = np.vstack([p, p[:1]])
     return np.stack([np.interp(s, cum, closed[:, 0]), np.interp(s, cum, closed[:, 1])], axis=1)
 
 
-def _point_at(p: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Position, unit tangent and segment index at arc lengths s (any real, wraps)."""
-    cum = _cumulative(p)
+def _point_at(p: np.ndarray, cum: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Position, unit tangent and segment index at arc lengths s (any real, wraps) along p
+    (``cum = _cumulative(p)``)."""
     s = np.mod(s, cum[-1])
     i = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(p) - 1)
     f = ((s - cum[i]) / np.maximum(cum[i + 1] - cum[i], 1e-12))[:, None]
     j = (i + 1) % len(p)
-    t = _tangents(p)
-    tan = t[i] * (1 - f) + t[j] * f  # blend vertex tangents: smooth headings on curves
-    tan /= np.linalg.norm(tan, axis=1, keepdims=True)
+    ti, tj = (_unit_rows(p[(k + 1) % len(p)] - p[k - 1]) for k in (i, j))  # _tangents(p) at i and j
+    tan = ti * (1 - f) + tj * f  # blend vertex tangents: smooth headings on curves
+    tan /= _norms(tan)[:, None]
     return p[i] * (1 - f) + p[j] * f, tan, i
 
 
@@ -212,14 +237,17 @@ def _polar(rng: np.random.Generator) -> np.ndarray | None:
 
 def _convex_hull(pts: np.ndarray) -> np.ndarray:
     """Andrew's monotone chain; counter-clockwise, no repeated point."""
-    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
+    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))].tolist()  # a dozen points: Python floats are faster
 
-    def half(seq: np.ndarray) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        for q in seq:
-            while len(out) >= 2 and _cross(out[-1] - out[-2], q - out[-2]) <= 0:
+    def half(seq: list) -> list:
+        out: list = []
+        for qx, qy in seq:
+            while len(out) >= 2:
+                (ax, ay), (bx, by) = out[-2], out[-1]
+                if (bx - ax) * (qy - ay) - (by - ay) * (qx - ax) > 0:  # _cross(b - a, q - a): a left turn
+                    break
                 out.pop()
-            out.append(q)
+            out.append((qx, qy))
         return out
 
     lower, upper = half(pts), half(pts[::-1])
@@ -244,7 +272,7 @@ def _hull(rng: np.random.Generator) -> np.ndarray | None:
         return None
     # midpoint displacement: split each edge, push the midpoint out (>0) or in (<0) by up to
     # 40% of the edge length; one round only, a second one mostly adds kinks
-    nxt = np.roll(poly, -1, axis=0)
+    nxt = _next(poly)
     edge = nxt - poly
     outward = np.stack([edge[:, 1], -edge[:, 0]], axis=1)  # right normal = outside of a CCW loop
     push = rng.uniform(0.25, 0.45) * rng.uniform(-1.0, 0.8, len(poly))
@@ -269,7 +297,7 @@ def _polyomino(rng: np.random.Generator, target_perimeter: int, size: tuple[int,
         x, y = divmod(int(cand[int(rng.integers(len(cand)))]), h)
         if track_kernels.grows_cleanly(cells, x, y):
             cells[x + 1, y + 1] = True
-    return {(int(x) - 1, int(y) - 1) for x, y in np.argwhere(cells)}
+    return {(x - 1, y - 1) for x, y in np.argwhere(cells).tolist()}
 
 
 def _boundary_loop(cells: set) -> np.ndarray:
@@ -292,23 +320,25 @@ def _boundary_loop(cells: set) -> np.ndarray:
     return np.array(loop, dtype=np.float64)
 
 
+_ARC = np.linspace(0.0, np.pi / 2, 33)  # corner arcs in ~1.6 stud chords: no kinks after resampling
+_ARC_COS = {1.0: np.cos(_ARC), -1.0: np.cos(-_ARC)}  # by turn direction (left 1, right -1)
+_ARC_SIN = {1.0: np.sin(_ARC), -1.0: np.sin(-_ARC)}
+
+
 def _round_corners(vertices: np.ndarray, radius: float) -> np.ndarray:
     """Replace each 90-degree lattice corner by a quarter circle from edge midpoint to midpoint."""
-    prev, nxt = np.roll(vertices, 1, axis=0), np.roll(vertices, -1, axis=0)
-    din, dout = vertices - prev, nxt - vertices
+    din, dout = vertices - _prev(vertices), _next(vertices) - vertices
     corner = np.abs(din[:, 0] * dout[:, 1] - din[:, 1] * dout[:, 0]) > 0
-    arc = np.linspace(0.0, np.pi / 2, 33)  # ~1.6 stud chords: no kinks after resampling
-    out = []
-    for v, a, b in zip(vertices[corner], din[corner], dout[corner], strict=True):
-        a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
-        p0 = v - a * radius
-        centre = p0 + b * radius  # the arc's centre is on the inside of the turn
-        # walk from p0 to v + b*radius around the centre
-        u0 = p0 - centre
-        turn = np.sign(a[0] * b[1] - a[1] * b[0])
-        c, s = np.cos(turn * arc), np.sin(turn * arc)
-        out.append(centre + np.stack([u0[0] * c - u0[1] * s, u0[0] * s + u0[1] * c], axis=1))
-    return np.concatenate(out)
+    v, a, b = vertices[corner], _unit_rows(din[corner]), _unit_rows(dout[corner])  # one row per corner
+    p0 = v - a * radius
+    centre = p0 + b * radius  # the arc's centre is on the inside of the turn
+    # walk from p0 to v + b*radius around the centre, corner by corner (arc points along axis 1)
+    u0x, u0y = (p0 - centre).T[:, :, None]
+    turn = np.sign(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).tolist()
+    c = np.array([_ARC_COS[t] for t in turn])
+    s = np.array([_ARC_SIN[t] for t in turn])
+    arcs = centre[:, None, :] + np.stack([u0x * c - u0y * s, u0x * s + u0y * c], axis=2)
+    return arcs.reshape(-1, 2)
 
 
 def _grid(rng: np.random.Generator) -> np.ndarray | None:
@@ -341,7 +371,7 @@ def _half_widths(rng: np.random.Generator, method: str, n: int) -> np.ndarray:
 def _straightest_start(p: np.ndarray) -> int:
     """Index whose preceding stretch (where the grid goes) turns the least: start on a straight."""
     t = _tangents(p)
-    prev = np.roll(t, 1, axis=0)
+    prev = _prev(t)
     turn = np.abs(np.arctan2(_cross(prev, t), np.sum(prev * t, axis=1)))
     behind = int(math.ceil((GRID_FIRST + GRID_STEP * GRID_SLOTS) / SPACING)) + 2
     window = np.ones(behind + 4)  # the grid plus a few points past the line
@@ -353,34 +383,39 @@ def _straightest_start(p: np.ndarray) -> int:
 # ------------------------------------------------------------------------------ spec assembly
 
 
-def _grid_slots(p: np.ndarray, hw: np.ndarray) -> np.ndarray:
+def _grid_slots(p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> np.ndarray:
     """Two staggered columns behind point 0; slot k alternates left / right of the centre."""
     k = np.arange(GRID_SLOTS)
     s = -(GRID_FIRST + GRID_STEP * k)
-    pos, tan, i = _point_at(p, s)
+    pos, tan, i = _point_at(p, cum, s)
     w = np.minimum(hw[i], hw[(i + 1) % len(hw)])
     lateral = np.minimum(0.4 * w, w - SLOT_MARGIN - 1.0) * np.where(k % 2 == 0, 1.0, -1.0)
     pos = pos + _left_normals(tan) * lateral[:, None]
     return np.column_stack([pos, np.arctan2(tan[:, 1], tan[:, 0])])
 
 
-def _round(a: np.ndarray) -> list:
-    return np.round(np.asarray(a, dtype=np.float64), DECIMALS).tolist()
+def _round(a: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(a, dtype=np.float64), DECIMALS)
 
 
-def _assemble(p: np.ndarray, hw: np.ndarray, name: str, method: str, seed: int) -> dict:
+def _assemble(p: np.ndarray, hw: np.ndarray, name: str, method: str, seed: int) -> tuple[dict, tuple]:
+    """The spec, and its arrays (centerline, half_width, grid, length) as ``validate`` reads them."""
     p = np.round(p, DECIMALS)
     hw = np.round(hw, DECIMALS)
-    return {
+    cum = _cumulative(p)
+    centerline, half_width, grid = _round(p), _round(hw), _round(_grid_slots(p, hw, cum))
+    length = round(float(cum[-1]), DECIMALS)
+    spec = {
         "version": VERSION,
         "name": name,
         "method": method,
         "seed": int(seed),
-        "centerline": _round(p),
-        "half_width": _round(hw),
-        "grid": _round(_grid_slots(p, hw)),
-        "length": round(float(_cumulative(p)[-1]), DECIMALS),
+        "centerline": centerline.tolist(),
+        "half_width": half_width.tolist(),
+        "grid": grid.tolist(),
+        "length": length,
     }
+    return spec, (centerline, half_width, grid, length)
 
 
 def from_centerline(points, half_width, *, name: str = "custom", method: str = "custom", seed: int = 0) -> dict:
@@ -393,14 +428,15 @@ def from_centerline(points, half_width, *, name: str = "custom", method: str = "
     src = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     cum = _cumulative(src)
     n = max(int(round(cum[-1] / SPACING)), 8)
-    p = _resample(src, n)
+    p = _resample(src, n, cum)
     hw_src = np.broadcast_to(np.asarray(half_width, dtype=np.float64), (len(src),))
     s = np.arange(n) * (cum[-1] / n)
     hw = np.interp(s, cum, np.append(hw_src, hw_src[0]))
-    return _assemble(p, hw, name, method, seed)
+    return _assemble(p, hw, name, method, seed)[0]
 
 
-def _candidate(seed: int, method: str, attempt: int) -> dict | None:
+def _candidate(seed: int, method: str, attempt: int) -> tuple[dict, tuple] | None:
+    """A candidate spec (and its arrays, see ``_assemble``) from the generator, or None."""
     rng = np.random.default_rng([seed, attempt])  # derived sub-seed per attempt
     dense = _GENERATORS[method](rng)
     if dense is None:
@@ -408,11 +444,11 @@ def _candidate(seed: int, method: str, attempt: int) -> dict | None:
     if rng.uniform() < 0.5:
         dense = dense[::-1]  # drive it the other way round: as many right turns as left ones
     cum = _cumulative(dense)
-    p = _resample(dense, int(round(cum[-1] / SPACING)))
+    p = _resample(dense, int(round(cum[-1] / SPACING)), cum)
     n = len(p)
     hw = _half_widths(rng, method, n)
     start = _straightest_start(p)
-    p, hw = np.roll(p, -start, axis=0), np.roll(hw, -start)
+    p, hw = np.concatenate([p[start:], p[:start]]), np.concatenate([hw[start:], hw[:start]])  # np.roll(., -start)
     return _assemble(p, hw, f"{method}-{seed}", method, seed)
 
 
@@ -431,10 +467,11 @@ def generate(seed: int, method: str | None = None) -> dict:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     last: list[str] = ["generator gave up"]
     for attempt in range(MAX_ATTEMPTS):
-        spec = _candidate(seed, method, attempt)
-        if spec is None:
+        candidate = _candidate(seed, method, attempt)
+        if candidate is None:
             continue
-        last = validate(spec)
+        spec, arrays = candidate
+        last = _problems(spec["version"], *arrays)  # validate(spec) without reading the lists back
         if not last:
             return spec
     raise RuntimeError(f"no valid {method} track for seed {seed} in {MAX_ATTEMPTS} attempts: {last[:3]}")
@@ -452,19 +489,19 @@ def _segment_crossings(a: np.ndarray, b: np.ndarray, skip) -> np.ndarray:
     the segments in x, trying the pairs whose cells overlap: O(n) instead of O(n^2).
     """
     a, b = np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64)
-    cell = max(float(np.max(np.linalg.norm(b - a, axis=1))), 1e-6)
+    cell = max(float(np.max(_norms(b - a))), 1e-6)
     lo = np.floor(np.minimum(a, b) / cell).astype(np.int64)
     hi = np.floor(np.maximum(a, b) / cell).astype(np.int64)
     pairs = track_kernels.touching_pairs(a, b, lo, hi, np.argsort(lo[:, 0], kind="stable"))
-    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-    return pairs[~skip(pairs[:, 0], pairs[:, 1])]
+    pairs = pairs[~skip(pairs[:, 0], pairs[:, 1])]  # before sorting: most pairs are neighbours
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
 def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:
     n = len(p)
-    left, right = _walls(p, hw)
+    left, right = offset_walls(p, hw)
     a = np.concatenate([left, right])
-    b = np.concatenate([np.roll(left, -1, axis=0), np.roll(right, -1, axis=0)])
+    b = np.concatenate([_next(left), _next(right)])
 
     def neighbours(i, j):  # consecutive segments of one wall share an end point
         same_wall = (i // n) == (j // n)
@@ -501,11 +538,10 @@ def _clearance_problems(p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[
     ]
 
 
-def _grid_problems(spec: dict, p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[str]:
-    g = np.asarray(spec["grid"], dtype=np.float64)
+def _grid_problems(g: np.ndarray, p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[str]:
     if g.ndim != 2 or g.shape[1] != 3 or len(g) < 20:
         return [f"grid must hold at least 20 [x, y, heading] slots, got shape {g.shape}"]
-    d = np.roll(p, -1, axis=0) - p
+    d = _next(p) - p
     seg2 = np.maximum(np.sum(d * d, axis=1), 1e-12)
     k, f, dist = track_kernels.nearest_segments(np.ascontiguousarray(g[:, :2]), np.ascontiguousarray(p))
     w = hw[k] * (1 - f) + hw[(k + 1) % len(p)] * f
@@ -519,9 +555,10 @@ def _grid_problems(spec: dict, p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -
     s = cum[k] + f * np.sqrt(seg2[k])
     for i in np.flatnonzero(s < cum[-1] - 250.0)[:3]:
         out.append(f"grid slot {i} is not just behind the start line (arc {s[i]:.1f} of {cum[-1]:.1f})")
-    gap = np.linalg.norm(g[:, None, :2] - g[None, :, :2], axis=2) + np.eye(len(g)) * 1e9
-    if gap.min() < 2 * CAR_RADIUS:
-        out.append(f"grid slots overlap ({gap.min():.2f} studs apart)")
+    i, j = np.triu_indices(len(g), 1)
+    gap = _norms(g[i, :2] - g[j, :2]).min()
+    if gap < 2 * CAR_RADIUS:
+        out.append(f"grid slots overlap ({gap:.2f} studs apart)")
     return out
 
 
@@ -538,17 +575,21 @@ def validate(spec: dict) -> list[str]:
         p = np.asarray(spec["centerline"], dtype=np.float64)
         hw = np.asarray(spec["half_width"], dtype=np.float64)
         length = float(spec["length"])
-        np.asarray(spec["grid"], dtype=np.float64)
+        grid = np.asarray(spec["grid"], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as e:
         return [f"malformed spec: {e!r}"]
+    return _problems(spec.get("version"), p, hw, grid, length)
+
+
+def _problems(version, p: np.ndarray, hw: np.ndarray, grid: np.ndarray, length: float) -> list[str]:
+    """``validate`` on a spec's values as arrays."""
     problems = []
-    if spec.get("version") != VERSION:
-        problems.append(f"version must be {VERSION}, got {spec.get('version')!r}")
+    if version != VERSION:
+        problems.append(f"version must be {VERSION}, got {version!r}")
     if p.ndim != 2 or p.shape[1] != 2 or len(p) < 8:
         return problems + [f"centerline must be a list of >= 8 [x, y] points, got shape {p.shape}"]
     if hw.shape != (len(p),):
         return problems + [f"half_width needs one value per point ({len(p)}), got shape {hw.shape}"]
-    grid = np.asarray(spec["grid"], dtype=np.float64)
     if not (np.isfinite(p).all() and np.isfinite(hw).all() and np.isfinite(grid).all() and math.isfinite(length)):
         return problems + ["non-finite numbers in the spec"]
     if len(p) > 2 * MAX_LENGTH / SPACING:
@@ -571,7 +612,7 @@ def validate(spec: dict) -> list[str]:
         )
     problems += _wall_problems(p, hw)
     problems += _clearance_problems(p, hw, cum)
-    problems += _grid_problems(spec, p, hw, cum)
+    problems += _grid_problems(grid, p, hw, cum)
     return problems
 
 
