@@ -71,12 +71,26 @@ def _orient(px: float, py: float, qx: float, qy: float, rx: float, ry: float) ->
 
 
 @_jit
-def _point_segment_dist(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:
-    """Distance from point p to segment a-b."""
+def _offset(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> tuple[float, float]:
+    """Vector to point p from the nearest point of segment a-b."""
     dx, dy = bx - ax, by - ay
     qx, qy = px - ax, py - ay
     t = min(max((qx * dx + qy * dy) / max(dx * dx + dy * dy, 1e-12), 0.0), 1.0)
-    return math.hypot(qx - t * dx, qy - t * dy)
+    return qx - t * dx, qy - t * dy
+
+
+@_jit
+def _shortest(offsets) -> float:
+    """min(math.hypot(x, y) for x, y in offsets), with hypot (most of the cost) taken only where
+    x² + y² is within 1e-9 of the least: hypot is exact to an ulp, so no other can be the least."""
+    least = np.inf
+    for x, y in offsets:
+        least = min(least, x * x + y * y)
+    best = np.inf
+    for x, y in offsets:
+        if x * x + y * y <= least * (1.0 + 1e-9) + 1e-300:  # + 1e-300: squares rounded as subnormals
+            best = min(best, math.hypot(x, y))
+    return best
 
 
 @_jit
@@ -89,11 +103,13 @@ def _section_dist(left: np.ndarray, right: np.ndarray, a: int, b: int) -> float:
         and _orient(b0x, b0y, b1x, b1y, a0x, a0y) * _orient(b0x, b0y, b1x, b1y, a1x, a1y) < 0.0
     ):
         return 0.0
-    return min(
-        _point_segment_dist(a0x, a0y, b0x, b0y, b1x, b1y),
-        _point_segment_dist(a1x, a1y, b0x, b0y, b1x, b1y),
-        _point_segment_dist(b0x, b0y, a0x, a0y, a1x, a1y),
-        _point_segment_dist(b1x, b1y, a0x, a0y, a1x, a1y),
+    return _shortest(
+        (
+            _offset(a0x, a0y, b0x, b0y, b1x, b1y),  # each end of one section to the other section
+            _offset(a1x, a1y, b0x, b0y, b1x, b1y),
+            _offset(b0x, b0y, a0x, a0y, a1x, a1y),
+            _offset(b1x, b1y, a0x, a0y, a1x, a1y),
+        )
     )
 
 
@@ -167,9 +183,10 @@ def ray_windows(
     rp = np.ascontiguousarray(right, dtype=np.float64)
     m = len(lp)
     forward, back = _reaches(lp, rp, float(ray_length))
-    fwd = np.roll(forward, -1)  # cell c leaves forward through X_{c+1}, and backward through X_c
-    cells = range(-cell_margin, cell_margin + 1)
-    lo = np.max([np.roll(back, -d) - d for d in cells], axis=0)
-    hi = np.max([np.roll(fwd, -d) + d for d in cells], axis=0)
+    c = np.arange(m)
+    fwd = forward[(c + 1) % m]  # cell c leaves forward through X_{c+1}, and backward through X_c
+    d = np.arange(-cell_margin, cell_margin + 1)[:, None]  # the cells around, one row each
+    lo = np.max(back[(c + d) % m] - d, axis=0)
+    hi = np.max(fwd[(c + d) % m] + d, axis=0)
     whole = lo + hi + 1 >= m
     return np.where(whole, 0, lo), np.where(whole, m - 1, hi)

@@ -73,12 +73,14 @@ class Track:
     length: float
     ray_lo: np.ndarray  # (M,) rays from centre-line index h reach wall cells h - lo[h] .. h + hi[h]
     ray_hi: np.ndarray
+    wall_pts: np.ndarray  # (M, 2, 2) wall point i of both sides, as the packed tables hold them
+    headings: np.ndarray  # (M,) _headings(segments), as the packed tables hold them
 
     @classmethod
     def from_spec(cls, spec: dict, cfg: SimConfig) -> Track:
         c = tracks.centerline_array(spec)
         w = np.asarray(spec["half_width"], dtype=np.float64)
-        left, right = tracks.walls(spec)  # the walls Roblox builds
+        left, right = tracks.offset_walls(c, w)  # the walls Roblox builds: tracks.walls(spec)
         seg = rules.segment_table(c, w)
         lo, hi = ray_windows(left, right, cfg.ray_length)
         return cls(
@@ -91,6 +93,8 @@ class Track:
             length=float(seg[:, 5].sum()),
             ray_lo=lo,
             ray_hi=hi,
+            wall_pts=np.stack([left, right], axis=1),
+            headings=_headings(seg),
         )
 
     def point_at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,35 +189,26 @@ class Sim:
         # one window length for all cars: the longest window of any venv (extra cells are harmless)
         span = max([int((v.track.ray_lo + v.track.ray_hi).max()) + 1 for v in venvs], default=1)
         pad = max(span, PROJECT_WINDOW) + 1
-        segs, walls, lows, highs, base = [np.zeros((0, 9))], [np.zeros((0, 2, 2))], [], [], 0
+        wraps, base = [np.zeros(0, np.int64)], 0
         for v in venvs:
             m = len(v.track.segments)
-            wrap = np.arange(-pad, m + pad) % m
-            segs.append(v.track.segments[wrap])
-            walls.append(np.stack([v.track.left, v.track.right], axis=1)[wrap])
-            lows.append(v.track.ray_lo[wrap])
-            highs.append(v.track.ray_hi[wrap])
+            wraps.append(np.arange(-pad, m + pad) % m)
             v.base = base + pad
             base += m + 2 * pad
-        self._seg_pack = np.concatenate(segs)
-        ray_lo = np.concatenate(lows or [np.zeros(0, np.int64)])
-        ray_span = ray_lo + np.concatenate(highs or [np.zeros(0, np.int64)]) + 1
+
+        def pack(name: str, empty: np.ndarray) -> np.ndarray:  # the venvs' blocks of a Track array
+            return np.concatenate([empty] + [getattr(v.track, name)[w] for v, w in zip(venvs, wraps[1:], strict=True)])
+
+        self._seg_pack = pack("segments", np.zeros((0, 9)))
+        ray_lo = pack("ray_lo", np.zeros(0, np.int64))
+        ray_span = ray_lo + pack("ray_hi", np.zeros(0, np.int64)) + 1
 
         order = {v.envid: i for i, v in enumerate(venvs)}
-        n = len(self._ids)
         self.venv = np.array([order[self._car_env[a]] for a in self._ids], np.int64)
-        self.base = np.array([venvs[v].base for v in self.venv], np.int64)
-        self.length = np.array([venvs[v].track.length for v in self.venv])
-        self.seg_count = np.array([len(venvs[v].track.segments) for v in self.venv], np.int64)
-        # others[c]: the other cars of c's venv, padded with c itself (masked by others_valid)
-        members = [np.flatnonzero(self.venv == i) for i in range(len(venvs))]
-        width = max([len(m) for m in members], default=1)
-        self._others = np.tile(np.arange(n)[:, None], (1, max(width - 1, 1)))
-        for m in members:
-            for j, c in enumerate(m):
-                mates = np.delete(m, j)
-                self._others[c, : len(mates)] = mates
-        self._others_valid = self._others != np.arange(n)[:, None]
+        self.base = np.array([v.base for v in venvs], np.int64)[self.venv]
+        self.length = np.array([v.track.length for v in venvs])[self.venv]
+        self.seg_count = np.array([len(v.track.segments) for v in venvs], np.int64)[self.venv]
+        self._others, self._others_valid = _mates(self.venv, len(venvs))
         self._tables = kernels.Tables(
             base=self.base,
             length=self.length,
@@ -221,8 +216,8 @@ class Sim:
             others=self._others,
             others_valid=self._others_valid,
             segments=self._seg_pack,
-            headings=_headings(self._seg_pack),
-            wall_pts=np.concatenate(walls),  # (T, side, xy): wall point i of both sides
+            headings=pack("headings", np.zeros(0)),
+            wall_pts=pack("wall_pts", np.zeros((0, 2, 2))),  # (T, side, xy): wall point i of both sides
             ray_lo=ray_lo,
             ray_span=ray_span,
             angles=self._angles,
@@ -332,7 +327,7 @@ class Sim:
 
     def _grid_pose(self, venv: Venv, slot: int) -> np.ndarray:
         """Grid slot pose (x, y, heading): the spec's slots, then more rows further back."""
-        grid = venv.grid or [np.asarray(g, dtype=np.float64) for g in venv.track.spec.get("grid", [])]
+        grid = venv.grid or list(np.asarray(venv.track.spec.get("grid", []), dtype=np.float64).reshape(-1, 3))
         venv.grid = grid
         while len(grid) <= slot:
             tr = venv.track
@@ -345,8 +340,8 @@ class Sim:
         return grid[slot]
 
     def _set_spawn_poses(self, venv: Venv, idx: np.ndarray) -> None:
-        for i in idx:
-            self.spawn_pose[i] = self._grid_pose(venv, int(self.slot[i]))
+        if len(idx):
+            self.spawn_pose[idx] = [self._grid_pose(venv, slot) for slot in self.slot[idx].tolist()]
         self.spawn_hint[idx] = venv.track.project(self.spawn_pose[idx, :2])[0]
 
     def reset_indices(self, idx: np.ndarray) -> None:
@@ -437,6 +432,20 @@ class Sim:
             collided=self.collided & live,
             cause=cause,
         )
+
+
+def _mates(venv: np.ndarray, num_venvs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(others, others_valid): others[c] lists the other cars of car c's venv (by index), padded
+    with c itself, which others_valid masks out."""
+    n = len(venv)
+    members = [np.flatnonzero(venv == i) for i in range(num_venvs)]
+    width = max([len(m) - 1 for m in members] + [1])
+    others = np.tile(np.arange(n)[:, None], (1, width))
+    for m in members:
+        if len(m) > 1:  # row j: m without its j-th car, in order (column i holds car i, or i + 1 from j on)
+            col = np.arange(len(m) - 1)
+            others[m, : len(m) - 1] = m[col + (col >= np.arange(len(m))[:, None])]
+    return others, others != np.arange(n)[:, None]
 
 
 def _headings(segments: np.ndarray) -> np.ndarray:
