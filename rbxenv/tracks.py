@@ -38,6 +38,7 @@ CLI: ``python -m rbxenv.tracks --seed 3 --method hull -o track.json --png track.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -93,7 +94,11 @@ _TARGET_LENGTH = (1100.0, 2350.0)  # generators aim inside the bounds, away from
 
 def centerline_array(spec: dict) -> np.ndarray:
     """Centre-line points as an (N, 2) float64 array (closed loop, first point not repeated)."""
-    return np.asarray(spec["centerline"], dtype=np.float64).reshape(-1, 2)
+    points = spec["centerline"]
+    if isinstance(points, list) and all(isinstance(q, list) and len(q) == 2 for q in points):
+        # the usual [[x, y], ...] in one pass over the numbers: half the time of np.asarray
+        return np.fromiter(itertools.chain.from_iterable(points), np.float64, 2 * len(points)).reshape(-1, 2)
+    return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
 
 def cumulative_length(spec: dict) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,6 +61,19 @@ class StepResult:
         }
 
 
+class Blocks(NamedTuple):
+    """One track's rows of the packed tables (``kernels.Tables``), wrapped ``pad`` rows past both ends."""
+
+    segments: np.ndarray  # (M + 2 pad, 9)
+    headings: np.ndarray  # (M + 2 pad,)
+    wall_pts: np.ndarray  # (M + 2 pad, 2, 2): wall point i of both sides
+    ray_lo: np.ndarray  # (M + 2 pad,)
+    ray_span: np.ndarray  # (M + 2 pad,) ray_lo + ray_hi + 1
+
+
+_NO_BLOCKS = Blocks(np.zeros((0, 9)), np.zeros(0), np.zeros((0, 2, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
 @dataclass
 class Track:
     """Geometry of one venv's track (read-only for users)."""
@@ -73,8 +87,7 @@ class Track:
     length: float
     ray_lo: np.ndarray  # (M,) rays from centre-line index h reach wall cells h - lo[h] .. h + hi[h]
     ray_hi: np.ndarray
-    wall_pts: np.ndarray  # (M, 2, 2) wall point i of both sides, as the packed tables hold them
-    headings: np.ndarray  # (M,) _headings(segments), as the packed tables hold them
+    _blocks: dict = field(default_factory=dict, repr=False, compare=False)  # pad -> Blocks
 
     @classmethod
     def from_spec(cls, spec: dict, cfg: SimConfig) -> Track:
@@ -93,9 +106,23 @@ class Track:
             length=float(seg[:, 5].sum()),
             ray_lo=lo,
             ray_hi=hi,
-            wall_pts=np.stack([left, right], axis=1),
-            headings=_headings(seg),
         )
+
+    def blocks(self, pad: int) -> Blocks:
+        """This track's rows of the packed tables; kept, since every spawn or removal in any venv
+        repacks all venvs, most of them on the same track and pad as before."""
+        if pad not in self._blocks:
+            wrap = np.arange(-pad, len(self.segments) + pad) % len(self.segments)
+            self._blocks = {
+                pad: Blocks(
+                    segments=self.segments[wrap],
+                    headings=_headings(self.segments)[wrap],
+                    wall_pts=np.stack([self.left, self.right], axis=1)[wrap],
+                    ray_lo=self.ray_lo[wrap],
+                    ray_span=(self.ray_lo + self.ray_hi + 1)[wrap],
+                )
+            }
+        return self._blocks[pad]
 
     def point_at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(segment index, point (k, 2), unit tangent (k, 2)) at arc lengths s (wrapped)."""
@@ -138,6 +165,7 @@ class Sim:
         self.collisions = False
         self.frozen = False
         self.__dict__.update(self._car_arrays(0))  # self.pos, self.speed, ...: one array per car field
+        self._mates_of = None  # the venv array that _others was built for
         self._repack()
 
     # ------------------------------------------------------------------ car storage
@@ -189,37 +217,33 @@ class Sim:
         # one window length for all cars: the longest window of any venv (extra cells are harmless)
         span = max([int((v.track.ray_lo + v.track.ray_hi).max()) + 1 for v in venvs], default=1)
         pad = max(span, PROJECT_WINDOW) + 1
-        wraps, base = [np.zeros(0, np.int64)], 0
+        base = 0
         for v in venvs:
-            m = len(v.track.segments)
-            wraps.append(np.arange(-pad, m + pad) % m)
             v.base = base + pad
-            base += m + 2 * pad
-
-        def pack(name: str, empty: np.ndarray) -> np.ndarray:  # the venvs' blocks of a Track array
-            return np.concatenate([empty] + [getattr(v.track, name)[w] for v, w in zip(venvs, wraps[1:], strict=True)])
-
-        self._seg_pack = pack("segments", np.zeros((0, 9)))
-        ray_lo = pack("ray_lo", np.zeros(0, np.int64))
-        ray_span = ray_lo + pack("ray_hi", np.zeros(0, np.int64)) + 1
+            base += len(v.track.segments) + 2 * pad
+        blocks = [v.track.blocks(pad) for v in venvs]
+        packed = Blocks(*(np.concatenate(parts) for parts in zip(_NO_BLOCKS, *blocks, strict=True)))
+        self._seg_pack = packed.segments
 
         order = {v.envid: i for i, v in enumerate(venvs)}
         self.venv = np.array([order[self._car_env[a]] for a in self._ids], np.int64)
         self.base = np.array([v.base for v in venvs], np.int64)[self.venv]
         self.length = np.array([v.track.length for v in venvs])[self.venv]
         self.seg_count = np.array([len(v.track.segments) for v in venvs], np.int64)[self.venv]
-        self._others, self._others_valid = _mates(self.venv, len(venvs))
+        if not np.array_equal(self.venv, self._mates_of):  # a new track for the same cars keeps them
+            self._others, self._others_valid = _mates(self.venv, len(venvs))
+            self._mates_of = self.venv.copy()
         self._tables = kernels.Tables(
             base=self.base,
             length=self.length,
             seg_count=self.seg_count,
             others=self._others,
             others_valid=self._others_valid,
-            segments=self._seg_pack,
-            headings=pack("headings", np.zeros(0)),
-            wall_pts=pack("wall_pts", np.zeros((0, 2, 2))),  # (T, side, xy): wall point i of both sides
-            ray_lo=ray_lo,
-            ray_span=ray_span,
+            segments=packed.segments,
+            headings=packed.headings,
+            wall_pts=packed.wall_pts,  # (T, side, xy): wall point i of both sides
+            ray_lo=packed.ray_lo,
+            ray_span=packed.ray_span,
             angles=self._angles,
             ray_points=span + 1,
         )
