@@ -38,6 +38,7 @@ CLI: ``python -m rbxenv.tracks --seed 3 --method hull -o track.json --png track.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -194,7 +195,7 @@ def _point_at(p: np.ndarray, cum: np.ndarray, s: np.ndarray) -> tuple[np.ndarray
     """Position, unit tangent and segment index at arc lengths s (any real, wraps) along p
     (``cum = _cumulative(p)``)."""
     s = np.mod(s, cum[-1])
-    i = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(p) - 1)
+    i = np.minimum(np.maximum(np.searchsorted(cum, s, side="right") - 1, 0), len(p) - 1)  # np.clip, at a third
     f = ((s - cum[i]) / np.maximum(cum[i + 1] - cum[i], 1e-12))[:, None]
     j = (i + 1) % len(p)
     ti, tj = (_unit_rows(p[(k + 1) % len(p)] - p[k - 1]) for k in (i, j))  # _tangents(p) at i and j
@@ -203,13 +204,21 @@ def _point_at(p: np.ndarray, cum: np.ndarray, s: np.ndarray) -> tuple[np.ndarray
     return p[i] * (1 - f) + p[j] * f, tan, i
 
 
-def _bspline(ctrl: np.ndarray, per_span: int) -> np.ndarray:
-    """Closed uniform cubic B-spline through (well, near) the control polygon: smooth, no overshoot."""
+@functools.lru_cache(maxsize=64)
+def _basis(per_span: int) -> np.ndarray:
+    """Weights (per_span, 4) of a cubic B-spline span's 4 control points at per_span even steps
+    (cached, so read-only: a track needs two, and their polynomials cost more than the spline)."""
     u = np.arange(per_span) / per_span
     basis = np.stack([(1 - u) ** 3, 3 * u**3 - 6 * u**2 + 4, -3 * u**3 + 3 * u**2 + 3 * u + 1, u**3], axis=1) / 6.0
+    basis.flags.writeable = False
+    return basis
+
+
+def _bspline(ctrl: np.ndarray, per_span: int) -> np.ndarray:
+    """Closed uniform cubic B-spline through (well, near) the control polygon: smooth, no overshoot."""
     k = len(ctrl)
     idx = (np.arange(k)[:, None] + np.arange(-1, 3)[None, :]) % k  # 4 control points per span
-    spans = np.einsum("uj,kjd->kud", basis, ctrl[idx])
+    spans = np.einsum("uj,kjd->kud", _basis(per_span), ctrl[idx])
     return spans.reshape(-1, 2)
 
 
@@ -560,8 +569,9 @@ def _grid_problems(g: np.ndarray, p: np.ndarray, hw: np.ndarray, cum: np.ndarray
     s = cum[k] + f * np.sqrt(seg2[k])
     for i in np.flatnonzero(s < cum[-1] - 250.0)[:3]:
         out.append(f"grid slot {i} is not just behind the start line (arc {s[i]:.1f} of {cum[-1]:.1f})")
-    i, j = np.triu_indices(len(g), 1)
-    gap = _norms(g[i, :2] - g[j, :2]).min()
+    gap = _norms((g[:, None, :2] - g[None, :, :2]).reshape(-1, 2)).reshape(len(g), len(g))
+    np.fill_diagonal(gap, np.inf)  # a slot and itself
+    gap = gap.min()
     if gap < 2 * CAR_RADIUS:
         out.append(f"grid slots overlap ({gap:.2f} studs apart)")
     return out
