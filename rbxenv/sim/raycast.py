@@ -75,7 +75,12 @@ def _offset(px: float, py: float, ax: float, ay: float, bx: float, by: float) ->
     """Vector to point p from the nearest point of segment a-b."""
     dx, dy = bx - ax, by - ay
     qx, qy = px - ax, py - ay
-    t = min(max((qx * dx + qy * dy) / max(dx * dx + dy * dy, 1e-12), 0.0), 1.0)
+    along, length2 = qx * dx + qy * dy, max(dx * dx + dy * dy, 1e-12)
+    if along <= 0.0:  # nearest to a or b: the clamped fraction needs no division
+        return qx, qy
+    if along >= length2:
+        return qx - dx, qy - dy
+    t = min(max(along / length2, 0.0), 1.0)
     return qx - t * dx, qy - t * dy
 
 
