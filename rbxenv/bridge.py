@@ -38,7 +38,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from rbxenv import protocol
+from rbxenv import busy_wait, protocol
 from rbxenv.protocol import SEED_GAME, GameSpec, Hello, ObsBatch, ProtocolError
 
 log = logging.getLogger("rbxenv.bridge")
@@ -360,6 +360,8 @@ class TrainingBridge:
             Defaults to the RBXENV_TOKEN environment variable.
         handshake_timeout: seconds to wait for a ``hello`` before treating the game as a seed game.
         obs_timeout: default seconds ``get_observation(s)`` waits before raising TimeoutError.
+        busy_wait: seconds the event loop polls for the game's next frame before it sleeps
+            (``rbxenv.busy_wait``; worth it against a game on this machine, like the simulator).
     """
 
     def __init__(
@@ -370,6 +372,7 @@ class TrainingBridge:
         *,
         handshake_timeout: float = 1.0,
         obs_timeout: float = 10.0,
+        busy_wait: float = 0.0,
     ):
         token = token if token is not None else os.environ.get("RBXENV_TOKEN") or None
         if not is_loopback(host) and not token:
@@ -379,6 +382,7 @@ class TrainingBridge:
             )
         self.host, self.port, self._token = host, port, token
         self.handshake_timeout, self.obs_timeout = handshake_timeout, obs_timeout
+        self.busy_wait = busy_wait
         self.data = DataBridge()
         self.game: GameSpec | None = None
         self._tick = 0
@@ -409,7 +413,7 @@ class TrainingBridge:
         failure: list[BaseException] = []
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = busy_wait.new_event_loop(self.busy_wait)
             self._loop = loop
             try:
                 server = loop.run_until_complete(self._serve())

@@ -21,7 +21,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from rbxenv import protocol
+from rbxenv import busy_wait, protocol
 from rbxenv.protocol import ActionRows, Command, GameSpec, ProtocolError
 from rbxenv.sim.world import Sim, StepResult
 
@@ -440,20 +440,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (own tracks, random starts)")
     parser.add_argument("--seed-protocol", action="store_true", help="speak only the seed formats (no hello)")
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to keep retrying")
+    parser.add_argument(
+        "--busy-wait-us",
+        type=int,
+        default=0,
+        help="microseconds to poll for the trainer's next command before sleeping (the trainer "
+        "launches its embedded simulator with 1000 on a multi-core machine: see rbxenv.busy_wait)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="rbxenv.sim: %(message)s")
     try:
-        stats = asyncio.run(
-            run(
-                args.url,
-                realtime=args.realtime,
-                tick_hz=args.tick_hz,
-                seed=args.seed,
-                seed_protocol=args.seed_protocol,
-                token=os.environ.get("RBXENV_TOKEN") or None,
-                connect_timeout=args.connect_timeout,
+        with asyncio.Runner(loop_factory=lambda: busy_wait.new_event_loop(args.busy_wait_us * 1e-6)) as runner:
+            stats = runner.run(
+                run(
+                    args.url,
+                    realtime=args.realtime,
+                    tick_hz=args.tick_hz,
+                    seed=args.seed,
+                    seed_protocol=args.seed_protocol,
+                    token=os.environ.get("RBXENV_TOKEN") or None,
+                    connect_timeout=args.connect_timeout,
+                )
             )
-        )
     except ConnectionError as err:
         raise SystemExit(f"rbxenv.sim: {err}") from None
     except KeyboardInterrupt:

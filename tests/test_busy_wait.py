@@ -1,0 +1,77 @@
+"""rbxenv.busy_wait: event loops that poll briefly before sleeping, and who uses them."""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import socket
+import time
+
+import pytest
+
+from rbxenv import busy_wait
+from rbxenv.session import GameSession
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_spinning_selector_returns_ready_sockets_and_sleeps_when_nothing_comes():
+    a, b = socket.socketpair()
+    with a, b, busy_wait.SpinningSelector(0.05) as selector:
+        selector.register(a, selectors.EVENT_READ)
+        t0 = time.perf_counter()
+        assert selector.select(0.2) == []  # spins 50 ms, then sleeps out the rest of the timeout
+        assert 0.18 < time.perf_counter() - t0 < 1.0
+        assert selector.select(0) == []
+        b.send(b"x")
+        t0 = time.perf_counter()
+        assert [key.fileobj for key, _ in selector.select(None)] == [a]
+        assert time.perf_counter() - t0 < 0.05
+        t0 = time.perf_counter()
+        a.recv(1)
+        assert selector.select(0.01) == [] and time.perf_counter() - t0 < 0.5  # the spin never outlasts the timeout
+
+
+def test_a_spinning_event_loop_serves_a_round_trip():
+    async def echo_once() -> bytes:
+        async def handle(reader, writer):
+            writer.write(await reader.readexactly(4))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        answer = await reader.readexactly(4)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return answer
+
+    loop = busy_wait.new_event_loop(1e-3)
+    try:
+        assert isinstance(loop._selector, busy_wait.SpinningSelector)
+        assert loop.run_until_complete(echo_once()) == b"ping"
+    finally:
+        loop.close()
+
+
+def test_no_spinning_on_one_core(monkeypatch):
+    monkeypatch.setattr(busy_wait.os, "sched_getaffinity", lambda pid: {0})
+    assert busy_wait.default_spin() == 0.0
+    monkeypatch.setattr(busy_wait.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert busy_wait.default_spin() == busy_wait.SPIN
+
+
+def test_the_session_spins_only_with_its_embedded_simulator():
+    assert GameSession(sim=None).busy_wait == 0.0  # Roblox Studio keeps its CPU
+    assert GameSession(sim=None, busy_wait=2e-3).bridge.busy_wait == 2e-3
+    session = GameSession(sim="embedded", busy_wait=5e-4)
+    try:
+        session.open()
+        assert session.process.args[-2:] == ["--busy-wait-us", "500"]
+        assert isinstance(session.bridge._loop._selector, busy_wait.SpinningSelector)
+    finally:
+        session.close()
+    assert GameSession().busy_wait == busy_wait.default_spin()
