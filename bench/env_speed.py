@@ -1,19 +1,23 @@
 """Rollout speed of the full stack next to its parts, measured side by side in one run.
 
-    python bench/env_speed.py [--num-venvs 5 --num-agents 5 --seconds 10]
+    python bench/env_speed.py [--num-venvs 5 --num-agents 5 --seconds 2 --rounds 6]
 
 1. in-process sim: ``Sim.step`` with random actions (no sockets, no JSON): the simulator's cost.
 2. env: ``make_vec_env`` with a random policy, frame stack 4 (trainer + bridge + sim child process).
 3. echo: a bare WebSocket round trip of the same payloads (one ACTION_BATCH out, one obs batch
-   back, peer in a child process replying with a canned frame): the transport limit.
+   back, peer in a child process replaying obs batches the simulator sent in the env's rollout):
+   the transport limit.
 4. bridge: the same peer behind ``TrainingBridge`` (no simulator): what the bridge adds.
-Prints agent-steps/s for each and the ratios. Target: env >= 0.5 x echo.
+Env and echo are measured in turn, ``--rounds`` windows each, so that a slow or fast spell of the
+machine weighs on both; prints the median agent-steps/s of each, their range, and the ratio of
+the medians. Target: env >= 0.5 x echo.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import os
 import subprocess
 import sys
 import time
@@ -21,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from rbxenv import make_vec_env, protocol  # noqa: E402
+from rbxenv import busy_wait, make_vec_env, protocol  # noqa: E402
 from rbxenv.sim import Sim  # noqa: E402
 from rbxenv.tracks import generate  # noqa: E402
 
@@ -46,71 +51,81 @@ def bench_inprocess(num_venvs: int, num_agents: int, seconds: float) -> float:
     return steps * n / (time.perf_counter() - t0)
 
 
-def bench_env(num_venvs: int, num_agents: int, seconds: float) -> tuple[float, bytes, bytes]:
-    env = make_vec_env(num_agents=num_agents, num_venvs=num_venvs, frame_stack=4)
+def real_frames(env, rng: np.random.Generator, steps: int = 300) -> tuple[bytes, list[str]]:
+    """What the env sends and receives in ``steps`` steps of its rollout: an ACTION_BATCH, and every
+    obs batch that answered a step (all cars), for the echo and bridge peers to replay in turn."""
+    bridge = env.session.bridge
+    receive, frames = bridge._receive, []
+
+    async def keep(conn, frame):
+        frames.append(frame)
+        await receive(conn, frame)
+
+    bridge._receive = keep
     try:
-        env.reset(seed=0)
-        rng = np.random.default_rng(0)
-        shape = env.action_space.shape
-        for _ in range(20):  # warm up
-            env.step(rng.uniform(-1, 1, shape).astype(np.float32))
-        steps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            env.step(rng.uniform(-1, 1, shape).astype(np.float32))
-            steps += 1
-        rate = steps * env.num_envs / (time.perf_counter() - t0)
-        # A real pair of frames of this size, for the echo benchmark.
-        ids = env.session.agent_ids
-        actions = rng.uniform(-1, 1, shape).astype(np.float32)
-        out_frame = protocol.encode_action_rows(ids, actions, 1)  # the column form the simulator takes
-        n = len(ids)
-        info = protocol.info_columns(n)  # what the simulator reports, in the column form it sends
-        for key, value in {"progress": 0.5, "lap": 0, "speed": 41.2, "x": 12.5, "y": -3.25, "heading": 1.5}.items():
-            info[key][:] = value
-        obs = rng.uniform(0, 1, (n, 13)).astype(np.float32)
-        zeros = np.zeros(n, dtype=bool)
-        in_frame = protocol.encode_obs(ids, obs, np.full(n, 0.25), zeros, zeros, info, 1, "columns")
-        return rate, out_frame, in_frame
+        env_rate(env, rng, 0.0, warm_up=steps)
     finally:
-        env.close()
+        del bridge._receive  # the method again
+    replies = [f for f in frames if len(protocol.decode_game_message(f, env.obs_size).agent_ids) == env.num_envs]
+    actions = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+    return protocol.encode_action_rows(env.session.agent_ids, actions, 1), replies
 
 
-# The peer of the echo and bridge measurements: answers every frame with the canned observation
-# batch (its tick set to the one received); with "hello" it first shakes hands as a v1 game.
+def env_rate(env, rng: np.random.Generator, seconds: float, warm_up: int = 20) -> float:
+    """Agent-steps/s of ``make_vec_env`` with a random policy over ``seconds``."""
+    shape = env.action_space.shape
+    for _ in range(warm_up):  # (the training thread takes the loop back after the echo's turn)
+        env.step(rng.uniform(-1, 1, shape).astype(np.float32))
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        env.step(rng.uniform(-1, 1, shape).astype(np.float32))
+        steps += 1
+    return steps * env.num_envs / (time.perf_counter() - t0)
+
+
+# The peer of the echo and bridge measurements: answers every frame with the next of the recorded
+# observation batches (its tick set to the one received); with "hello" it first shakes hands as a
+# v1 game.
 ECHO_PEER = """
-import asyncio, json, sys
+import asyncio, itertools, json, re, sys
 from websockets.asyncio.client import connect
-async def main(url, hello, reply):
+from rbxenv.busy_wait import new_event_loop
+async def main(url, hello, replies):
     async with connect(url, compression=None, max_size=None) as ws:
         if hello:
             await ws.send(json.dumps({"type": "hello", "protocol": 1, "mode": "lockstep",
                                       "capabilities": ["batch", "tick", "info", "columns"]}))
             await ws.recv()
+        replies = itertools.cycle(replies)
         async for frame in ws:
             tick = json.loads(frame).get("tick")
-            await ws.send(reply.replace('"tick":1,', f'"tick":{tick},', 1))
-asyncio.run(main(sys.argv[1], sys.argv[2] == "hello", sys.stdin.read()))
+            await ws.send(re.sub(r'"tick":[0-9]+', f'"tick":{tick}', next(replies), count=1))
+with asyncio.Runner(loop_factory=lambda: new_event_loop(float(sys.argv[3]))) as runner:
+    runner.run(main(sys.argv[1], sys.argv[2] == "hello", json.loads(sys.stdin.read())))
 """
 
 
-def start_peer(url: str, in_frame: bytes, hello: bool) -> subprocess.Popen:
+def start_peer(url: str, replies: list[str], hello: bool, spin: float) -> subprocess.Popen:
     peer = subprocess.Popen(
-        [sys.executable, "-c", ECHO_PEER, url, "hello" if hello else "-"], stdin=subprocess.PIPE, text=True
+        [sys.executable, "-c", ECHO_PEER, url, "hello" if hello else "-", str(spin)],
+        stdin=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
-    peer.stdin.write(in_frame.decode())
+    peer.stdin.write(json.dumps(replies))
     peer.stdin.close()
     return peer
 
 
-def bench_bridge(out_frame: bytes, in_frame: bytes, seconds: float) -> float:
-    """``TrainingBridge.send_action_rows`` + ``get_observations`` against the canned peer: the
+def bench_bridge(out_frame: bytes, replies: list[str], seconds: float, spin: float) -> float:
+    """``TrainingBridge.send_action_rows`` + ``get_observations`` against the replaying peer: the
     bridge's own cost (validation, slots, running the loop) with no simulator behind it."""
     from rbxenv.bridge import TrainingBridge
 
     rows = protocol.decode_command(out_frame).data
     ids, actions = rows.agent_ids, rows.actions.astype(np.float32)
-    with TrainingBridge(port=0) as bridge:
-        peer = start_peer(bridge.url, in_frame, hello=True)
+    with TrainingBridge(port=0, busy_wait=spin) as bridge:
+        peer = start_peer(bridge.url, replies, hello=True, spin=spin)
         bridge.wait_for_game(10)
         bridge.data.track(ids, 0)  # as if spawned: the peer only ever sends these cars
         for _ in range(20):
@@ -126,57 +141,101 @@ def bench_bridge(out_frame: bytes, in_frame: bytes, seconds: float) -> float:
     return rate
 
 
-def bench_echo(out_frame: bytes, in_frame: bytes, num_cars: int, seconds: float) -> float:
-    from websockets.asyncio.server import serve
+class Echo:
+    """The bare WebSocket round trip of the same payloads, on an asyncio server in this thread (as
+    the bridge's loop runs on the training thread), against the replaying peer in a child process."""
 
-    result: list[float] = []
+    def __init__(self, out_frame: bytes, replies: list[str], num_cars: int, spin: float):
+        from websockets.asyncio.server import serve
 
-    async def main() -> None:
-        done = asyncio.Event()
+        self.text, self.num_cars = out_frame.decode(), num_cars
+        self.loop = busy_wait.new_event_loop(spin)  # waits as the env's ends do
+        self.done = self.loop.create_future()
+        attached = self.loop.create_future()
 
         async def handler(ws) -> None:
-            text = out_frame.decode()
-            for _ in range(20):
-                await ws.send(text)
-                await ws.recv()
-            steps, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                await ws.send(text)
-                protocol.decode_game_message(await ws.recv(), 13)  # parsing is part of the transport cost
-                steps += 1
-            result.append(steps * num_cars / (time.perf_counter() - t0))
-            done.set()
+            attached.set_result(ws)
+            await self.done  # the connection stays open between measurements
 
-        async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
-            port = server.sockets[0].getsockname()[1]
-            peer = start_peer(f"ws://127.0.0.1:{port}", in_frame, hello=False)
-            await done.wait()
-            peer.terminate()
-            peer.wait()
+        async def start():
+            return await serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
 
-    asyncio.run(main())
-    return result[0]
+        self.server = self.loop.run_until_complete(start())
+        port = self.server.sockets[0].getsockname()[1]
+        self.peer = start_peer(f"ws://127.0.0.1:{port}", replies, hello=False, spin=spin)
+        self.ws = self.loop.run_until_complete(attached)
+
+    def rate(self, seconds: float) -> float:
+        return self.loop.run_until_complete(self._measure(seconds))
+
+    async def _measure(self, seconds: float) -> float:
+        ws, text = self.ws, self.text
+        for _ in range(20):
+            await ws.send(text)
+            await ws.recv()
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            await ws.send(text)
+            protocol.decode_game_message(await ws.recv(), 13)  # parsing is part of the transport cost
+            steps += 1
+        return steps * self.num_cars / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.done.set_result(None)
+        self.peer.terminate()
+        self.peer.wait()
+        self.server.close()
+        self.loop.run_until_complete(self.server.wait_closed())
+        self.loop.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement window")
+    parser.add_argument("--rounds", type=int, default=6, help="env and echo windows, taken in turn")
+    parser.add_argument(
+        "--busy-wait-us",
+        type=int,
+        default=None,
+        help="polling before sleeping, at both ends of env, echo and bridge (default: make_vec_env's)",
+    )
     args = parser.parse_args()
+    spin = busy_wait.default_spin() if args.busy_wait_us is None else args.busy_wait_us * 1e-6
     cars = args.num_venvs * args.num_agents
-    print(f"{args.num_venvs} venvs x {args.num_agents} cars = {cars} cars, frame stack 4, random actions")
+    print(
+        f"{args.num_venvs} venvs x {args.num_agents} cars = {cars} cars, frame stack 4, random actions, "
+        f"busy wait {spin * 1e6:.0f} us"
+    )
     inproc = bench_inprocess(args.num_venvs, args.num_agents, args.seconds)
     print(f"in-process sim       {inproc:10,.0f} agent-steps/s")
-    env, out_frame, in_frame = bench_env(args.num_venvs, args.num_agents, args.seconds)
-    print(f"env (full stack)     {env:10,.0f} agent-steps/s")
-    echo = bench_echo(out_frame, in_frame, cars, args.seconds)
+    rng = np.random.default_rng(0)
+    env = make_vec_env(num_agents=args.num_agents, num_venvs=args.num_venvs, frame_stack=4, busy_wait=spin)
+    try:
+        env.reset(seed=0)
+        out_frame, replies = real_frames(env, rng)
+        echo = Echo(out_frame, replies, cars, spin)
+        try:
+            # In turn, so that a slow or fast spell of the machine weighs on both alike.
+            rates = [(env_rate(env, rng, args.seconds), echo.rate(args.seconds)) for _ in range(args.rounds)]
+        finally:
+            echo.close()
+    finally:
+        env.close()
+    env_rates, echo_rates = np.array(rates).T
+    for name, r in (("env (full stack)", env_rates), ("WebSocket echo", echo_rates)):
+        print(f"{name:20s} {np.median(r):10,.0f} agent-steps/s  (median of {len(r)} windows of {args.seconds:g} s; "
+              f"{r.min():,.0f} .. {r.max():,.0f})")  # fmt: skip
+    back = np.mean([len(r.encode()) for r in replies])
+    print(f"  echo payloads: {len(out_frame)} B out, {back:,.0f} B back per tick (mean of {len(replies)} recorded)")
+    bridge = bench_bridge(out_frame, replies, args.seconds, spin)
+    print(f"bridge, echo peer    {bridge:10,.0f} agent-steps/s  (TrainingBridge, no simulator)")
+    ratios = env_rates / echo_rates
     print(
-        f"WebSocket echo       {echo:10,.0f} agent-steps/s  ({len(out_frame)} B out, {len(in_frame)} B back per tick)"
+        f"env / echo = {np.median(env_rates) / np.median(echo_rates):.2f}   (target >= 0.5; per window pair "
+        f"{ratios.min():.2f} .. {ratios.max():.2f})   env / in-process = {np.median(env_rates) / inproc:.2f}"
     )
-    bridge = bench_bridge(out_frame, in_frame, args.seconds)
-    print(f"bridge, canned peer  {bridge:10,.0f} agent-steps/s  (TrainingBridge, no simulator)")
-    print(f"env / echo = {env / echo:.2f}   (target >= 0.5)   env / in-process = {env / inproc:.2f}")
     print("where a step's time goes: python bench/step_breakdown.py")
 
 

@@ -25,13 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rbxenv import make_vec_env  # noqa: E402
+from rbxenv import busy_wait, make_vec_env  # noqa: E402
 from rbxenv.bridge import TrainingBridge  # noqa: E402
 
 # The simulator process, with time stamps around each command it handles and after each Sim.step.
 SIM = """
 import asyncio, sys, time
 import numpy as np
+from rbxenv import busy_wait
 from rbxenv.sim import client
 from rbxenv.sim.world import Sim
 stamps, stepped = [], [0.0]
@@ -47,7 +48,8 @@ def timed_step(self, actions):
     return out
 client.SimGame.receive, Sim.step = timed_receive, timed_step
 try:
-    asyncio.run(client.run(sys.argv[1]))
+    with asyncio.Runner(loop_factory=lambda: busy_wait.new_event_loop(float(sys.argv[3]))) as runner:
+        runner.run(client.run(sys.argv[1]))
 finally:
     np.save(sys.argv[2], np.array(stamps))
 """
@@ -70,17 +72,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=5)
+    parser.add_argument("--busy-wait-us", type=int, default=None, help="at both ends (default: make_vec_env's)")
     args = parser.parse_args()
+    spin = busy_wait.default_spin() if args.busy_wait_us is None else args.busy_wait_us * 1e-6
 
     with socket.socket() as probe:  # a free port for the trainer, known before the simulator starts
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         sim_stamps = Path(tmp) / "sim.npy"
-        sim = subprocess.Popen([sys.executable, "-c", SIM, f"ws://127.0.0.1:{port}", str(sim_stamps)])
+        sim = subprocess.Popen([sys.executable, "-c", SIM, f"ws://127.0.0.1:{port}", str(sim_stamps), str(spin)])
         env = make_vec_env(
-            args.num_agents, args.num_venvs, 4, sim=None, port=port, wait_timeout=60, track_change_steps=None
-        )
+            args.num_agents, args.num_venvs, 4, sim=None, port=port, wait_timeout=60, track_change_steps=None,
+            busy_wait=spin,
+        )  # fmt: skip
         bridge = env.session.bridge
         sends, stored, woke = [], [], []
 
@@ -130,7 +135,9 @@ def main() -> None:
         rows.append([s0 - t0, s1 - s0, a0 - s1, a1 - a0, a2 - a1, r0 - a2, r1 - r0, w - r1, t_end - w])
     legs = np.median(np.array(rows) * 1e6, axis=0)
     cars = args.num_venvs * args.num_agents
-    print(f"{cars} cars, {len(rows)} of {args.steps} steps without resets; median µs per leg:")
+    print(
+        f"{cars} cars, busy wait {spin * 1e6:.0f} us, {len(rows)} of {args.steps} steps without resets; median µs per leg:"
+    )
     for (what, span), us in zip(LEGS, legs, strict=True):
         print(f"  {us:7.1f}  {what:52s} ({span})")
     step_us = float(np.median(np.diff(steps[:, 0])) * 1e6)
