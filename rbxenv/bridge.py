@@ -151,6 +151,8 @@ class DataBridge:
         """``rows_of``, as a slice when the rows are consecutive (cars spawned together are). Every
         step asks for the same cars, so the last answer is kept: a step indexes its rows with a
         slice, not a lookup per car."""
+        if type(agent_ids) is not list:  # (a tuple or an array of ids: compared as a list)
+            agent_ids = list(agent_ids)
         with self.cond:
             selected = self._selected
             if selected is not None and selected[0] == agent_ids:
@@ -250,6 +252,8 @@ class DataBridge:
         # expected_tick >= episode_tick (track() sets both, to the same tick on a restart)
         if batch.tick is not None and not batch.tick >= self._c["expected_tick"][rows].max():
             return None
+        if self._c["restarted"][rows].any():  # a restart not read yet: see _sift
+            return None
         return rows
 
     def _sift(self, batch: ObsBatch) -> tuple[np.ndarray, ObsBatch, list[str]]:
@@ -265,6 +269,13 @@ class DataBridge:
             old = keep & (batch.tick < c["episode_tick"][rows])
             self.stats["old_episode_packets"] += int(old.sum())
             keep &= ~old
+        # After an autoreset the trainer reads the ending first; the next episode's packets that come
+        # before that are dropped, as a parked car would send none (one slot holds one episode).
+        after_restart = np.zeros_like(keep)
+        after_restart[keep] = c["restarted"][rows[keep]]
+        if after_restart.any():
+            self.stats["after_restart_packets"] += int(after_restart.sum())
+            keep &= ~after_restart
         if not keep.all():
             rows, batch = rows[keep], _rows_of_batch(batch, keep)
         c["reward"][rows] += batch.reward
@@ -806,7 +817,7 @@ class TrainingBridge:
         self.data.track(agents, tick, restart=True)
         game = self.game or SEED_GAME
         data: object = agents
-        if game.has("track_spec") or game.has("random_start"):
+        if game.has("track_spec") or game.has("random_start") or autoreset and self.autoresets:
             data = {"agents": agents, "start": start if game.has("random_start") else "grid"}
             if track is not None and game.has("track_spec"):
                 data["track"] = track
@@ -818,8 +829,11 @@ class TrainingBridge:
 
     @property
     def autoresets(self) -> bool:
-        """The game restarts cars spawned with ``autoreset=True`` itself (it announced the capability)."""
-        return self.game is not None and self.game.has("autoreset") and self.game.has("columns")
+        """The game restarts cars spawned with ``autoreset=True`` itself: it announced the capability
+        (with ``columns``) and steps in lockstep (in real time, packets of the next episode could
+        come before the trainer read the ending)."""
+        game = self.game
+        return game is not None and game.has("autoreset") and game.has("columns") and game.mode == "lockstep"
 
     def reset_agents(self, env_id: str, agents: Sequence[str]) -> None:
         """Respawn agents (their episodes restart); the game answers with their observations."""

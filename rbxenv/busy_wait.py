@@ -22,7 +22,17 @@ def default_spin() -> float:
     """``SPIN`` where a second core can run the other process meanwhile, else 0: on one core the
     spinning side would only delay the one it waits for."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return SPIN if cores >= 2 else 0.0
+    return SPIN if min(cores, _cpu_quota()) >= 2 else 0.0
+
+
+def _cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float:
+    """The CPUs a container may use (cgroup v2 ``cpu.max``: quota and period), inf when unlimited."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+        return float("inf") if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return float("inf")
 
 
 class SpinningSelector(selectors.DefaultSelector):

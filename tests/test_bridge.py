@@ -895,3 +895,26 @@ def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
     data.put_batch(obs_batch(ids, 3, dict.fromkeys(ids, 2.0), [True] * 3))
     got = data.wait(ids, 1.0)
     assert not got.restarted.any() and got.reward.tolist() == [2.0] * 3
+
+
+def test_packets_after_an_unread_restart_are_dropped_and_ids_may_be_any_sequence():
+    """A step answered late (the trainer timed out and stepped again): the car restarted in the
+    late answer keeps that ending until it is read; the next episode's packet is not mixed in."""
+    from rbxenv.bridge import DataBridge
+
+    data = DataBridge()
+    ids = [protocol.agent_id(i, "a") for i in range(2)]
+    data.track(ids, 1, restart=True)
+    data.track(ids, 2)
+    data.track(ids, 3)  # stepped again before the answer to 2 came
+    late = obs_batch(ids, 2, dict.fromkeys(ids, 1.0), [True] * 2)
+    late.terminated[0] = True
+    late.restarted, late.reset_obs = np.array([True, False]), np.full((2, 13), 7.0, np.float32)
+    data.put_batch(late)
+    data.put_batch(obs_batch(ids, 3, dict.fromkeys(ids, 2.0), [True] * 2))
+    assert data.stats["after_restart_packets"] == 1
+    got = data.wait(np.array(ids), 1.0)  # ids as a numpy array work too
+    assert got.terminated.tolist() == [True, False] and got.restarted.tolist() == [True, False]
+    assert got.reward.tolist() == [1.0, 3.0] and got.obs[0, 0] == 1.0 and got.obs[1, 0] == 2.0
+    assert got.reset_obs[0, 0] == 7.0
+    assert isinstance(data.select(tuple(ids)), slice)

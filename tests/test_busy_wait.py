@@ -58,10 +58,22 @@ def test_a_spinning_event_loop_serves_a_round_trip():
 
 
 def test_no_spinning_on_one_core(monkeypatch):
+    monkeypatch.setattr(busy_wait, "_cpu_quota", lambda: float("inf"))
     monkeypatch.setattr(busy_wait.os, "sched_getaffinity", lambda pid: {0})
     assert busy_wait.default_spin() == 0.0
     monkeypatch.setattr(busy_wait.os, "sched_getaffinity", lambda pid: {0, 1})
     assert busy_wait.default_spin() == busy_wait.SPIN
+    monkeypatch.setattr(busy_wait, "_cpu_quota", lambda: 1.5)  # a container limited to 1.5 CPUs
+    assert busy_wait.default_spin() == 0.0
+
+
+def test_cpu_quota_of_a_container(tmp_path):
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    assert busy_wait._cpu_quota(str(cpu_max)) == 1.5
+    cpu_max.write_text("max 100000\n")
+    assert busy_wait._cpu_quota(str(cpu_max)) == float("inf")
+    assert busy_wait._cpu_quota(str(tmp_path / "missing")) == float("inf")
 
 
 def test_the_session_spins_only_with_its_embedded_simulator():
