@@ -230,9 +230,8 @@ class DataBridge:
                 restarted = _rows(rows)[batch.restarted]
                 c["restarted"][restarted] = True
                 c["reset_obs"][restarted] = batch.reset_obs[batch.restarted]
-                if (
-                    batch.tick is not None
-                ):  # older packets belong to the episode that ended (and stay below expected_tick)
+                if batch.tick is not None:
+                    # older packets belong to the episode that ended (and stay below expected_tick)
                     c["episode_tick"][restarted] = batch.tick
                     c["expected_tick"][restarted] = np.maximum(c["expected_tick"][restarted], batch.tick)
             c["fresh_at"][rows] = np.where(c["fresh"][rows], c["fresh_at"][rows], now)
@@ -262,22 +261,20 @@ class DataBridge:
         c = self._c
         get = self.rows.get
         rows = np.array([get(aid, -1) for aid in batch.agent_ids], np.int64)
-        keep = rows >= 0
-        unknown = [] if keep.all() else [aid for aid, k in zip(batch.agent_ids, keep, strict=True) if not k]
+        unknown = [aid for aid, row in zip(batch.agent_ids, rows.tolist(), strict=True) if row < 0]
+        rows, batch = _keep(rows, batch, rows >= 0)
         if batch.tick is not None:
             # sent before the game applied the spawn/reset: the episode it belongs to is over
-            old = keep & (batch.tick < c["episode_tick"][rows])
-            self.stats["old_episode_packets"] += int(old.sum())
-            keep &= ~old
+            old = batch.tick < c["episode_tick"][rows]
+            if old.any():
+                self.stats["old_episode_packets"] += int(old.sum())
+                rows, batch = _keep(rows, batch, ~old)
         # After an autoreset the trainer reads the ending first; the next episode's packets that come
         # before that are dropped, as a parked car would send none (one slot holds one episode).
-        after_restart = np.zeros_like(keep)
-        after_restart[keep] = c["restarted"][rows[keep]]
+        after_restart = c["restarted"][rows]
         if after_restart.any():
             self.stats["after_restart_packets"] += int(after_restart.sum())
-            keep &= ~after_restart
-        if not keep.all():
-            rows, batch = rows[keep], _rows_of_batch(batch, keep)
+            rows, batch = _keep(rows, batch, ~after_restart)
         c["reward"][rows] += batch.reward
         c["terminated"][rows] |= batch.terminated
         c["truncated"][rows] |= batch.truncated
@@ -286,7 +283,7 @@ class DataBridge:
             deliver = (batch.tick >= c["expected_tick"][rows]) | batch.terminated | batch.truncated
             if not deliver.all():
                 self.stats["stale_packets"] += int(len(deliver) - deliver.sum())
-                rows, batch = rows[deliver], _rows_of_batch(batch, deliver)
+                rows, batch = _keep(rows, batch, deliver)
         return rows, batch, unknown
 
     def wait(self, agent_ids: Sequence[str], timeout: float) -> Observations:
@@ -343,6 +340,11 @@ def _copy(a: np.ndarray) -> np.ndarray:
 
 def _same(a: np.ndarray) -> np.ndarray:
     return a
+
+
+def _keep(rows: np.ndarray, batch: ObsBatch, keep: np.ndarray) -> tuple[np.ndarray, ObsBatch]:
+    """The rows and the part of a packet where ``keep`` is True."""
+    return (rows, batch) if keep.all() else (rows[keep], _rows_of_batch(batch, keep))
 
 
 def _rows_of_batch(batch: ObsBatch, keep: np.ndarray) -> ObsBatch:

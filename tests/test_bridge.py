@@ -918,3 +918,14 @@ def test_packets_after_an_unread_restart_are_dropped_and_ids_may_be_any_sequence
     assert got.reward.tolist() == [1.0, 3.0] and got.obs[0, 0] == 1.0 and got.obs[1, 0] == 2.0
     assert got.reset_obs[0, 0] == 7.0
     assert isinstance(data.select(tuple(ids)), slice)
+
+
+def test_a_ticked_packet_before_any_spawn_is_only_unknown():
+    from rbxenv.bridge import DataBridge
+
+    data = DataBridge()  # no rows at all yet
+    ids = ["car_0_env_a", "car_1_env_a"]
+    assert data.put_batch(obs_batch(ids, 3, dict.fromkeys(ids, 1.0), [True, True])) == ids
+    data.track(ids[:1], 4, restart=True)
+    assert data.put_batch(obs_batch(ids, 4, dict.fromkeys(ids, 2.0), [True, True])) == ids[1:]
+    assert data.wait(ids[:1], 1.0).reward.tolist() == [2.0]
