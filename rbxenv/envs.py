@@ -300,9 +300,10 @@ class RacingVectorEnv(VectorEnv):
             return self._stacked(), reward, terminated, truncated, infos
         n = self.num_envs
         first_obs = np.zeros((n, self.obs_size), dtype=np.float32)
-        restarted = done & (got.restarted if got is not None and got.restarted is not None else False)
-        restarted &= ~np.isin(self.session.venv_of, rotate)
-        first_obs[restarted] = got.reset_obs[restarted] if restarted.any() else 0.0
+        restarted = np.zeros(n, dtype=bool)
+        if got is not None and got.restarted is not None:
+            restarted = done & got.restarted & ~np.isin(self.session.venv_of, rotate)
+            first_obs[restarted] = got.reset_obs[restarted]
         respawn = np.flatnonzero(done & ~restarted)
         lost = infos.get("lost_step", False)
         if not lost and (len(respawn) or rotate):
@@ -313,8 +314,7 @@ class RacingVectorEnv(VectorEnv):
                     raise
                 lost = True
             else:
-                order = {aid: k for k, aid in enumerate(fresh.agent_ids)}
-                first_obs[respawn] = fresh.obs[[order[self.session.agent_ids[k]] for k in respawn]]
+                first_obs[respawn] = _obs_of(fresh, [self.session.agent_ids[k] for k in respawn])
         if lost:
             # Lost now (or before this step's answer): the cars still driving end here as well,
             # truncated at this step's real observation, and every car restarts on the returned game.
@@ -322,8 +322,7 @@ class RacingVectorEnv(VectorEnv):
             done[:] = True
             fresh = self.session.reconnect()
             infos["reconnected"] = True
-            order = {aid: k for k, aid in enumerate(fresh.agent_ids)}
-            first_obs[:] = fresh.obs[[order[aid] for aid in self.session.agent_ids]]
+            first_obs[:] = _obs_of(fresh, self.session.agent_ids)
         rows = np.flatnonzero(done)
         infos["final_obs"] = np.where(done[:, None], self._stack.reshape(n, -1), 0.0).astype(np.float32)
         infos["_final_obs"] = done
@@ -358,6 +357,12 @@ class RacingVectorEnv(VectorEnv):
         if self._freezer is not None:
             self._freezer.stop()
         self.session.close()
+
+
+def _obs_of(got: Observations, agent_ids: list[str]) -> np.ndarray:
+    """The rows of ``got.obs`` of these agents, in this order."""
+    row = {aid: k for k, aid in enumerate(got.agent_ids)}
+    return got.obs[[row[aid] for aid in agent_ids]]
 
 
 # ====================================================================================================
