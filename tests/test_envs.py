@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from crash_rollout import assert_autoreset_changes_nothing, crash_rollout
 from netutil import free_port, port_is_free
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
@@ -111,30 +112,11 @@ def test_cars_the_game_restarts_itself_give_the_rollout_reset_agents_gives():
     def rollout(autoreset: bool) -> tuple[list, int, int]:
         env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, track_change_steps=40)
         try:
-            env.session.autoreset = autoreset
-            obs, _ = env.reset(seed=3)
-            rng = np.random.default_rng(0)
-            steer = np.linspace(-0.9, 0.9, 6)  # most cars turn into a wall sooner or later
-            steps, lone_frames, ended = [obs], 0, 0
-            for _ in range(120):
-                sent = env.session.bridge.stats["frames_out"]
-                actions = rng.uniform(-1, 1, (6, 3)).astype(np.float32)
-                actions[:, 0], actions[:, 1] = 1.0, np.clip(0.3 * actions[:, 1] + steer, -1, 1)
-                obs, reward, term, trunc, infos = env.step(actions)
-                done = term | trunc
-                ended += int(done.sum())
-                lone_frames += env.session.bridge.stats["frames_out"] - sent == 1 and done.any()
-                steps += [obs, reward, term, trunc, infos.get("final_obs"), infos.get("episode", {}).get("r")]
-            return steps, lone_frames, ended
+            return crash_rollout(env, autoreset, steps=120)
         finally:
             env.close()
 
-    (auto, auto_lone, ended), (manual, manual_lone, _) = rollout(True), rollout(False)
-    assert ended > 10, "random driving crashes cars"
-    assert auto_lone > 5 and manual_lone == 0, "restarted by the game: no RESET_AGENTS round trip"
-    assert len(auto) == len(manual)
-    for a, b in zip(auto, manual, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_autoreset_changes_nothing(rollout(True), rollout(False))
 
 
 def test_vector_env_reproducible_with_seed():

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from crash_rollout import assert_autoreset_changes_nothing, crash_rollout
 from luau import LuauVM, pluau
 from netutil import free_port
 
@@ -191,29 +192,11 @@ def test_luau_game_restarts_crashed_cars_for_the_vector_env_as_reset_agents_woul
                                       track_change_steps=40)  # fmt: skip
             try:
                 assert {"columns", "autoreset"} <= env.session.bridge.game.capabilities
-                env.session.autoreset = autoreset
-                obs, _ = env.reset(seed=3)
-                rng = np.random.default_rng(0)
-                steer = np.linspace(-0.9, 0.9, 6)  # most cars turn into a wall sooner or later
-                steps, lone_frames, ended = [obs], 0, 0
-                for _ in range(100):
-                    sent = env.session.bridge.stats["frames_out"]
-                    actions = rng.uniform(-1, 1, (6, 3)).astype(np.float32)
-                    actions[:, 0], actions[:, 1] = 1.0, np.clip(0.3 * actions[:, 1] + steer, -1, 1)
-                    obs, reward, term, trunc, infos = env.step(actions)
-                    done = term | trunc
-                    ended += int(done.sum())
-                    lone_frames += env.session.bridge.stats["frames_out"] - sent == 1 and done.any()
-                    steps += [obs, reward, term, trunc, infos.get("final_obs"), infos.get("episode", {}).get("r")]
+                result = crash_rollout(env, autoreset, steps=100)
                 bad = env.session.bridge.stats.get("bad_frames", 0)
             finally:
                 env.close()
         assert bad == 0 and game.stats["badFrames"] == 0, game.logs
-        return steps, lone_frames, ended
+        return result
 
-    (auto, auto_lone, ended), (manual, manual_lone, _) = rollout(True), rollout(False)
-    assert ended > 10, "random driving crashes cars"
-    assert auto_lone > 5 and manual_lone == 0, "restarted by the game: no RESET_AGENTS round trip"
-    assert len(auto) == len(manual)
-    for a, b in zip(auto, manual, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_autoreset_changes_nothing(rollout(True), rollout(False))
