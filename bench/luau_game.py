@@ -1,4 +1,4 @@
-"""The Roblox game's side of a lockstep step, per-agent form vs column form with autoreset.
+"""The Roblox game's side of a lockstep step: per-agent form, column form, column form with autoreset.
 
     python bench/luau_game.py [--steps 600 --num-venvs 5 --num-agents 5]
 
@@ -6,8 +6,9 @@ Runs the Luau GameClient (roblox/src/shared, with roblox/tests/FakeWorld standin
 engine) under the pluau VM, as a trainer would drive it in lockstep: an ACTION_BATCH per step
 (full throttle, random steering, so cars crash), then
 
-- per-agent form (a trainer that grants no ``columns``): one RESET_AGENTS per venv with ended cars
-  after the step, as the vector env sends them, which is a second round trip for that step;
+- per-agent form (a trainer that grants no ``columns``), and column form without ``autoreset``:
+  one RESET_AGENTS per venv with ended cars after the step, as the vector env sends them, which is
+  a second round trip for that step;
 - column form with ``autoreset``: the game restarts ended cars itself, one round trip per step.
 
 It prints the game's CPU time per step (``os.clock`` around its handling of the trainer's frames:
@@ -28,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the Luau module l
 from luau import LuauVM  # noqa: E402
 
 GAME = """
-local steps, numVenvs, numAgents, columns = ...
+local steps, numVenvs, numAgents, columns, autoreset = ...
 local Config, GameClient, FakeWorld, Json = require("Config"), require("GameClient"), require("FakeWorld"), require("Json")
 local sent = {}
 local handlers
@@ -46,7 +47,7 @@ handlers.onOpen()
 local caps = { "batch", "tick", "info", "track_spec", "random_start" }
 if columns then
     table.insert(caps, "columns")
-    table.insert(caps, "autoreset")
+    table.insert(caps, "autoreset")  -- the game restarts only cars spawned with autoreset
 end
 client:receive(Json.encode({ type = "welcome", protocol = 1, capabilities = caps }))
 local ids, byVenv = {}, {}
@@ -62,7 +63,7 @@ for v = 1, numVenvs do
     for id in byVenv[envid] do table.insert(agents, id) end
     table.sort(agents)
     client:receive(Json.encode({ command = "SPAWN_AGENTS", envid = envid, tick = 0,
-        data = { agents = agents, start = "random", seed = v, autoreset = columns } }))
+        data = { agents = agents, start = "random", seed = v, autoreset = autoreset } }))
 end
 table.clear(sent)
 math.randomseed(1)
@@ -99,7 +100,7 @@ for tick = 1, steps do
         end
     end
     endings += #ended
-    if #ended > 0 and not columns then
+    if #ended > 0 and not autoreset then
         local perVenv = {}
         for _, id in ended do
             local envid = string.match(id, "_env_(.+)$")
@@ -130,17 +131,23 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.num_venvs} venvs x {args.num_agents} cars, lockstep, {args.steps} steps of full throttle and "
           f"random steering, Luau under pluau")  # fmt: skip
+    modes = {
+        "per-agent form + RESET_AGENTS": (False, False),
+        "column form + RESET_AGENTS": (True, False),
+        "column form + autoreset": (True, True),
+    }
     results = {}
-    for columns in (False, True):
+    for name, (columns, autoreset) in modes.items():
         vm = LuauVM()
-        seconds, trips, endings, bad = vm.eval(GAME, args.steps, args.num_venvs, args.num_agents, columns)
+        seconds, trips, endings, bad = vm.eval(GAME, args.steps, args.num_venvs, args.num_agents, columns, autoreset)
         assert bad == 0, "the game refused a frame"
-        name = "column form + autoreset" if columns else "per-agent form + RESET_AGENTS"
-        results[columns] = (seconds / args.steps, trips / args.steps)
+        results[name] = (seconds / args.steps, trips / args.steps)
         print(f"{name:30s} {seconds / args.steps * 1e3:6.2f} ms game CPU per step   {trips / args.steps:.2f} round trips "
               f"per step   ({endings} episodes ended)")  # fmt: skip
-    (cpu0, trips0), (cpu1, trips1) = results[False], results[True]
-    print(f"column form + autoreset / per-agent form: game CPU {cpu1 / cpu0:.2f}x, round trips {trips1 / trips0:.2f}x")
+    cpu0, trips0 = results["per-agent form + RESET_AGENTS"]
+    for name in list(modes)[1:]:
+        cpu, trips = results[name]
+        print(f"{name} / per-agent form: game CPU {cpu / cpu0:.2f}x, round trips {trips / trips0:.2f}x")
 
 
 if __name__ == "__main__":

@@ -677,6 +677,8 @@ def _check_agent_list(data: object, envid: str | None, where: str) -> list[str]:
         _, aid_env = parse_agent_id(aid)
         if envid is not None and aid_env != envid:
             raise ProtocolError(f"{where}: agent {aid} does not belong to venv {envid}", "unknown_agent")
+    if len(set(data)) != len(data):  # (a repeated id would be reset twice, and answered twice)
+        raise ProtocolError(f"{where}: an agent id appears twice")
     return data
 
 
