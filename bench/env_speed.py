@@ -8,9 +8,12 @@
    back, peer in a child process replaying obs batches the simulator sent in the env's rollout):
    the transport limit.
 4. bridge: the same peer behind ``TrainingBridge`` (no simulator): what the bridge adds.
-Env and echo are measured in turn, ``--rounds`` windows each, so that a slow or fast spell of the
-machine weighs on both; prints the median agent-steps/s of each, their range, and the ratio of
-the medians. Target: env >= 0.5 x echo.
+5. env, zero-cost game: ``make_vec_env`` against the same peer acting as a game whose steps cost
+   nothing (it answers each ACTION_BATCH with the next recorded batch, spawns and resets with
+   recorded rows): the whole trainer side, without the simulator's work.
+Env, echo and the zero-cost game are measured in turn, ``--rounds`` windows each, so that a slow
+or fast spell of the machine weighs on all; prints the median agent-steps/s of each, their range,
+and the ratios of the medians. Target: env >= 0.5 x echo.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -83,31 +87,51 @@ def env_rate(env, rng: np.random.Generator, seconds: float, warm_up: int = 20) -
     return steps * env.num_envs / (time.perf_counter() - t0)
 
 
-# The peer of the echo and bridge measurements: answers every frame with the next of the recorded
-# observation batches (its tick set to the one received); with "hello" it first shakes hands as a
-# v1 game.
+# The peer of the echo, bridge and zero-cost game measurements: answers every frame with the next
+# of the recorded observation batches (its tick set to the one received). "hello": it first shakes
+# hands as a v1 game; "game": also as a game with autoreset, answering only commands (SPAWN_AGENTS
+# and RESET_AGENTS with the recorded rows of their cars, reward 0, not done), and it waits for the
+# trainer to listen.
 ECHO_PEER = """
 import asyncio, itertools, json, re, sys
 from websockets.asyncio.client import connect
 from rbxenv.busy_wait import new_event_loop
-async def main(url, hello, replies):
-    async with connect(url, compression=None, max_size=None) as ws:
-        if hello:
-            await ws.send(json.dumps({"type": "hello", "protocol": 1, "mode": "lockstep",
-                                      "capabilities": ["batch", "tick", "info", "columns"]}))
+async def main(url, mode, replies):
+    caps = ["batch", "tick", "info", "columns"] + (["autoreset"] if mode == "game" else [])
+    for attempt in range(100):
+        try:
+            ws = await connect(url, compression=None, max_size=None)
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    first = json.loads(replies[0])
+    row = {aid: k for k, aid in enumerate(first["ids"])}
+    async with ws:
+        if mode != "-":
+            await ws.send(json.dumps({"type": "hello", "protocol": 1, "mode": "lockstep", "capabilities": caps}))
             await ws.recv()
         replies = itertools.cycle(replies)
         async for frame in ws:
-            tick = json.loads(frame).get("tick")
+            msg = json.loads(frame)
+            tick = msg.get("tick")
+            if mode == "game" and msg.get("command") != "ACTION_BATCH":
+                if msg.get("command") in ("SPAWN_AGENTS", "RESET_AGENTS"):
+                    ids = msg["data"]["agents"] if isinstance(msg["data"], dict) else msg["data"]
+                    n = len(ids)
+                    await ws.send(json.dumps({"type": "obs", "tick": tick, "ids": ids,
+                        "obs": [first["obs"][row[aid]] for aid in ids], "reward": [0.0] * n,
+                        "terminated": [False] * n, "truncated": [False] * n}))
+                continue
             await ws.send(re.sub(r'"tick":[0-9]+', f'"tick":{tick}', next(replies), count=1))
 with asyncio.Runner(loop_factory=lambda: new_event_loop(float(sys.argv[3]))) as runner:
-    runner.run(main(sys.argv[1], sys.argv[2] == "hello", json.loads(sys.stdin.read())))
+    runner.run(main(sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())))
 """
 
 
-def start_peer(url: str, replies: list[str], hello: bool, spin: float) -> subprocess.Popen:
+def start_peer(url: str, replies: list[str], mode: str, spin: float) -> subprocess.Popen:
+    """The replaying peer in a child process: mode "-" (echo), "hello" (a v1 game) or "game"."""
     peer = subprocess.Popen(
-        [sys.executable, "-c", ECHO_PEER, url, "hello" if hello else "-", str(spin)],
+        [sys.executable, "-c", ECHO_PEER, url, mode, str(spin)],
         stdin=subprocess.PIPE,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -125,7 +149,7 @@ def bench_bridge(out_frame: bytes, replies: list[str], seconds: float, spin: flo
     rows = protocol.decode_command(out_frame).data
     ids, actions = rows.agent_ids, rows.actions.astype(np.float32)
     with TrainingBridge(port=0, busy_wait=spin) as bridge:
-        peer = start_peer(bridge.url, replies, hello=True, spin=spin)
+        peer = start_peer(bridge.url, replies, "hello", spin)
         bridge.wait_for_game(10)
         bridge.data.track(ids, 0)  # as if spawned: the peer only ever sends these cars
         for _ in range(20):
@@ -162,7 +186,7 @@ class Echo:
 
         self.server = self.loop.run_until_complete(start())
         port = self.server.sockets[0].getsockname()[1]
-        self.peer = start_peer(f"ws://127.0.0.1:{port}", replies, hello=False, spin=spin)
+        self.peer = start_peer(f"ws://127.0.0.1:{port}", replies, "-", spin)
         self.ws = self.loop.run_until_complete(attached)
 
     def rate(self, seconds: float) -> float:
@@ -189,12 +213,23 @@ class Echo:
         self.loop.close()
 
 
+def zero_cost_game_env(replies: list[str], num_agents: int, num_venvs: int, spin: float):
+    """``make_vec_env`` against the replaying peer as a game whose steps cost nothing."""
+    with socket.socket() as probe:  # a free loopback port, for the peer to know before the env listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    peer = start_peer(f"ws://127.0.0.1:{port}", replies, "game", spin)
+    env = make_vec_env(num_agents=num_agents, num_venvs=num_venvs, frame_stack=4, sim=None, port=port,
+                       wait_timeout=20, busy_wait=spin)  # fmt: skip
+    return env, peer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement window")
-    parser.add_argument("--rounds", type=int, default=6, help="env and echo windows, taken in turn")
+    parser.add_argument("--rounds", type=int, default=6, help="env, echo and zero-cost game windows, in turn")
     parser.add_argument(
         "--busy-wait-us",
         type=int,
@@ -216,15 +251,26 @@ def main() -> None:
         env.reset(seed=0)
         out_frame, replies = real_frames(env, rng)
         echo = Echo(out_frame, replies, cars, spin)
+        zero, peer = zero_cost_game_env(replies, args.num_agents, args.num_venvs, spin)
         try:
-            # In turn, so that a slow or fast spell of the machine weighs on both alike.
-            rates = [(env_rate(env, rng, args.seconds), echo.rate(args.seconds)) for _ in range(args.rounds)]
+            zero.reset(seed=0)
+            # In turn, so that a slow or fast spell of the machine weighs on all alike.
+            rates = [
+                (env_rate(env, rng, args.seconds), echo.rate(args.seconds), env_rate(zero, rng, args.seconds))
+                for _ in range(args.rounds)
+            ]
         finally:
             echo.close()
+            zero.close()
+            peer.wait(timeout=10)
     finally:
         env.close()
-    env_rates, echo_rates = np.array(rates).T
-    for name, r in (("env (full stack)", env_rates), ("WebSocket echo", echo_rates)):
+    env_rates, echo_rates, zero_rates = np.array(rates).T
+    for name, r in (
+        ("env (full stack)", env_rates),
+        ("WebSocket echo", echo_rates),
+        ("env, zero-cost game", zero_rates),
+    ):
         print(f"{name:20s} {np.median(r):10,.0f} agent-steps/s  (median of {len(r)} windows of {args.seconds:g} s; "
               f"{r.min():,.0f} .. {r.max():,.0f})")  # fmt: skip
     back = np.mean([len(r.encode()) for r in replies])
@@ -235,6 +281,9 @@ def main() -> None:
     print(
         f"env / echo = {np.median(env_rates) / np.median(echo_rates):.2f}   (target >= 0.5; per window pair "
         f"{ratios.min():.2f} .. {ratios.max():.2f})   env / in-process = {np.median(env_rates) / inproc:.2f}"
+    )
+    print(
+        f"env with a zero-cost game / echo = {np.median(zero_rates) / np.median(echo_rates):.2f}   (the trainer side alone)"
     )
     print("where a step's time goes: python bench/step_breakdown.py")
 
