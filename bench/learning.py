@@ -156,8 +156,13 @@ def train_sb3(minutes: float, seed: int) -> dict:
     set_random_seed(seed)
     env = make_sb3_env(num_agents=5, num_venvs=5, sim_seed=seed)
     t0 = time.monotonic()
+
+    def decay(_progress_remaining: float) -> float:
+        # as examples/sb3_ppo.py's linear_decay, over the wall-clock budget (the run has no step count)
+        return 3e-4 * max(1.0 - (time.monotonic() - t0) / (minutes * 60), 0.0)
+
     try:
-        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, verbose=0)
+        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, learning_rate=decay, verbose=0)
         model.learn(total_timesteps=10**10, callback=Budget(minutes * 60))
     finally:
         env.close()

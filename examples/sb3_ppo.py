@@ -42,6 +42,12 @@ def make_sb3_env(num_agents: int = 5, num_venvs: int = 1, frame_stack: int = 4, 
     return VecNormalize(env, norm_obs=True, norm_reward=True, clip_obs=10.0)
 
 
+def linear_decay(initial: float):
+    """SB3 learning-rate schedule: ``initial`` at the start, 0 at the end (SB3 passes the fraction
+    of the run still to go, 1 -> 0; below 0 in the last rollout when it overshoots the total)."""
+    return lambda progress_remaining: initial * max(progress_remaining, 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timesteps", type=int, default=200_000, help="agent steps to train for")
@@ -60,7 +66,10 @@ def main() -> None:
         # One torch thread: with the simulator busy on the other core, torch's spinning worker
         # threads make SB3 six times slower on a 2-core machine (2,400 vs 380 agent-steps/s).
         torch.set_num_threads(args.torch_threads)
-        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, verbose=1)
+        # The learning rate decays linearly to 0 over the run, as ppo_continuous.py anneals it: with
+        # SB3's constant default the driver got worse late in long runs (BENCHMARKS.md: 43-50 %
+        # of held-out tracks lapped after ~6M agent-steps, 100 % with the decay).
+        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, learning_rate=linear_decay(3e-4), verbose=1)
         model.learn(total_timesteps=args.timesteps)
         model.save(f"{args.save}/model")
         env.save(f"{args.save}/vecnormalize.pkl")

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("stable_baselines3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from sb3_ppo import make_sb3_env  # noqa: E402
+from sb3_ppo import linear_decay, make_sb3_env  # noqa: E402
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.utils import set_random_seed  # noqa: E402
 
@@ -24,7 +24,7 @@ def test_sb3_ppo_trains_a_few_thousand_steps():
     env = make_sb3_env(num_agents=3, num_venvs=1, frame_stack=4, track_seeds=[3], start="grid")
     try:
         assert env.observation_space.shape == (52,)
-        model = PPO("MlpPolicy", env, n_steps=128, batch_size=128, n_epochs=2, verbose=0)
+        model = PPO("MlpPolicy", env, n_steps=128, batch_size=128, n_epochs=2, learning_rate=linear_decay(3e-4))
         params_before = [p.detach().clone() for p in model.policy.parameters()]
         model.learn(total_timesteps=3000)
         assert model.num_timesteps >= 3000
@@ -33,5 +33,7 @@ def test_sb3_ppo_trains_a_few_thousand_steps():
         ]
         assert any(changed), "gradient steps changed the policy"
         assert len(model.ep_info_buffer) > 0, "episodes finished and were recorded by VecMonitor"
+        lr = model.policy.optimizer.param_groups[0]["lr"]
+        assert 0 <= lr < 0.2 * 3e-4, f"the learning rate decays to 0 over the run (never below), got {lr}"
     finally:
         env.close()
