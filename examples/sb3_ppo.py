@@ -68,7 +68,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
         # The learning rate decays linearly to 0 over the run, as ppo_continuous.py anneals it: with
         # SB3's constant default the driver got worse late in long runs (BENCHMARKS.md: 43-50 %
-        # of held-out tracks lapped after ~6M agent-steps, 100 % with the decay).
+        # of held-out tracks lapped after ~6M agent-steps, 77-100 % with the decay).
         model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, learning_rate=linear_decay(3e-4), verbose=1)
         model.learn(total_timesteps=args.timesteps)
         model.save(f"{args.save}/model")
