@@ -456,21 +456,6 @@ def _match_ids(ids: Iterable[str], n: int, pattern: re.Pattern) -> re.Match | No
     return pattern.fullmatch(joined) if joined.count("\n") == n - 1 else None
 
 
-def _id_column(ids: object, where: str) -> list[str]:
-    """The ``ids`` array of a column-form message: unique agent ids (one regex pass for all)."""
-    if type(ids) is not list or len(ids) > MAX_AGENTS:
-        got = f"{len(ids)} ids" if type(ids) is list else _type_name(ids)
-        raise ProtocolError(f"{where}: expected an array of at most {MAX_AGENTS} agent ids, got {got}",
-                            "too_large" if type(ids) is list else "bad_message")  # fmt: skip
-    n = len(ids)
-    if n and not (_STR.issuperset(map(type, ids)) and _match_ids(ids, n, _AGENT_IDS)):
-        for aid in ids:
-            parse_agent_id(aid)  # raises, naming the bad id
-    if len(set(ids)) != n:
-        raise ProtocolError(f"{where}: an agent id appears twice")
-    return ids
-
-
 def _vector_column(msg: dict, key: str, ids: list[str], size: int, where: str) -> list[list]:
     """A column of ``size``-number arrays, one per id (one C-level type pass when fine)."""
     rows = _column(msg, key, len(ids), _LIST, where)
@@ -485,7 +470,7 @@ def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
 
     Validated with whole-array passes, not a loop per car: this is the lockstep hot path.
     """
-    ids = _id_column(msg["ids"], "obs.ids")
+    ids = _check_agent_list(msg["ids"], None, "obs.ids")
     n = len(ids)
     rows = _vector_column(msg, "obs", ids, obs_size, "obs")
     reward = np.array(_column(msg, "reward", n, _NUMBER_TYPES, "obs"), dtype=np.float64)
@@ -530,7 +515,7 @@ def _decode_columns(msg: dict, obs_size: int, tick: int | None) -> ObsBatch:
 def _decode_restarts(msg: dict, batch: ObsBatch, obs_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``reset_ids`` / ``reset_obs`` (autoreset): agents of this batch whose episode ended in it
     and that the game restarted, with their first observations -> (restarted, reset_obs) by row."""
-    reset_ids = _id_column(msg["reset_ids"], "obs.reset_ids")
+    reset_ids = _check_agent_list(msg["reset_ids"], None, "obs.reset_ids")
     rows = _vector_column(msg, "reset_obs", reset_ids, obs_size, "obs")
     row_of = {aid: k for k, aid in enumerate(batch.agent_ids)}
     restarted = np.zeros(len(row_of), dtype=bool)
@@ -669,15 +654,24 @@ def encode_action_rows(agent_ids: list[str], actions: np.ndarray, tick: int) -> 
 
 
 def _check_agent_list(data: object, envid: str | None, where: str) -> list[str]:
+    """A list of unique agent ids (all of venv ``envid`` when given): one regex pass for all of them,
+    the lockstep hot path for the ``ids`` of column-form messages; a loop names a bad one."""
     if type(data) is not list:
         raise ProtocolError(f"{where}: expected an array of agent ids, got {_type_name(data)}")
-    if len(data) > MAX_AGENTS:
-        raise ProtocolError(f"{where}: {len(data)} agents, the limit is {MAX_AGENTS}", "too_large")
-    for aid in data:
-        _, aid_env = parse_agent_id(aid)
-        if envid is not None and aid_env != envid:
-            raise ProtocolError(f"{where}: agent {aid} does not belong to venv {envid}", "unknown_agent")
-    if len(set(data)) != len(data):  # (a repeated id would be reset twice, and answered twice)
+    n = len(data)
+    if n > MAX_AGENTS:
+        raise ProtocolError(f"{where}: {n} agents, the limit is {MAX_AGENTS}", "too_large")
+    m = (
+        _match_ids(data, n, _AGENT_IDS if envid is None else _VENV_AGENT_IDS)
+        if _STR.issuperset(map(type, data))
+        else None
+    )
+    if n and (m is None or envid is not None and m.group(1) != envid):
+        for aid in data:  # raises, naming the first bad id
+            _, aid_env = parse_agent_id(aid)
+            if envid is not None and aid_env != envid:
+                raise ProtocolError(f"{where}: agent {aid} does not belong to venv {envid}", "unknown_agent")
+    if len(set(data)) != n:  # (a repeated id would be reset twice, and answered twice)
         raise ProtocolError(f"{where}: an agent id appears twice")
     return data
 
@@ -829,7 +823,7 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
         return Command(name, None, None, tick)
     if name == "ACTION_BATCH":
         if data is None and "ids" in msg:  # the column form
-            ids = _id_column(msg["ids"], f"{name}.ids")
+            ids = _check_agent_list(msg["ids"], None, f"{name}.ids")
             rows = _vector_column(msg, "actions", ids, action_size, name)
             flat = np.fromiter(chain.from_iterable(rows), np.float64, len(ids) * action_size)  # (np.array: 2x slower)
             return Command(name, None, ActionRows(ids, flat.reshape(len(ids), action_size)), tick)
