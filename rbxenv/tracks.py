@@ -335,8 +335,6 @@ def _boundary_loop(cells: set) -> np.ndarray:
 
 
 _ARC = np.linspace(0.0, np.pi / 2, 33)  # corner arcs in ~1.6 stud chords: no kinks after resampling
-_ARC_COS = {1.0: np.cos(_ARC), -1.0: np.cos(-_ARC)}  # by turn direction (left 1, right -1)
-_ARC_SIN = {1.0: np.sin(_ARC), -1.0: np.sin(-_ARC)}
 
 
 def _round_corners(vertices: np.ndarray, radius: float) -> np.ndarray:
@@ -348,9 +346,8 @@ def _round_corners(vertices: np.ndarray, radius: float) -> np.ndarray:
     centre = p0 + b * radius  # the arc's centre is on the inside of the turn
     # walk from p0 to v + b*radius around the centre, corner by corner (arc points along axis 1)
     u0x, u0y = (p0 - centre).T[:, :, None]
-    turn = np.sign(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).tolist()
-    c = np.array([_ARC_COS[t] for t in turn])
-    s = np.array([_ARC_SIN[t] for t in turn])
+    turn = np.sign(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])[:, None]  # left 1, right -1
+    c, s = np.cos(_ARC), turn * np.sin(_ARC)  # the arc turned either way (cos even, sin odd)
     arcs = centre[:, None, :] + np.stack([u0x * c - u0y * s, u0x * s + u0y * c], axis=2)
     return arcs.reshape(-1, 2)
 
@@ -414,10 +411,9 @@ def _round(a: np.ndarray) -> np.ndarray:
 
 def _assemble(p: np.ndarray, hw: np.ndarray, name: str, method: str, seed: int) -> tuple[dict, tuple]:
     """The spec, and its arrays (centerline, half_width, grid, length) as ``validate`` reads them."""
-    p = np.round(p, DECIMALS)
-    hw = np.round(hw, DECIMALS)
-    cum = _cumulative(p)
-    centerline, half_width, grid = _round(p), _round(hw), _round(_grid_slots(p, hw, cum))
+    centerline, half_width = _round(p), _round(hw)
+    cum = _cumulative(centerline)
+    grid = _round(_grid_slots(centerline, half_width, cum))
     length = round(float(cum[-1]), DECIMALS)
     spec = {
         "version": VERSION,

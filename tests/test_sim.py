@@ -132,6 +132,12 @@ def test_step_results_are_not_changed_by_later_steps():
     for res, saved in zip(results, copies, strict=True):
         for f in dataclasses.fields(res):
             np.testing.assert_array_equal(getattr(res, f.name), getattr(saved, f.name), err_msg=f.name)
+    # also for fields this drive leaves unchanged (no lap is completed here): no result array is a
+    # view of the simulator's own car arrays
+    for res in results:
+        for f in dataclasses.fields(res):
+            for name in sim._car_arrays(0):
+                assert not np.shares_memory(getattr(res, f.name), getattr(sim, name)), (f.name, name)
 
 
 def test_stuck_ends_after_30_slow_steps():

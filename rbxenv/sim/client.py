@@ -353,8 +353,7 @@ def check_buildable_track(track: dict) -> None:
             f"{where}.centerline: points must be {MIN_SPACING:g}..{MAX_SPACING:g} studs apart "
             f"(about {tracks.SPACING:g} is usual), got {seg.min():.3g}..{seg.max():.3g}"
         )
-    for side, wall in zip(("left", "right"), tracks.walls(track), strict=True):
-        wall = np.asarray(wall, dtype=np.float64)
+    for side, wall in zip(("left", "right"), tracks.offset_walls(c, w), strict=True):
         gap = np.hypot(*(np.roll(wall, -1, axis=0) - wall).T).min()
         if not gap >= MIN_WALL_SPACING:
             raise ProtocolError(

@@ -80,7 +80,7 @@ def _offset(px: float, py: float, ax: float, ay: float, bx: float, by: float) ->
         return qx, qy
     if along >= length2:
         return qx - dx, qy - dy
-    t = min(max(along / length2, 0.0), 1.0)
+    t = along / length2  # in (0, 1): the ends were handled above
     return qx - t * dx, qy - t * dy
 
 
@@ -191,7 +191,8 @@ def ray_windows(
     c = np.arange(m)
     fwd = forward[(c + 1) % m]  # cell c leaves forward through X_{c+1}, and backward through X_c
     d = np.arange(-cell_margin, cell_margin + 1)[:, None]  # the cells around, one row each
-    lo = np.max(back[(c + d) % m] - d, axis=0)
-    hi = np.max(fwd[(c + d) % m] + d, axis=0)
+    around = (c + d) % m
+    lo = np.max(back[around] - d, axis=0)
+    hi = np.max(fwd[around] + d, axis=0)
     whole = lo + hi + 1 >= m
     return np.where(whole, 0, lo), np.where(whole, m - 1, hi)

@@ -166,7 +166,6 @@ class Sim:
         self.collisions = False
         self.frozen = False
         self.__dict__.update(self._car_arrays(0))  # self.pos, self.speed, ...: one array per car field
-        self._mates_of = None  # the venv array that _others was built for
         self._repack()
 
     # ------------------------------------------------------------------ car storage
@@ -224,16 +223,13 @@ class Sim:
             base += len(v.track.segments) + 2 * pad
         blocks = [v.track.blocks(pad) for v in venvs]
         packed = Blocks(*(np.concatenate(parts) for parts in zip(_NO_BLOCKS, *blocks, strict=True)))
-        self._seg_pack = packed.segments
 
         order = {v.envid: i for i, v in enumerate(venvs)}
         self.venv = np.array([order[self._car_env[a]] for a in self._ids], np.int64)
         self.base = np.array([v.base for v in venvs], np.int64)[self.venv]
         self.length = np.array([v.track.length for v in venvs])[self.venv]
         self.seg_count = np.array([len(v.track.segments) for v in venvs], np.int64)[self.venv]
-        if not np.array_equal(self.venv, self._mates_of):  # a new track for the same cars keeps them
-            self._others, self._others_valid = _mates(self.venv, len(venvs))
-            self._mates_of = self.venv.copy()
+        self._others, self._others_valid = _mates(self.venv, len(venvs))
         self._tables = kernels.Tables(
             base=self.base,
             length=self.length,
