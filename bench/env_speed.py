@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the loopback helpers of the tests
+
+from netutil import free_port  # noqa: E402
 
 from rbxenv import busy_wait, make_vec_env, protocol  # noqa: E402
 from rbxenv.sim import Sim  # noqa: E402
@@ -97,7 +98,9 @@ import asyncio, itertools, json, re, sys
 from websockets.asyncio.client import connect
 from rbxenv.busy_wait import new_event_loop
 async def main(url, mode, replies):
-    caps = ["batch", "tick", "info", "columns"] + (["autoreset"] if mode == "game" else [])
+    # a "game" takes track specs and random starts (the trainer generates and sends a spec per track
+    # change, as with the simulator; the recorded rows ignore them)
+    caps = ["batch", "tick", "info", "columns"] + (["track_spec", "random_start", "autoreset"] if mode == "game" else [])
     for attempt in range(100):
         try:
             ws = await connect(url, compression=None, max_size=None)
@@ -169,10 +172,10 @@ class Echo:
     """The bare WebSocket round trip of the same payloads, on an asyncio server in this thread (as
     the bridge's loop runs on the training thread), against the replaying peer in a child process."""
 
-    def __init__(self, out_frame: bytes, replies: list[str], num_cars: int, spin: float):
+    def __init__(self, out_frame: bytes, replies: list[str], num_cars: int, obs_size: int, spin: float):
         from websockets.asyncio.server import serve
 
-        self.text, self.num_cars = out_frame.decode(), num_cars
+        self.text, self.num_cars, self.obs_size = out_frame.decode(), num_cars, obs_size
         self.loop = busy_wait.new_event_loop(spin)  # waits as the env's ends do
         self.done = self.loop.create_future()
         attached = self.loop.create_future()
@@ -193,14 +196,14 @@ class Echo:
         return self.loop.run_until_complete(self._measure(seconds))
 
     async def _measure(self, seconds: float) -> float:
-        ws, text = self.ws, self.text
+        ws, text, obs_size = self.ws, self.text, self.obs_size
         for _ in range(20):
             await ws.send(text)
             await ws.recv()
         steps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             await ws.send(text)
-            protocol.decode_game_message(await ws.recv(), 13)  # parsing is part of the transport cost
+            protocol.decode_game_message(await ws.recv(), obs_size)  # parsing is part of the transport cost
             steps += 1
         return steps * self.num_cars / (time.perf_counter() - t0)
 
@@ -215,9 +218,7 @@ class Echo:
 
 def zero_cost_game_env(replies: list[str], num_agents: int, num_venvs: int, spin: float):
     """``make_vec_env`` against the replaying peer as a game whose steps cost nothing."""
-    with socket.socket() as probe:  # a free loopback port, for the peer to know before the env listens
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the peer to know before the env listens
     peer = start_peer(f"ws://127.0.0.1:{port}", replies, "game", spin)
     env = make_vec_env(num_agents=num_agents, num_venvs=num_venvs, frame_stack=4, sim=None, port=port,
                        wait_timeout=20, busy_wait=spin)  # fmt: skip
@@ -250,7 +251,7 @@ def main() -> None:
     try:
         env.reset(seed=0)
         out_frame, replies = real_frames(env, rng)
-        echo = Echo(out_frame, replies, cars, spin)
+        echo = Echo(out_frame, replies, cars, env.obs_size, spin)
         zero, peer = zero_cost_game_env(replies, args.num_agents, args.num_venvs, spin)
         try:
             zero.reset(seed=0)

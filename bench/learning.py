@@ -137,7 +137,7 @@ def train_script(algo: str, minutes: float, seed: int, extra: list[str]) -> dict
 
 def train_sb3(minutes: float, seed: int) -> dict:
     sys.path.insert(0, str(ROOT / "examples"))
-    from sb3_ppo import make_sb3_env
+    from sb3_ppo import linear_decay, make_sb3_env
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.utils import set_random_seed
@@ -155,15 +155,13 @@ def train_sb3(minutes: float, seed: int) -> dict:
     torch.set_num_threads(1)  # as our scripts do: spinning torch threads fight the simulator for the 2 cores
     set_random_seed(seed)
     env = make_sb3_env(num_agents=5, num_venvs=5, sim_seed=seed)
-    t0 = time.monotonic()
-
-    def decay(_progress_remaining: float) -> float:
-        # as examples/sb3_ppo.py's linear_decay, over the wall-clock budget (the run has no step count)
-        return 3e-4 * max(1.0 - (time.monotonic() - t0) / (minutes * 60), 0.0)
-
+    budget = Budget(minutes * 60)
+    t0 = budget.deadline - minutes * 60
+    by_time = linear_decay(3e-4)  # examples/sb3_ppo.py's schedule, over the wall-clock budget (no step count)
     try:
-        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, learning_rate=decay, verbose=0)
-        model.learn(total_timesteps=10**10, callback=Budget(minutes * 60))
+        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, verbose=0,
+                    learning_rate=lambda _: by_time(1.0 - (time.monotonic() - t0) / (minutes * 60)))  # fmt: skip
+        model.learn(total_timesteps=10**10, callback=budget)
     finally:
         env.close()
     elapsed = time.monotonic() - t0

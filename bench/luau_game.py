@@ -31,6 +31,7 @@ from luau import LuauVM  # noqa: E402
 GAME = """
 local steps, numVenvs, numAgents, columns, autoreset = ...
 local Config, GameClient, FakeWorld, Json = require("Config"), require("GameClient"), require("FakeWorld"), require("Json")
+local Protocol = require("Protocol")
 local sent = {}
 local handlers
 local client = GameClient.new({
@@ -50,18 +51,14 @@ if columns then
     table.insert(caps, "autoreset")  -- the game restarts only cars spawned with autoreset
 end
 client:receive(Json.encode({ type = "welcome", protocol = 1, capabilities = caps }))
-local ids, byVenv = {}, {}
+local ids = {}
 for v = 1, numVenvs do
     local envid = "v" .. v
-    byVenv[envid] = {}
-    for i = 0, numAgents - 1 do
-        local id = string.format("car_%d_env_%s", i, envid)
-        table.insert(ids, id)
-        byVenv[envid][id] = true
-    end
     local agents = {}
-    for id in byVenv[envid] do table.insert(agents, id) end
-    table.sort(agents)
+    for i = 0, numAgents - 1 do
+        table.insert(agents, Protocol.agentId(i, envid))
+        table.insert(ids, agents[#agents])
+    end
     client:receive(Json.encode({ command = "SPAWN_AGENTS", envid = envid, tick = 0,
         data = { agents = agents, start = "random", seed = v, autoreset = autoreset } }))
 end
@@ -77,7 +74,7 @@ for tick = 1, steps do
     else
         local data = {}
         for k, id in ids do
-            local envid = string.match(id, "_env_(.+)$")
+            local _, envid = Protocol.parseAgentId(id)
             data[envid] = data[envid] or {}
             data[envid][id] = actions[k]
         end
@@ -103,7 +100,7 @@ for tick = 1, steps do
     if #ended > 0 and not autoreset then
         local perVenv = {}
         for _, id in ended do
-            local envid = string.match(id, "_env_(.+)$")
+            local _, envid = Protocol.parseAgentId(id)
             perVenv[envid] = perVenv[envid] or {}
             table.insert(perVenv[envid], id)
         end

@@ -6,15 +6,16 @@ Runs ``make_vec_env`` (frame stack 4, random policy, no track changes) against t
 child process, both instrumented with time stamps on the same clock (``time.perf_counter`` is
 CLOCK_MONOTONIC on Linux, shared by processes), and prints the median time of each leg of a step:
 the trainer's own work, the bridge's, the wire and the simulator's. (With a lockstep game the
-training thread runs the bridge's event loop itself while it waits, so no leg is a thread hand-off.) Steps in which a car was reset (a second round trip) are left
-out, so the legs add up to the median step.
+training thread runs the bridge's event loop itself while it waits, so no leg is a thread
+hand-off.) Steps in which the simulator restarted a car (autoreset, inside the encode leg) or the
+trainer reset one (a second round trip) are left out and counted, so the legs add up to the
+median step.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,33 +24,39 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the loopback helpers of the tests
+
+from netutil import free_port  # noqa: E402
 
 from rbxenv import busy_wait, make_vec_env  # noqa: E402
 from rbxenv.bridge import TrainingBridge  # noqa: E402
 
 # The simulator process, with time stamps around each command it handles and after each Sim.step.
+# Each row: received, stepped, done, and whether it restarted cars (autoreset).
 SIM = """
-import asyncio, sys, time
+import sys, time
 import numpy as np
-from rbxenv import busy_wait
 from rbxenv.sim import client
 from rbxenv.sim.world import Sim
-stamps, stepped = [], [0.0]
-receive, step = client.SimGame.receive, Sim.step
+stamps, stepped, restarted = [], [0.0], [False]
+receive, step, restart = client.SimGame.receive, Sim.step, client.SimGame._restart
 def timed_receive(self, frame):
-    t = time.perf_counter()
+    t, restarted[0] = time.perf_counter(), False
     out = receive(self, frame)
-    stamps.append((t, stepped[0], time.perf_counter()))
+    stamps.append((t, stepped[0], time.perf_counter(), restarted[0]))
     return out
 def timed_step(self, actions):
     out = step(self, actions)
     stepped[0] = time.perf_counter()
     return out
-client.SimGame.receive, Sim.step = timed_receive, timed_step
+def timed_restart(self, ids, ended):
+    out = restart(self, ids, ended)
+    restarted[0] = restarted[0] or out[0] is not None
+    return out
+client.SimGame.receive, Sim.step, client.SimGame._restart = timed_receive, timed_step, timed_restart
 try:
-    with asyncio.Runner(loop_factory=lambda: busy_wait.new_event_loop(float(sys.argv[3]))) as runner:
-        runner.run(client.run(sys.argv[1]))
+    client.main(["--url", sys.argv[1], "--busy-wait-us", sys.argv[3]])
 finally:
     np.save(sys.argv[2], np.array(stamps))
 """
@@ -76,12 +83,11 @@ def main() -> None:
     args = parser.parse_args()
     spin = busy_wait.default_spin() if args.busy_wait_us is None else args.busy_wait_us * 1e-6
 
-    with socket.socket() as probe:  # a free port for the trainer, known before the simulator starts
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the trainer, known before the simulator starts
     with tempfile.TemporaryDirectory() as tmp:
         sim_stamps = Path(tmp) / "sim.npy"
-        sim = subprocess.Popen([sys.executable, "-c", SIM, f"ws://127.0.0.1:{port}", str(sim_stamps), str(spin)])
+        us = str(round(spin * 1e6))
+        sim = subprocess.Popen([sys.executable, "-c", SIM, f"ws://127.0.0.1:{port}", str(sim_stamps), us])
         env = make_vec_env(
             args.num_agents, args.num_venvs, 4, sim=None, port=port, wait_timeout=60, track_change_steps=None,
             busy_wait=spin,
@@ -123,20 +129,25 @@ def main() -> None:
         sim_at = np.load(sim_stamps)
 
     sends, stored, steps = np.array(sends), np.array(stored), np.array(steps)
-    rows = []
+    rows, restarts, resets = [], 0, 0
     for t0, t_end in steps:
         i = bisect.bisect_left(sends[:, 0], t0)
         if i + 1 < len(sends) and sends[i + 1, 0] < t_end:
-            continue  # a car was reset within this step: a second round trip
+            resets += 1  # a car was reset within this step: a second round trip
+            continue
         s0, s1 = sends[i]
-        a0, a1, a2 = sim_at[bisect.bisect_left(sim_at[:, 0], s0)]
+        a0, a1, a2, restarted = sim_at[bisect.bisect_left(sim_at[:, 0], s0)]
+        if restarted:
+            restarts += 1  # the simulator restarted a car after its step: part of the encode leg
+            continue
         r0, r1 = stored[bisect.bisect_left(stored[:, 0], a2)]
         w = woke[bisect.bisect_left(woke, r1)]
         rows.append([s0 - t0, s1 - s0, a0 - s1, a1 - a0, a2 - a1, r0 - a2, r1 - r0, w - r1, t_end - w])
     legs = np.median(np.array(rows) * 1e6, axis=0)
     cars = args.num_venvs * args.num_agents
     print(
-        f"{cars} cars, busy wait {spin * 1e6:.0f} us, {len(rows)} of {args.steps} steps without resets; median µs per leg:"
+        f"{cars} cars, busy wait {spin * 1e6:.0f} us, {len(rows)} of {args.steps} steps measured ({restarts} with "
+        f"cars restarted by the simulator and {resets} with a reset round trip left out); median µs per leg:"
     )
     for (what, span), us in zip(LEGS, legs, strict=True):
         print(f"  {us:7.1f}  {what:52s} ({span})")
