@@ -34,10 +34,15 @@ line on stderr.
         "activation": "tanh" | "relu",   # between layers, none after the last
         "squash": "clip" | "tanh",       # PPO: clip the mean; SAC: tanh of the mean
         "action_names": ["throttle", "steering", "nitro"],
+        "probe_obs": Tensor(256, obs_dim),      # fixed observations (rbxenv.checkpoint) ...
+        "probe_actions": Tensor(256, act_dim),  # ... and the trainer's own deterministic actions
      }}
 
 Only ``format``, ``policy`` and (for the record) ``algo``, ``run_name``, ``global_step`` are read.
-Tensors may also be numpy arrays or lists. The deterministic action is
+Tensors may also be numpy arrays or lists. The probe makes the export fork-safe: the exporter
+recomputes the probe's actions from the declared format below and exits 1 when they differ from
+the trainer's (a network changed without its declaration); a checkpoint without a probe is
+exported with a note that this check was skipped. The deterministic action is
 
     x = (obs - obs_mean) / sqrt(obs_var + obs_eps)        # float32
     x = clamp(x, -obs_clip, obs_clip)                      # unless obs_clip is None
@@ -80,9 +85,9 @@ from typing import Any
 
 import numpy as np
 
+from rbxenv.checkpoint import CHECKPOINT_FORMAT
 from rbxenv.luau import load_pluau
 
-CHECKPOINT_FORMAT = "rbxenv-checkpoint-v1"
 ONNX_FORMAT = "rbxenv-policy-onnx-1"
 LUAU_FORMAT = "rbxenv-mlp-1"
 ONNX_TOLERANCE = 1e-5
@@ -122,6 +127,8 @@ class Policy:
     activation: str
     squash: str
     action_names: list[str]
+    probe_obs: np.ndarray | None = None  # the trainer's probe (None in checkpoints saved before probes)
+    probe_actions: np.ndarray | None = None
     algo: str = "unknown"
     run_name: str = ""
     global_step: int = 0
@@ -241,12 +248,21 @@ def read_policy(checkpoint: dict, source: str = "checkpoint") -> Policy:
     names = section.get("action_names") or [f"action_{k}" for k in range(act_dim)]
     if not isinstance(names, list | tuple) or len(names) != act_dim or not all(isinstance(n, str) for n in names):
         raise ExportError(f"{where}: policy action_names must be {act_dim} strings, got {names!r}")
+    probe_obs = probe_actions = None
+    if "probe_obs" in section or "probe_actions" in section:
+        probe = section.get("probe_obs")
+        count = int(probe.shape[0]) if hasattr(probe, "shape") and len(probe.shape) == 2 else -1
+        if count < 1:
+            raise ExportError(f"{where}: policy probe_obs must be a 2-D tensor (count, obs_dim)")
+        probe_obs = _array(probe, "probe_obs", (count, obs_dim), where)
+        probe_actions = _array(section.get("probe_actions"), "probe_actions", (count, act_dim), where)
     step = checkpoint.get("global_step", 0)
     return Policy(
         obs_dim=obs_dim, act_dim=act_dim, frame_stack=frame_stack, obs_size=obs_size, num_rays=num_rays,
         obs_mean=obs_mean, obs_var=obs_var, obs_eps=float(obs_eps),
         obs_clip=None if obs_clip is None else float(obs_clip),
         weights=weights, biases=biases, activation=activation, squash=squash, action_names=list(names),
+        probe_obs=probe_obs, probe_actions=probe_actions,
         algo=str(checkpoint.get("algo", "unknown")), run_name=str(checkpoint.get("run_name", "")),
         global_step=int(step) if isinstance(step, int | np.integer) else 0, source=str(source),
     )  # fmt: skip
@@ -578,6 +594,24 @@ def random_frames(policy: Policy, steps: int = 40, cars: int = 25, seed: int = 0
 # Checks
 
 
+def check_declaration(policy: Policy) -> float | None:
+    """Max abs difference between the trainer's probe actions and the declared format's (None: no probe).
+
+    ParityError above tolerance: the network that trained is not the one the section declares, so
+    every export of it (ONNX, Luau) would drive differently from what was trained."""
+    if policy.probe_obs is None or policy.probe_actions is None:
+        return None
+    diff = float(np.max(np.abs(torch_actions(policy, policy.probe_obs) - policy.probe_actions)))
+    if not diff <= ONNX_TOLERANCE:
+        raise ParityError(
+            f'{policy.source}: the trained network does not compute what its checkpoint\'s "policy" section '
+            f"declares (the trainer's actions on its {len(policy.probe_obs)} probe observations differ by up to "
+            f"{diff:.3g}): the training script's network and its policy_export() disagree (activation, layers, "
+            f"normalisation or squash); make policy_export() describe the network, then train or save again"
+        )
+    return diff
+
+
 def check_onnx(policy: Policy, session, observations: np.ndarray) -> float:
     """Max abs difference between onnxruntime and the PyTorch reference (ParityError above tolerance)."""
     diff = float(np.max(np.abs(onnx_actions(session, observations) - torch_actions(policy, observations))))
@@ -631,6 +665,7 @@ def export(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     policy = read_policy(checkpoint, str(args.checkpoint))
     del checkpoint
+    declared = check_declaration(policy)  # before anything is written: a wrong driver is never shipped
     out = Path(args.output) if args.output else Path(args.checkpoint).with_name("policy.onnx")
     model = build_onnx(policy)
     _write(out, model.SerializeToString(), "ONNX model")
@@ -642,7 +677,16 @@ def export(args: argparse.Namespace) -> None:
         flush=True,
     )
 
+    if declared is None:
+        print(
+            "  no probe in this checkpoint (saved before probes existed): the network-vs-declaration check is skipped"
+        )
+    else:
+        print(
+            f"  trainer vs declared format: max |diff| {declared:.2g} on {len(policy.probe_obs)} probe observations -- OK"
+        )
     session = onnx_session(out)
+    observations_probe = [] if policy.probe_obs is None else [policy.probe_obs]
     recordings = [random_frames(policy, seed=args.seed)]
     if args.check_steps > 0:
         rec = record_sim(policy, steps=args.check_steps, seed=args.seed)
@@ -653,7 +697,9 @@ def export(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     box = np.tile(recordings[-1].frames.reshape(-1, policy.obs_size), (1, policy.frame_stack))  # random, in the box
     wild = rng.normal(policy.obs_mean, 3.0 * np.sqrt(policy.obs_var) + 1.0, (500, policy.obs_dim)).astype(np.float32)
-    observations = np.concatenate([r.stacked.reshape(-1, policy.obs_dim) for r in recordings] + [box, wild])
+    observations = np.concatenate(
+        [r.stacked.reshape(-1, policy.obs_dim) for r in recordings] + [box, wild] + observations_probe
+    )
     diff = check_onnx(policy, session, observations)
     print(f"  onnxruntime vs PyTorch: max |diff| {diff:.2g} on {len(observations)} observations "
           f"({', '.join(r.source for r in recordings)}, random stacks) -- OK (tolerance {ONNX_TOLERANCE:g})", flush=True)  # fmt: skip

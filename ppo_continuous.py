@@ -36,8 +36,8 @@ from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 
 from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env
+from rbxenv.checkpoint import CHECKPOINT_FORMAT, probe_observations
 
-CHECKPOINT_FORMAT = "rbxenv-checkpoint-v1"
 ACTION_NAMES = ["throttle", "steering", "nitro"]
 
 
@@ -254,6 +254,10 @@ def policy_export(agent: Agent, frame_stack: int, num_rays: int) -> dict:
     """The self-describing deterministic actor of a checkpoint (plain tensors and lists only)."""
     obs_dim = agent.obs_mean.shape[0]
     linears = [m for m in agent.actor_mean if isinstance(m, nn.Linear)]
+    # What this network really answers, so that export_onnx.py can check the declaration below.
+    probe = torch.from_numpy(probe_observations(agent.obs_mean.cpu().numpy(), agent.obs_var.cpu().numpy()))
+    with torch.no_grad():
+        probe_actions = agent.act_deterministic(probe.to(agent.obs_mean.device))
     return {
         "obs_dim": obs_dim,
         "act_dim": linears[-1].out_features,
@@ -268,6 +272,8 @@ def policy_export(agent: Agent, frame_stack: int, num_rays: int) -> dict:
         "activation": "tanh",
         "squash": "clip",  # action = clip(mean, -1, 1)
         "action_names": ACTION_NAMES[: linears[-1].out_features],
+        "probe_obs": probe,
+        "probe_actions": probe_actions.cpu(),
     }
 
 

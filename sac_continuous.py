@@ -56,8 +56,8 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env
+from rbxenv.checkpoint import CHECKPOINT_FORMAT, probe_observations
 
-CHECKPOINT_FORMAT = "rbxenv-checkpoint-v1"
 ACTION_NAMES = ["throttle", "steering", "nitro"]
 LOG_STD_MAX = 2.0
 LOG_STD_MIN = -5.0
@@ -278,6 +278,9 @@ def policy_export(actor: Actor, frame_stack: int, num_rays: int) -> dict:
     """The self-describing deterministic actor of a checkpoint (plain tensors and lists only)."""
     obs_dim = actor.obs_mean.shape[0]
     linears = [m for m in actor.trunk if isinstance(m, nn.Linear)] + [actor.fc_mean]
+    # What this network really answers, so that export_onnx.py can check the declaration below.
+    probe = torch.from_numpy(probe_observations(actor.obs_mean.cpu().numpy(), actor.obs_var.cpu().numpy()))
+    probe_actions = actor.act(probe.to(actor.obs_mean.device), deterministic=True)
     return {
         "obs_dim": obs_dim,
         "act_dim": actor.fc_mean.out_features,
@@ -292,6 +295,8 @@ def policy_export(actor: Actor, frame_stack: int, num_rays: int) -> dict:
         "activation": "relu",
         "squash": "tanh",  # action = tanh(mean); the env's action box is [-1, 1], no scale or bias
         "action_names": ACTION_NAMES[: actor.fc_mean.out_features],
+        "probe_obs": probe,
+        "probe_actions": probe_actions.cpu(),
     }
 
 

@@ -8,7 +8,6 @@ bad inputs.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -116,34 +115,44 @@ def test_export_cli_from_a_real_run(checkpoints, tmp_path, algo):
     assert dim[0].dim_param and dim[1].dim_value == 52  # dynamic batch
 
 
-def trainer_actions(algo: str, checkpoint: dict, obs: np.ndarray) -> np.ndarray:
-    """The deterministic action as the training script itself computes it (from "model", not "policy")."""
-    name = {"ppo": "ppo_continuous", "sac": "sac_continuous"}[algo]
-    module = importlib.import_module(name)  # the repo root is on sys.path (pyproject: pythonpath)
-    hidden, x = tuple(checkpoint["args"]["hidden_sizes"]), torch.as_tensor(obs)
-    with torch.no_grad():
-        if algo == "ppo":
-            agent = module.Agent(52, 3, hidden)
-            agent.load_state_dict(checkpoint["model"])
-            return agent.act_deterministic(x).numpy()
-        actor = module.Actor(52, 3, hidden)
-        actor.load_state_dict(checkpoint["model"]["actor"])
-        return actor.act(x, deterministic=True).numpy()
-
-
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
 def test_onnx_matches_the_trainer(checkpoints, recording, algo):
-    """The checkpoint's "policy" section, exported, is the policy the trainer trained (tolerance 1e-5)."""
-    checkpoint = ex.load_checkpoint(checkpoints[algo])
-    policy = ex.read_policy(checkpoint)
+    """The checkpoint's "policy" section, exported, is the policy the trainer trained (tolerance 1e-5):
+    on the trainer's own probe (its network's answers, stored by the script) and on recorded stacks."""
+    policy = load(checkpoints[algo])
+    assert policy.probe_obs is not None and policy.probe_obs.shape == (256, 52)
+    assert ex.check_declaration(policy) <= ex.ONNX_TOLERANCE
     session = ex.onnx_session(ex.build_onnx(policy))
-    rng = np.random.default_rng(0)
-    obs = np.concatenate([recording.stacked.reshape(-1, 52), rng.uniform(-1, 1, (300, 52)).astype(np.float32)])
-    got = ex.onnx_actions(session, obs)
-    assert got.shape == (len(obs), 3) and got.dtype == np.float32
-    assert np.abs(got - trainer_actions(algo, checkpoint, obs)).max() <= ex.ONNX_TOLERANCE
-    assert np.abs(got - ex.torch_actions(policy, obs)).max() <= ex.ONNX_TOLERANCE
-    assert np.abs(got).max() <= 1.0
+    got = ex.onnx_actions(session, policy.probe_obs)
+    assert got.shape == (256, 3) and got.dtype == np.float32
+    assert np.abs(got - policy.probe_actions).max() <= ex.ONNX_TOLERANCE
+    assert np.abs(got).max() <= 1.0 and got.std(0).min() > 0  # the probe spans distinct actions
+    obs = recording.stacked.reshape(-1, 52)
+    assert np.abs(ex.onnx_actions(session, obs) - ex.torch_actions(policy, obs)).max() <= ex.ONNX_TOLERANCE
+
+
+def test_a_fork_that_changed_its_network_fails_the_export(tmp_path):
+    """A fork of ppo_continuous.py whose network uses ReLU while policy_export() still declares tanh:
+    the export refuses it with one line (exit 1) and writes nothing, instead of shipping another driver."""
+    source = (REPO / "ppo_continuous.py").read_text()
+    assert source.count("nn.Tanh()") == 1
+    (tmp_path / "my_fork.py").write_text(source.replace("nn.Tanh()", "nn.ReLU()"))
+    argv = TRAIN["ppo"][1:] + COMMON + ["--exp-name", "fork"]
+    trained = run([str(tmp_path / "my_fork.py"), *argv], timeout=150, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    (checkpoint,) = tmp_path.glob("runs/*/checkpoint.pt")
+    result = run(["export_onnx.py", str(checkpoint), "-o", str(tmp_path / "fork.onnx"), "--check-steps", "0"])
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "does not compute what its checkpoint's" in line and "policy_export()" in line, line
+    assert "Traceback" not in result.stderr and not (tmp_path / "fork.onnx").exists()
+
+
+def test_a_checkpoint_without_a_probe_still_exports(tmp_path, capsys):
+    """Checkpoints saved before probes existed export as before, with a note that the check was skipped."""
+    path = make_checkpoint(tmp_path / "c.pt")
+    assert ex.main([str(path), "-o", str(tmp_path / "p.onnx"), "--check-steps", "0"]) == 0
+    assert "no probe in this checkpoint" in capsys.readouterr().out
 
 
 def test_recorded_stacks_follow_the_env_semantics(recording):
