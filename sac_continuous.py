@@ -1,7 +1,7 @@
 """SAC for Roblox racing: train AI drivers on the embedded headless simulator or a live Roblox game.
 
     python sac_continuous.py                                  # embedded simulator, nothing else needed
-    python sac_continuous.py --no-sim                         # wait for Roblox Studio on ws://127.0.0.1:8765
+    python sac_continuous.py --no-sim                         # wait for Roblox Studio on ws://127.0.0.1:8000
     python sac_continuous.py --resume runs/<run>/checkpoint.pt  # carry on where a run stopped
     tensorboard --logdir runs
 
@@ -57,6 +57,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env
 from rbxenv.checkpoint import CHECKPOINT_FORMAT, probe_observations
+from rbxenv.protocol import DEFAULT_PORT
 
 ACTION_NAMES = ["throttle", "steering", "nitro"]
 LOG_STD_MAX = 2.0
@@ -102,7 +103,7 @@ class Args:
     host: str = "127.0.0.1"
     """address the trainer listens on (the game connects to it)"""
     port: int | None = None
-    """port the trainer listens on (default: 8765 with --no-sim, any free port for the embedded simulator)"""
+    """port the trainer listens on (default: 8000 with --no-sim, where the seed's places dial, any free port for the embedded simulator)"""
     mode: str = "lockstep"
     """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
     wait_timeout: float = 300.0
@@ -435,10 +436,33 @@ def train(args: Args) -> str:
     checkpoint = None
     if args.resume:
         checkpoint = load_checkpoint(args.resume)
-        run_name = checkpoint["run_name"]
         args.save_model = True  # a resumed run keeps its checkpoint up to date
+
+    # env setup (first: the URL a seed game dials, ws://host:8000/ws/<modelId>, names the run)
+    try:
+        envs = make_vec_env(
+            num_agents=args.num_agents,
+            num_venvs=args.num_venvs,
+            frame_stack=args.frame_stack,
+            track_change_steps=args.track_change_steps or None,
+            sim=None if args.no_sim else "embedded",
+            host=args.host,
+            port=args.port if args.port is not None else (DEFAULT_PORT if args.no_sim else 0),
+            mode=args.mode,
+            start=args.start,
+            collisions=args.collisions,
+            track_seeds=args.track_seeds,
+            track_method=args.track_method,
+            sim_seed=args.seed,
+            wait_timeout=args.wait_timeout,
+        )
+    except BridgeClosed as error:
+        raise SystemExit(f"no game to train with: {error}") from None
+    if checkpoint:
+        run_name = checkpoint["run_name"]
     else:
-        run_name = f"{args.exp_name}__{args.seed}__{int(time.time())}"
+        model_id = envs.session.model_id
+        run_name = f"{model_id + '__' if model_id else ''}{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = f"runs/{run_name}"
     checkpoint_path = args.resume or f"{run_dir}/checkpoint.pt"
 
@@ -463,27 +487,6 @@ def train(args: Args) -> str:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cpu")  # small MLPs: the CPU is faster than shipping batches to a GPU
 
-    # env setup
-    try:
-        envs = make_vec_env(
-            num_agents=args.num_agents,
-            num_venvs=args.num_venvs,
-            frame_stack=args.frame_stack,
-            track_change_steps=args.track_change_steps or None,
-            sim=None if args.no_sim else "embedded",
-            host=args.host,
-            port=args.port if args.port is not None else (8765 if args.no_sim else 0),
-            mode=args.mode,
-            start=args.start,
-            collisions=args.collisions,
-            track_seeds=args.track_seeds,
-            track_method=args.track_method,
-            sim_seed=args.seed,
-            wait_timeout=args.wait_timeout,
-        )
-    except BridgeClosed as error:
-        writer.close()
-        raise SystemExit(f"no game to train with: {error}") from None
     eval_envs = None
     num_envs = envs.num_envs
     obs_dim = int(np.prod(envs.single_observation_space.shape))
@@ -724,7 +727,10 @@ def train(args: Args) -> str:
         print(f"finished at step {global_step} (--no-save-model: nothing was kept)", flush=True)
         return ""
     save()
-    print(f"{reason} at step {global_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})")
+    line = f"{reason} at step {global_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})"
+    if reason != "interrupted":  # the game failed the run: one line, and a non-zero exit
+        raise SystemExit(line)
+    print(line)
     return checkpoint_path
 
 

@@ -7,7 +7,7 @@ With a lockstep game the training thread runs the loop itself while it waits for
 background thread takes the loop back once training pauses): a step then costs no thread hand-off
 at all, which is most of what the bridge would otherwise add to a round trip.
 
-    bridge = TrainingBridge(port=8765).start()
+    bridge = TrainingBridge(port=8000).start()
     game = bridge.wait_for_game(timeout=60)          # the GameSpec from its hello, or seed defaults
     bridge.spawn_agents("a", ["car_0_env_a"])
     first = bridge.get_observation("car_0_env_a")   # {"obs", "reward", "terminated", "truncated", "info"}
@@ -25,13 +25,14 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import signal
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from urllib.parse import parse_qs, urlparse
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
@@ -48,6 +49,22 @@ HARD_FRAME_LIMIT = 16 * protocol.MAX_FRAME_BYTES  # beyond this websockets close
 
 class BridgeClosed(RuntimeError):
     """The game went away (or never came) while the trainer needed it."""
+
+
+_MODEL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def model_id_of(path: str) -> str | None:
+    """The model id of a seed game's URL path ``/ws/<modelId>`` (it names the run), or None."""
+    parts = [unquote(part) for part in urlparse(path).path.split("/") if part]
+    if len(parts) == 2 and parts[0] == "ws" and _MODEL_ID.fullmatch(parts[1]) and parts[1] not in (".", ".."):
+        return parts[1]
+    return None
+
+
+def seed_spec(obs_size: int) -> GameSpec:
+    """A seed game whose packets carry ``obs_size`` floats: rays, nitro, velocity, is-reverse (§2)."""
+    return replace(SEED_GAME, obs_size=obs_size, num_rays=max(obs_size - 3, 0))
 
 
 def is_loopback(host: str) -> bool:
@@ -97,6 +114,10 @@ class DataBridge:
         self._alloc(0, 0)
         self._selected: tuple[list[str], np.ndarray | slice] | None = None  # select()'s last answer
         self.lost: str | None = None  # why the game is gone, when it is
+        self.fatal: str | None = None  # why the run cannot go on with this game (raised before ``lost``)
+        # A seed game restarts an ended car itself in the same tick: its entry carries the ending
+        # AND the first observation of the next episode (see put_batch).
+        self.self_restart = False
         self.stats: Counter[str] = Counter()
         # time.monotonic() when the observation that completed the latest wait() arrived (latency
         # figures: bench/realtime_load.py); one clock read per packet, one max() per wait
@@ -217,6 +238,8 @@ class DataBridge:
                 c["reward"][rows] += batch.reward
                 c["terminated"][rows] |= batch.terminated
                 c["truncated"][rows] |= batch.truncated
+            if self.self_restart and batch.tick is None:
+                self._split_restarts(batch, rows)
             c["obs"][rows] = batch.obs
             if batch.has_info.any():
                 told = rows if batch.has_info.all() else _rows(rows)[batch.has_info]
@@ -238,6 +261,24 @@ class DataBridge:
             c["fresh"][rows] = True
             self.cond.notify_all()
         return unknown
+
+    def _split_restarts(self, batch: ObsBatch, rows: np.ndarray | slice) -> None:
+        """A seed game's entry that says terminated/truncated ends one episode and is the first
+        observation of the next (the game restarted the car in that tick): report it as autoreset
+        does, the new episode's observation as ``reset_obs`` and as the episode's final observation
+        its ``last_observation`` when the game sent one, else the car's previous frame (the best
+        there is: the seed game sent nothing closer to the ending)."""
+        ended = batch.terminated | batch.truncated
+        if not ended.any():
+            return
+        batch.restarted = ended
+        batch.reset_obs = np.where(ended[:, None], batch.obs, np.float32(0.0))
+        final = self._c["obs"][rows][ended]  # (fancy indexing: a copy)
+        if batch.has_last is not None:
+            told = batch.has_last[ended]
+            final[told] = batch.last_obs[ended][told]
+        batch.obs = batch.obs.copy()
+        batch.obs[ended] = final
 
     def _current(self, batch: ObsBatch) -> np.ndarray | slice | None:
         """The rows of a packet that is the plain answer to the latest command (every car known,
@@ -291,6 +332,8 @@ class DataBridge:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
+                if self.fatal is not None:
+                    raise BridgeClosed(self.fatal)
                 if self.lost is not None:
                     raise BridgeClosed(self.lost)
                 rows = self.select(agent_ids)
@@ -360,6 +403,8 @@ def _rows_of_batch(batch: ObsBatch, keep: np.ndarray) -> ObsBatch:
         batch.has_info[keep],
         None if batch.restarted is None else batch.restarted[keep],
         None if batch.reset_obs is None else batch.reset_obs[keep],
+        None if batch.last_obs is None else batch.last_obs[keep],
+        None if batch.has_last is None else batch.has_last[keep],
     )
 
 
@@ -375,17 +420,24 @@ class TrainingBridge:
         obs_timeout: default seconds ``get_observation(s)`` waits before raising TimeoutError.
         busy_wait: seconds the event loop polls for the game's next frame before it sleeps
             (``rbxenv.busy_wait``; worth it against a game on this machine, like the simulator).
+        ping_interval: a seed game (no hello) closes its socket after 20 s without a message, so
+            it gets a PING whenever nothing else went out for this many seconds, from the network
+            thread: also while the training thread is busy (updates, evaluation, checkpoints).
+
+    Bound to a loopback address (the default) or "localhost", the trainer listens on both
+    127.0.0.1 and ::1 (same port): "localhost" in a game's URL may resolve to either.
     """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = 8765,
+        port: int = protocol.DEFAULT_PORT,
         token: str | None = None,
         *,
         handshake_timeout: float = 1.0,
         obs_timeout: float = 10.0,
         busy_wait: float = 0.0,
+        ping_interval: float = 2.0,
     ):
         token = token if token is not None else os.environ.get("RBXENV_TOKEN") or None
         if not is_loopback(host) and not token:
@@ -396,8 +448,16 @@ class TrainingBridge:
         self.host, self.port, self._token = host, port, token
         self.handshake_timeout, self.obs_timeout = handshake_timeout, obs_timeout
         self.busy_wait = busy_wait
+        self.ping_interval = ping_interval
         self.data = DataBridge()
         self.game: GameSpec | None = None
+        # The model id of the game's URL path /ws/<modelId> (the seed's places dial one), or None.
+        self.model_id: str | None = None
+        # The observation width the trainer's spaces are built on: from the hello, or learned from
+        # a seed game's first agent entry; a game that changes it mid-run cannot go on.
+        self._obs_width: int | None = None
+        self._sent_at = 0.0  # time.monotonic() of the latest frame written (PING keeps a seed game alive)
+        self._servers: list = []
         self._tick = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -429,14 +489,14 @@ class TrainingBridge:
             loop = busy_wait.new_event_loop(self.busy_wait)
             self._loop = loop
             try:
-                server = loop.run_until_complete(self._serve())
+                self._servers = loop.run_until_complete(self._serve())
             except BaseException as err:  # noqa: BLE001 - reported to the starting thread
                 failure.append(err)
                 self._loop = None  # nothing to close()
                 loop.close()
                 ready.set()
                 return
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = self._servers[0].sockets[0].getsockname()[1]
             ready.set()
             while self._take_turn():
                 try:
@@ -445,8 +505,9 @@ class TrainingBridge:
                 finally:
                     self._baton.release()
             with self._baton:
-                server.close()
-                loop.run_until_complete(server.wait_closed())
+                for server in self._servers:
+                    server.close()
+                    loop.run_until_complete(server.wait_closed())
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="rbxenv-bridge", daemon=True)
@@ -463,20 +524,33 @@ class TrainingBridge:
         log.info("trainer listening on %s", self.url)
         return self
 
-    async def _serve(self):
-        return await serve(
-            self._handle,
-            self.host,
-            self.port,
-            max_size=HARD_FRAME_LIMIT,
-            compression=None,  # loopback: deflate only costs CPU
-            ping_interval=20,
-            ping_timeout=60,
-        )
+    async def _serve(self) -> list:
+        def listen(host: str, port: int):
+            return serve(
+                self._handle,
+                host,
+                port,
+                max_size=HARD_FRAME_LIMIT,
+                compression=None,  # loopback: deflate only costs CPU
+                ping_interval=20,
+                ping_timeout=60,
+            )
+
+        loopbacks = {"localhost": ("127.0.0.1", "::1"), "127.0.0.1": ("127.0.0.1", "::1"), "::1": ("::1", "127.0.0.1")}
+        if self.host not in loopbacks:
+            return [await listen(self.host, self.port)]
+        first, second = loopbacks[self.host]
+        servers = [await listen(first, self.port)]
+        try:  # the other loopback on the same port, where the machine has it (no IPv6: only 127.0.0.1)
+            servers.append(await listen(second, servers[0].sockets[0].getsockname()[1]))
+        except OSError as err:
+            log.debug("not listening on %s too: %s", second, err)
+        return servers
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
 
     @property
     def token(self) -> str | None:
@@ -499,7 +573,8 @@ class TrainingBridge:
         if not self._attached.wait(timeout):
             raise BridgeClosed(
                 f"no game connected to {self.url} within {timeout:g} s: start the game "
-                "(python -m rbxenv.sim --url ..., or press Play in Roblox Studio) and point it at this URL"
+                "(python -m rbxenv.sim --url ..., or press Play in Roblox Studio) and point it at this URL "
+                f"(a Smart Racing Sim AI place: ws://localhost:{self.port}/ws/<modelId>)"
             )
         assert self.game is not None
         with self.data.cond:
@@ -675,12 +750,19 @@ class TrainingBridge:
             return
         if game.protocol:
             await conn.send(protocol.encode_welcome(game.capabilities).decode())
+            self._obs_width = game.obs_size
+        elif self._obs_width is not None:
+            game = seed_spec(self._obs_width)  # a seed game coming back: expected to send what it sent
         # ``data.lost`` stays set: a game that left is only forgotten once the trainer takes the
         # new one with wait_for_game() (and respawns what it had), never silently here.
         self._conn, self.game, self._outbox = conn, game, asyncio.Queue()
+        self.model_id = model_id_of(conn.request.path) if conn.request else None
+        self.data.self_restart = not game.protocol
+        self._sent_at = time.monotonic()
         self._attached.set()
         log.info("game attached: %s (protocol %d, %s mode)", game.game, game.protocol, game.mode)
         sender = asyncio.create_task(self._send_loop(conn, self._outbox))
+        keepalive = None if game.protocol else asyncio.create_task(self._keepalive(self._outbox))
         try:
             if first is not None and not first_is_hello:
                 await self._receive(conn, first)
@@ -690,6 +772,8 @@ class TrainingBridge:
             pass
         finally:
             sender.cancel()
+            if keepalive is not None:
+                keepalive.cancel()
             code = conn.close_code
             reason = conn.close_reason or "no reason given"
             self._attached.clear()  # first, so wait_for_game() cannot hand out the departing game
@@ -710,19 +794,38 @@ class TrainingBridge:
             while True:
                 frame = await outbox.get()
                 await conn.send(frame, text=True)
+                self._sent_at = time.monotonic()
                 self.data.stats["frames_out"] += 1
         except ConnectionClosed:
             pass
 
+    async def _keepalive(self, outbox: asyncio.Queue) -> None:
+        """(A seed game) PING whenever nothing went out for ``ping_interval`` s, as the seed's
+        trainer did every 5 s: the game closes a socket that stays silent for 20 s."""
+        ping = protocol.encode_seed_command("PING")
+        while True:
+            await asyncio.sleep(max(0.05, self._sent_at + self.ping_interval - time.monotonic()))
+            if time.monotonic() - self._sent_at >= self.ping_interval and outbox.empty():
+                self._sent_at = time.monotonic()
+                outbox.put_nowait(ping)
+                self.data.stats["pings"] += 1
+
     async def _receive(self, conn: ServerConnection, frame: str | bytes) -> None:
         stats = self.data.stats
         stats["frames_in"] += 1
+        game = self.game or SEED_GAME
         try:
             if not isinstance(frame, str):
                 raise ProtocolError("binary frame: send JSON as WebSocket text frames", "bad_message")
-            game = self.game or SEED_GAME  # decode_game_message also refuses oversized frames
-            msg = protocol.decode_game_message(frame, game.obs_size)
+            # decode_game_message also refuses oversized frames; a seed game's width is read off its packets
+            msg = protocol.decode_game_message(frame, game.obs_size if game.protocol else None)
             if isinstance(msg, ObsBatch):
+                if not msg.agent_ids:  # a seed game's "[]" (no car active) or only "__" keys
+                    return
+                if not game.protocol and msg.obs.shape[1] != self._obs_width:
+                    await self._seed_width(conn, msg.obs.shape[1])
+                    if self.data.fatal is not None:
+                        return
                 unknown = self.data.put_batch(msg)
                 self._notify_progress()
                 if unknown:
@@ -739,7 +842,27 @@ class TrainingBridge:
             stats["bad_frames"] += 1
             stats[f"bad_frames.{err.code}"] += 1
             self._bad.warn(err.code, str(err))
-            await conn.send(protocol.encode_error(err.code, str(err)[:500]).decode())
+            if game.protocol:  # a seed game has no use for error frames: it would only warn about them
+                await conn.send(protocol.encode_error(err.code, str(err)[:500]).decode())
+
+    async def _seed_width(self, conn: ServerConnection, width: int) -> None:
+        """A seed game's packet of ``width`` floats per car: the width of the run if none is known
+        yet, else (another width) the end of the run, with one clear error."""
+        if self._obs_width is None:
+            self._obs_width = width
+            self.game = seed_spec(width)
+            log.info("seed game: %d floats per observation (rays, nitro, velocity, is-reverse)", width)
+            return
+        message = (
+            f"the game's observations changed from {self._obs_width} to {width} floats per car mid-run "
+            "(another car model or ray count?); a policy takes one width: restart the trainer"
+        )
+        log.error(message)
+        with self.data.cond:
+            self.data.fatal = message
+            self.data.cond.notify_all()
+        self._notify_progress()
+        await conn.close(1003, "observation width changed")
 
     # ---------------------------------------------------------------- sending (training thread)
 
@@ -781,6 +904,7 @@ class TrainingBridge:
             return False
         conn.protocol.send_text(frame)
         conn.send_data()
+        self._sent_at = time.monotonic()
         self.data.stats["frames_out"] += 1
         return True
 
@@ -791,9 +915,22 @@ class TrainingBridge:
     def _ticked(self) -> bool:
         return self.game is not None and self.game.has("tick")
 
+    def _command(self, command: str, envid: str | None = None, data: object = None, tick: int | None = None) -> None:
+        """Send a command in the form the game reads: the seed's object form to a game that never
+        said hello (the seed's place), rbxenv's otherwise."""
+        if self.game is not None and not self.game.protocol:
+            self._send(protocol.encode_seed_command(command, envid, data))
+        else:
+            self._send(protocol.encode_command(command, envid, data, tick))
+
+    @property
+    def width_known(self) -> bool:
+        """The game's observation width is known (from its hello, or a seed game's first packet)."""
+        return self._obs_width is not None
+
     def freeze(self, status: bool) -> None:
         """Freeze (True) or unfreeze (False) every car of every venv."""
-        self._send(protocol.encode_command("FREEZE", None, bool(status)))
+        self._command("FREEZE", None, bool(status))
 
     def spawn_agents(
         self,
@@ -807,7 +944,7 @@ class TrainingBridge:
         """(Re)spawn agents of a venv; creates the venv (and its track) if it is new.
 
         ``track``/``start``/``seed`` are sent only to games that announced ``track_spec`` /
-        ``random_start``; a seed game gets the seed's plain list of agent ids. ``autoreset``: the
+        ``random_start``; a seed game gets the seed's ``{"agents": [...]}``. ``autoreset``: the
         game restarts each of these cars in the step its episode ends, and that step's observations
         bring its first observation of the next one (``Observations.restarted``/``reset_obs``), so
         no RESET_AGENTS round trip is needed; asked only of games that announced ``autoreset`` and
@@ -827,7 +964,7 @@ class TrainingBridge:
                 data["seed"] = int(seed)
             if autoreset and self.autoresets:
                 data["autoreset"] = True
-        self._send(protocol.encode_command("SPAWN_AGENTS", env_id, data, tick if self._ticked() else None))
+        self._command("SPAWN_AGENTS", env_id, data, tick if self._ticked() else None)
 
     @property
     def autoresets(self) -> bool:
@@ -842,18 +979,18 @@ class TrainingBridge:
         agents = list(agents)
         tick = self._next_tick()
         self.data.track(agents, tick, restart=True)
-        self._send(protocol.encode_command("RESET_AGENTS", env_id, agents, tick if self._ticked() else None))
+        self._command("RESET_AGENTS", env_id, agents, tick if self._ticked() else None)
 
     def remove_agents(self, env_id: str, agents: Sequence[str]) -> None:
         agents = list(agents)
         self.data.forget(agents)
-        self._send(protocol.encode_command("REMOVE_AGENTS", env_id, agents))
+        self._command("REMOVE_AGENTS", env_id, agents)
 
     def send_actions(self, env_id: str, actions: Mapping[str, Sequence[float]]) -> None:
         """Actions for the agents of one venv (the seed's per-venv ACTION)."""
         tick = self._next_tick()
         self.data.track(actions.keys(), tick)
-        self._send(protocol.encode_command("ACTION", env_id, dict(actions), tick if self._ticked() else None))
+        self._command("ACTION", env_id, dict(actions), tick if self._ticked() else None)
 
     def send_action_batch(self, actions: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
         """Actions for every venv at once: one ACTION_BATCH frame (per-venv ACTIONs for seed games).
@@ -896,16 +1033,16 @@ class TrainingBridge:
     def close_environment(self, env_id: str) -> None:
         """Destroy a venv (track and cars) in the game."""
         self.data.forget([aid for aid in list(self.data.rows) if protocol.parse_agent_id(aid)[1] == env_id])
-        self._send(protocol.encode_command("CLOSE", env_id))
+        self._command("CLOSE", env_id)
 
     def close_all(self) -> None:
         """Destroy every venv in the game."""
         self.data.forget(list(self.data.rows))
-        self._send(protocol.encode_command("CLOSE_ALL"))
+        self._command("CLOSE_ALL")
 
     def update_collisions(self, status: bool) -> None:
         """Turn car-car collisions inside each venv on (True) or off (False)."""
-        self._send(protocol.encode_command("UPDATE_COLLISIONS", None, bool(status)))
+        self._command("UPDATE_COLLISIONS", None, bool(status))
 
     # ---------------------------------------------------------------- receiving (training thread)
 

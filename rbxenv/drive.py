@@ -2,7 +2,7 @@
 
     python -m rbxenv.drive policy.onnx                              # embedded simulator, 5 cars, until Ctrl-C
     python -m rbxenv.drive policy.onnx --heldout --episodes 10      # held-out tracks, 10 episodes (2 per car)
-    python -m rbxenv.drive policy.onnx --no-sim --port 8765         # drive the cars of a Roblox place
+    python -m rbxenv.drive policy.onnx --no-sim                     # drive the cars of a Roblox place
 
 The policy (written by ``export_onnx.py``) drives every car of ``--num-venvs`` venvs of
 ``--num-agents`` cars through the same bridge and vector env the trainers use (``make_vec_env``:
@@ -163,11 +163,12 @@ class Tally:
 def drive(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy, args.frame_stack)
     from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env
+    from rbxenv.protocol import DEFAULT_PORT
 
     track_seeds = (
         list(HELDOUT_TRACK_SEEDS)[args.track_offset : args.track_offset + args.num_venvs] if args.heldout else None
     )
-    port = args.port if args.port is not None else (8765 if args.no_sim else 0)
+    port = args.port if args.port is not None else (DEFAULT_PORT if args.no_sim else 0)
     print(f"driving with {policy.description}", flush=True)
     try:
         envs = make_vec_env(
@@ -232,11 +233,17 @@ def drive(args: argparse.Namespace) -> int:
         reason = "interrupted"
     except BridgeClosed as exc:
         reason = f"the game was lost ({str(exc).splitlines()[0]})"
+    except TimeoutError as exc:  # connected, but it stopped answering (paused, hung)
+        reason = f"the game stopped answering ({str(exc).splitlines()[0]})"
     finally:
         envs.close()
-    if reason != "finished":
+    failed = reason.startswith("the game")
+    if reason != "finished" and not failed:
         print(reason, flush=True)
     print(tally.summary(time.monotonic() - start), flush=True)
+    if failed:
+        print(f"rbxenv.drive: {reason}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -248,7 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("policy", help="policy.onnx written by export_onnx.py")
     parser.add_argument("--no-sim", action="store_true", help="do not start the embedded simulator: wait for a game (Roblox Studio)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the game connects to it)")
-    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: 8765 with --no-sim, any free port otherwise)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: 8000 with --no-sim, where the seed's places dial; any free port otherwise)")  # fmt: skip
     parser.add_argument("--token", default=None, help="shared secret (required beyond loopback; or RBXENV_TOKEN)")
     parser.add_argument("--wait-timeout", type=float, default=300.0, help="with --no-sim: seconds to wait for the game")
     parser.add_argument("--num-agents", type=int, default=5, help="cars per venv")

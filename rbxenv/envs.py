@@ -45,7 +45,8 @@ def observation_space(game: GameSpec, frame_stack: int = 1) -> gym.spaces.Box:
     """The per-car observation space a game offers (PROTOCOL.md §2), stacked ``frame_stack`` times."""
     low = np.zeros(game.obs_size, dtype=np.float32)
     high = np.ones(game.obs_size, dtype=np.float32)
-    low[game.num_rays + 1] = -1.0  # forward velocity is the only signed entry
+    if game.num_rays + 1 < game.obs_size:
+        low[game.num_rays + 1] = -1.0  # forward velocity is the only signed entry
     return gym.spaces.Box(np.tile(low, frame_stack), np.tile(high, frame_stack), dtype=np.float32)
 
 
@@ -200,6 +201,12 @@ class RacingVectorEnv(VectorEnv):
     for cars that were respawned in it. If the game was lost and came back (``infos["reconnected"]``)
     every episode ended truncated; ``infos["lost_step"]`` marks a step that got no answer at all
     (reward 0, next observation = last real one): off-policy learners should not store it.
+
+    A seed game (the seed's Roblox place: no hello) restarts an ended car itself, in the same tick:
+    its packet is both the ending and the first observation of the next episode. That is reported
+    exactly as above, with no RESET_AGENTS sent: ``final_obs`` ends with the ``last_observation``
+    the game sent with it, or, from a game that sends none, with the car's previous frame (the
+    closest to the ending there is).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}

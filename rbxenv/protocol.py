@@ -24,6 +24,9 @@ PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1 << 20  # PROTOCOL.md: frames above 1 MiB are rejected
 MAX_AGENTS = 4096  # bounds a single message: no game runs more cars than this
 MAX_VENVS = 1024
+# The seed's trainer served ws://<host>:8000/ws/<modelId>; its places dial that URL, so a trainer
+# waiting for an external game listens there too (any path is accepted; /ws/<id> names the run).
+DEFAULT_PORT = 8000
 
 SEED_COMMANDS = frozenset(
     {
@@ -37,7 +40,9 @@ SEED_COMMANDS = frozenset(
         "UPDATE_COLLISIONS",
     }
 )
-COMMANDS = SEED_COMMANDS | {"ACTION_BATCH"}
+# PING keeps a seed game's idle timer (20 s) from closing the socket; CREATE_ENV is the seed game's
+# own command (venvs are created by their first spawn); RESET is an older seed trainer's RESET_AGENTS.
+COMMANDS = SEED_COMMANDS | {"ACTION_BATCH", "PING", "CREATE_ENV", "RESET"}
 CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns", "autoreset"})
 ERROR_CODES = frozenset(
     {
@@ -154,6 +159,10 @@ class ObsBatch:
     has_info: np.ndarray  # (n,) bool
     restarted: np.ndarray | None = None  # (n,) bool
     reset_obs: np.ndarray | None = None  # (n, obs_size) float32, zeros where not restarted
+    # A seed game's ``last_observation`` (the final frame of an episode it ended and restarted in
+    # this packet): rows where ``has_last`` is True (both None: nobody sent one).
+    last_obs: np.ndarray | None = None  # (n, obs_size) float32
+    has_last: np.ndarray | None = None  # (n,) bool
 
     @property
     def infos(self) -> list[dict | None]:
@@ -382,8 +391,19 @@ def _obs_array(rows: list, n: int, obs_size: int, where: str) -> np.ndarray:
     return obs
 
 
-def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) -> ObsBatch:
-    """The per-agent form: ``{agent_id: {"obs", "reward", "terminated", "truncated", "info"?}}``."""
+def _decode_agents(agents: dict, obs_size: int | None, tick: int | None, where: str) -> ObsBatch:
+    """The per-agent form: ``{agent_id: {"obs", "reward", "terminated", "truncated", "info"?,
+    "last_observation"?}}``. Keys starting with ``__`` are not agents (a seed game's ``__pong``):
+    skipped. ``obs_size`` None: the first entry's observation sets the width (a seed game says it
+    nowhere else) and every other entry must match it."""
+    if any(key[:2] == "__" for key in agents):
+        agents = {key: entry for key, entry in agents.items() if key[:2] != "__"}
+    if obs_size is None:
+        first = next(iter(agents.values()), None)
+        obs = first.get("obs") if type(first) is dict else None
+        obs_size = len(obs) if type(obs) is list and 0 < len(obs) <= 1024 else 0
+        if not obs_size and first is not None:
+            _check_entry_obs(next(iter(agents)), first)  # raises, saying what is wrong
     if len(agents) > MAX_AGENTS:
         raise ProtocolError(f"{where}: {len(agents)} agents in one message, the limit is {MAX_AGENTS}", "too_large")
     ids: list[str] = []
@@ -394,6 +414,8 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
     truncated = np.empty(n, dtype=bool)
     info = info_columns(n)
     has_info = np.zeros(n, dtype=bool)
+    last_rows: list[list] | None = None
+    has_last: np.ndarray | None = None
     for k, (aid, entry) in enumerate(agents.items()):
         parse_agent_id(aid)
         if type(entry) is not dict:
@@ -415,6 +437,13 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
             _check_bool(trunc, f"{aid}.truncated")
         rows.append(obs)
         reward[k], terminated[k], truncated[k] = r, term, trunc
+        if "last_observation" in entry:
+            last = entry["last_observation"]
+            if type(last) is not list or len(last) != obs_size or not _NUMBER_TYPES.issuperset(map(type, last)):
+                _check_vector(last, obs_size, f"{aid}.last_observation")
+            if last_rows is None:
+                last_rows, has_last = [[0.0] * obs_size for _ in range(n)], np.zeros(n, dtype=bool)
+            last_rows[k], has_last[k] = last, True
         entry_info = _check_info(entry.get("info"), aid + ".info")
         if entry_info is not None:
             has_info[k] = True
@@ -423,7 +452,22 @@ def _decode_agents(agents: dict, obs_size: int, tick: int | None, where: str) ->
                 if column is not None and value is not None:
                     column[k] = value
         ids.append(aid)
-    return ObsBatch(tick, ids, _obs_array(rows, n, obs_size, where), reward, terminated, truncated, info, has_info)
+    batch = ObsBatch(tick, ids, _obs_array(rows, n, obs_size, where), reward, terminated, truncated, info, has_info)
+    if last_rows is not None:
+        batch.last_obs, batch.has_last = _obs_array(last_rows, n, obs_size, where + " last_observation"), has_last
+    return batch
+
+
+def _check_entry_obs(aid: str, entry: object) -> None:
+    """Raise the error an agent entry whose ``obs`` sets no width deserves."""
+    if type(entry) is not dict:
+        raise ProtocolError(f"{aid}: expected an object with obs/reward/terminated/truncated, got {_type_name(entry)}")
+    if "obs" not in entry:
+        raise ProtocolError(f"{aid}: missing field 'obs'")
+    obs = entry["obs"]
+    if type(obs) is not list:
+        raise ProtocolError(f"{aid}.obs: expected an array of numbers, got {_type_name(obs)}")
+    raise ProtocolError(f"{aid}.obs: expected 1..1024 numbers, got {len(obs)}")
 
 
 def _column(msg: dict, key: str, n: int, types: frozenset, where: str) -> list:
@@ -533,15 +577,22 @@ def _decode_restarts(msg: dict, batch: ObsBatch, obs_size: int) -> tuple[np.ndar
     return restarted, reset_obs
 
 
-def decode_game_message(raw: str | bytes, obs_size: int) -> Hello | ObsBatch | ErrorMessage:
-    """Parse and validate one frame sent by a game (hello, obs batch, seed packet or error)."""
+def decode_game_message(raw: str | bytes, obs_size: int | None) -> Hello | ObsBatch | ErrorMessage:
+    """Parse and validate one frame sent by a game (hello, obs batch, seed packet or error).
+
+    ``obs_size`` None (a seed game whose width is not known yet): a seed packet's first entry sets it.
+    ``[]`` is a seed game's empty packet (Roblox's JSONEncode of an empty table): an ObsBatch of no agents.
+    """
     msg = load_json(raw)
+    if msg == []:
+        return _decode_agents({}, obs_size or 0, None, "packet")
     if type(msg) is not dict:
         raise ProtocolError(f"expected a JSON object, got {_type_name(msg)}")
     kind = msg.get("type")
     if kind is None:  # a seed packet: {agent_id: {...}}
         return _decode_agents(msg, obs_size, None, "packet")
     if kind == "obs":
+        obs_size = obs_size or SEED_GAME.obs_size
         tick = msg.get("tick")
         if tick is not None:
             _check_int(tick, "obs.tick")
@@ -644,6 +695,27 @@ def encode_command(command: str, envid: str | None = None, data: object = None, 
     if tick is not None:
         msg["tick"] = tick
     return dumps(msg)
+
+
+_SEED_FLAG = {"FREEZE": "status", "UPDATE_COLLISIONS": "enable_collisions"}
+
+
+def encode_seed_command(command: str, envid: str | None = None, data: object = None) -> bytes:
+    """One command in the seed trainer's own form, for a game that never said hello (the seed's
+    place reads ``data.agents``, ``data.status`` ... and would fail on rbxenv's bare lists and
+    booleans): ``data`` is always an object and ``envid`` a string ("" where no venv applies)."""
+    if command == "PING":
+        return dumps({"command": "PING"})
+    if command in _SEED_FLAG:
+        return dumps({"command": command, "envid": "", "data": {_SEED_FLAG[command]: bool(data)}})
+    if command in ("SPAWN_AGENTS", "RESET_AGENTS", "REMOVE_AGENTS"):
+        data = {"agents": data} if type(data) is list else data
+    return dumps({"command": command, "envid": envid or "", "data": {} if data is None else data})
+
+
+def encode_pong(t: float) -> bytes:
+    """A game's answer to a PING that carried a time (the seed's later trainers measure with it)."""
+    return dumps({"__pong": {"t": t}})
 
 
 def encode_action_rows(agent_ids: list[str], actions: np.ndarray, tick: int) -> bytes:
@@ -796,9 +868,11 @@ def _check_spawn(data: object, envid: str) -> dict:
 def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     """Parse and validate one frame sent by the trainer (the game side of the protocol).
 
-    ``data`` comes out normalised: FREEZE/UPDATE_COLLISIONS -> bool, RESET/REMOVE -> list of ids,
-    SPAWN_AGENTS -> spawn dict, ACTION -> {aid: action}, ACTION_BATCH -> {envid: {aid: action}}
-    (``ActionRows`` in the column form).
+    ``data`` comes out normalised, whichever form it came in (rbxenv's bare list / bool, or the
+    seed trainer's object): FREEZE/UPDATE_COLLISIONS -> bool, RESET/REMOVE -> list of ids (an older
+    seed trainer's RESET comes out as RESET_AGENTS), SPAWN_AGENTS -> spawn dict, ACTION ->
+    {aid: action}, ACTION_BATCH -> {envid: {aid: action}} (``ActionRows`` in the column form),
+    PING -> the time to echo or None, CREATE_ENV / CLOSE -> None.
     Frames the trainer sends that are not commands (``welcome``, ``error``) come back as
     Command("WELCOME"/"ERROR", None, msg).
     """
@@ -818,9 +892,15 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     data = msg.get("data")
     envid = msg.get("envid")
     if name in ("FREEZE", "UPDATE_COLLISIONS"):
+        if type(data) is dict:  # the seed's form: {"status": b} / {"enable_collisions": b}
+            key = _SEED_FLAG[name]
+            return Command(name, None, _check_bool(data.get(key), f"{name}.data.{key}"), tick)
         return Command(name, None, _check_bool(data, f"{name}.data"), tick)
     if name in ("CLOSE_ALL",):
         return Command(name, None, None, tick)
+    if name == "PING":  # the seed's keep-alive: no envid, no data, or {"t": time} to be echoed in __pong
+        t = data.get("t") if type(data) is dict else None
+        return Command(name, None, None if t is None else _check_number(t, "PING.data.t"), tick)
     if name == "ACTION_BATCH":
         if data is None and "ids" in msg:  # the column form
             ids = _check_agent_list(msg["ids"], None, f"{name}.ids")
@@ -840,10 +920,14 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
                 _check_actions(actions, venv, action_size, f"ACTION_BATCH.data.{venv}")
         return Command(name, None, data, tick)
     envid = check_envid(envid, f"{name}.envid")
-    if name == "CLOSE":
+    if name in ("CLOSE", "CREATE_ENV"):
         return Command(name, envid, None, tick)
     if name == "SPAWN_AGENTS":
         return Command(name, envid, _check_spawn(data, envid), tick)
     if name == "ACTION":
         return Command(name, envid, _check_actions(data, envid, action_size, "ACTION.data"), tick)
+    if name == "RESET":
+        name = "RESET_AGENTS"
+    if type(data) is dict:  # the seed's form: {"agents": [...]}
+        return Command(name, envid, _check_agent_list(data.get("agents"), envid, f"{name}.data.agents"), tick)
     return Command(name, envid, _check_agent_list(data, envid, f"{name}.data"), tick)  # RESET / REMOVE

@@ -143,11 +143,31 @@ class GameSession:
             timeout = self.wait_timeout
         try:
             self.game = self.bridge.wait_for_game(timeout)
+            self.bridge.update_collisions(self.collisions)
+            if not self.bridge.width_known:
+                self.game = self._learn_width()
         except BridgeClosed:
             self.close()
             raise
-        self.bridge.update_collisions(self.collisions)
         return self.game
+
+    def _learn_width(self) -> GameSpec:
+        """A seed game (no hello) says how many floats it observes only in its packets, and sends
+        none before it has cars: spawn them now (reset respawns them) and read the first packet."""
+        ids: list[str] = []
+        for venv in range(self.num_venvs):
+            ids += self._spawn(venv, None)
+        try:
+            self.bridge.get_observations(ids)
+        except TimeoutError as err:
+            raise BridgeClosed(f"the game connected but never reported its cars: {err}") from None
+        assert self.bridge.game is not None
+        return self.bridge.game
+
+    @property
+    def model_id(self) -> str | None:
+        """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the seed's places dial), or None."""
+        return self.bridge.model_id
 
     def reconnect(self) -> Observations:
         """The game went away mid-run: wait for it to come back, then respawn every venv.
@@ -156,6 +176,8 @@ class GameSession:
         reconnect (one line says so). Venvs come back on the tracks they had. Raises BridgeClosed
         when the game does not return in time, or returns with other spaces.
         """
+        if self.bridge.data.fatal is not None:  # not a loss a reconnect mends
+            raise BridgeClosed(self.bridge.data.fatal)
         old = self.game
         print(
             f"rbxenv: the game disconnected; waiting up to {self.reconnect_timeout:g} s for it to reconnect "
@@ -167,6 +189,7 @@ class GameSession:
                 _stop_process(self.process)
             self.process = self._launch_sim()
         self.game = self.bridge.wait_for_game(self.reconnect_timeout)
+        # (a seed game is taken to send what it sent before: the bridge ends the run if it does not)
         if old is not None and (self.game.obs_size, self.game.action_size) != (old.obs_size, old.action_size):
             raise BridgeClosed(
                 f"the game came back with obs_size={self.game.obs_size}, action_size={self.game.action_size} "

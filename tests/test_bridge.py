@@ -80,6 +80,7 @@ class Game:
     def __init__(self, url: str):
         self._client = connect(url, open_timeout=3, close_timeout=1, max_size=None)
         self.ws = self._client.__enter__()
+        self.bridge: TrainingBridge | None = None  # set for a seed game: it gets no error frames to wait for
 
     def send(self, msg) -> None:
         self.ws.send(msg if isinstance(msg, str | bytes) else json.dumps(msg))
@@ -93,7 +94,13 @@ class Game:
         self.send({"type": "obs", "tick": tick, "agents": agents} if batch or tick is not None else agents)
 
     def barrier(self) -> None:
-        """Wait until the trainer has handled everything sent so far (it answers a bad frame in order)."""
+        """Wait until the trainer has handled everything sent so far (it answers a bad frame in order;
+        a seed game's bad frame it only counts)."""
+        if self.bridge is not None:
+            bridge, count = self.bridge, self.bridge.stats["bad_frames"]
+            self.send("barrier")
+            assert eventually(lambda: bridge.stats["bad_frames"] > count)
+            return
         self.send("barrier")
         reply = self.recv()
         assert reply["type"] == "error" and reply["code"] == "bad_json", reply
@@ -146,6 +153,16 @@ def seed(bridge):
     """A seed game: no hello, attached after the handshake timeout."""
     with game_at(bridge.url) as g:
         assert bridge.wait_for_game(3) == SEED_GAME
+        g.bridge = bridge
+        yield g
+
+
+@pytest.fixture
+def rt(bridge):
+    """A version-1 real-time game with no capabilities: seed packets, error frames, parked endings."""
+    with game_at(bridge.url, hello(mode="realtime", capabilities=[])) as g:
+        assert g.recv()["type"] == "welcome"
+        bridge.wait_for_game(3)
         yield g
 
 
@@ -206,14 +223,15 @@ def test_wait_for_game_timeout(bridge):
 # Seed games
 
 
-def test_seed_game_defaults_and_spawn_as_a_plain_list(bridge):
+def test_seed_game_defaults_and_spawn_in_the_seed_form(bridge):
     t0 = time.monotonic()
     with game_at(bridge.url) as g:
         assert bridge.wait_for_game(3) == SEED_GAME
         assert time.monotonic() - t0 >= HANDSHAKE * 0.9  # it waited for a hello that never came
         ids = ["car_0_env_a", "car_1_env_a"]
         bridge.spawn_agents("a", ids, track={"ignored": True}, start="random", seed=3)
-        assert g.recv() == {"command": "SPAWN_AGENTS", "envid": "a", "data": ids}  # no tick, no spawn object
+        # the seed's object, nothing else: no tick, no track, no start
+        assert g.recv() == {"command": "SPAWN_AGENTS", "envid": "a", "data": {"agents": ids}}
         g.packet({ids[0]: entry(obs_of(0.1), 0.0), ids[1]: entry(obs_of(0.2), 0.0)})
         got = bridge.get_observations(ids)
         assert got.agent_ids == ids
@@ -235,34 +253,99 @@ def test_seed_game_gets_per_venv_action_commands(seed, bridge):
     got = bridge.get_observations(["car_0_env_a", "car_0_env_b"])
     assert got.reward.tolist() == [1.5, -10.0]
     assert got.terminated.tolist() == [False, True] and got.truncated.tolist() == [False, False]
+    # the seed game restarted car_0_env_b in that tick: 0.4 is its next episode's first frame, the
+    # ending is reported at its previous frame (the game sent no last_observation)
+    assert got.restarted.tolist() == [False, True]
+    np.testing.assert_allclose(got.reset_obs[1], obs_of(0.4))
+    np.testing.assert_allclose(got.obs[:, 0], [0.3, 0.5])
+
+
+def test_seed_game_restarts_cars_itself(seed, bridge):
+    ids = ["car_0_env_a", "car_1_env_a"]
+    bridge.spawn_agents("a", ids)
+    seed.recv()
+    seed.packet({ids[0]: entry(obs_of(0.1)), ids[1]: entry(obs_of(0.2))})
+    bridge.get_observations(ids)
+    ended = entry(obs_of(0.9), -20.0, truncated=True) | {"last_observation": obs_of(0.25)}
+    seed.packet({ids[0]: entry(obs_of(0.15), 1.0), ids[1]: ended, "__pong": {"t": 1.0}})
+    got = bridge.get_observations(ids)
+    assert got.truncated.tolist() == [False, True] and got.restarted.tolist() == [False, True]
+    np.testing.assert_allclose(got.obs[:, 0], [0.15, 0.25])  # the ending: its last_observation
+    np.testing.assert_allclose(got.reset_obs[1, 0], 0.9)  # the first frame of its next episode
+    seed.send("[]")  # no car active: nothing, not even a warning
+    seed.packet({ids[0]: entry(obs_of(0.16), 0.5), ids[1]: entry(obs_of(0.8), 0.25)})
+    got = bridge.get_observations(ids)
+    assert not got.restarted.any() and not got.truncated.any() and got.reward.tolist() == [0.5, 0.25]
+    np.testing.assert_allclose(got.obs[:, 0], [0.16, 0.8])  # the new episode drives on
+    assert bridge.stats["bad_frames"] == 0 and bridge.stats["frames_in"] == 4
+
+
+def test_seed_game_gets_no_error_frames(seed, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    seed.recv()
+    for frame in ("{not json", {"car_9_env_a": entry()}, {"car_0_env_a": entry(reward="x")}):
+        seed.send(frame)
+    seed.barrier()
+    assert bridge.stats["bad_frames"] == 4  # logged here, at a limited rate; the game hears nothing
+    with pytest.raises(TimeoutError):
+        seed.recv(timeout=0.3)
+
+
+def test_seed_game_learns_the_width_and_refuses_a_change(seed, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    seed.recv()
+    seed.packet({"car_0_env_a": entry([0.5] * 19)})
+    assert bridge.get_observations(["car_0_env_a"]).obs.shape == (1, 19)
+    assert (bridge.game.obs_size, bridge.game.num_rays) == (19, 16) and bridge.width_known
+    seed.packet({"car_0_env_a": entry([0.5] * 22)})
+    with pytest.raises(BridgeClosed, match="changed from 19 to 22 floats per car mid-run"):
+        bridge.get_observations(["car_0_env_a"])
+    assert seed.close_code() == 1003
+
+
+def test_seed_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
+    bridge.ping_interval = 0.2
+    with game_at(bridge.url) as g:
+        bridge.wait_for_game(3)
+        t0 = time.monotonic()
+        assert g.recv() == {"command": "PING"}
+        assert g.recv() == {"command": "PING"}
+        assert 0.3 < time.monotonic() - t0 < 1.5
+        bridge.freeze(False)  # another frame puts the next PING off
+        assert g.recv()["command"] == "FREEZE"
+    with game_at(bridge.url, hello()) as g:  # a version-1 game gets none
+        assert g.recv()["type"] == "welcome"
+        with pytest.raises(TimeoutError):
+            g.recv(timeout=0.5)
 
 
 def test_seed_game_commands(seed, bridge):
+    # the seed trainer's object forms: data always an object, envid "" where no venv applies
     bridge.freeze(True)
-    assert seed.recv() == {"command": "FREEZE", "envid": None, "data": True}
+    assert seed.recv() == {"command": "FREEZE", "envid": "", "data": {"status": True}}
     bridge.update_collisions(False)
-    assert seed.recv() == {"command": "UPDATE_COLLISIONS", "envid": None, "data": False}
+    assert seed.recv() == {"command": "UPDATE_COLLISIONS", "envid": "", "data": {"enable_collisions": False}}
     bridge.spawn_agents("a", ["car_0_env_a", "car_1_env_a"])
     seed.recv()
     bridge.reset_agents("a", ["car_0_env_a"])
-    assert seed.recv() == {"command": "RESET_AGENTS", "envid": "a", "data": ["car_0_env_a"]}
+    assert seed.recv() == {"command": "RESET_AGENTS", "envid": "a", "data": {"agents": ["car_0_env_a"]}}
     bridge.remove_agents("a", ["car_1_env_a"])
-    assert seed.recv() == {"command": "REMOVE_AGENTS", "envid": "a", "data": ["car_1_env_a"]}
+    assert seed.recv() == {"command": "REMOVE_AGENTS", "envid": "a", "data": {"agents": ["car_1_env_a"]}}
     bridge.close_environment("a")
-    assert seed.recv() == {"command": "CLOSE", "envid": "a", "data": None}
+    assert seed.recv() == {"command": "CLOSE", "envid": "a", "data": {}}
     bridge.close_all()
-    assert seed.recv() == {"command": "CLOSE_ALL", "envid": None, "data": None}
+    assert seed.recv() == {"command": "CLOSE_ALL", "envid": "", "data": {}}
 
 
 def test_seed_game_whose_first_frame_is_a_packet(bridge):
     # not a hello: a seed game, and the frame itself is handled (here: an agent nobody spawned)
-    with game_at(bridge.url, {"car_0_env_a": entry()}) as g:
-        err = g.recv()
-        assert err["code"] == "unknown_agent" and "car_0_env_a" in err["message"]
+    with game_at(bridge.url, {"car_0_env_a": entry()}):
         assert bridge.wait_for_game(3) == SEED_GAME
+        assert eventually(lambda: bridge.stats["bad_frames.unknown_agent"] == 1)
 
 
-def test_real_time_packets_sum_rewards_and_keep_the_latest_observation(seed, bridge):
+def test_real_time_packets_sum_rewards_and_keep_the_latest_observation(rt, bridge):
+    seed = rt
     bridge.spawn_agents("a", ["car_0_env_a"])
     seed.recv()
     seed.packet({"car_0_env_a": entry(obs_of(0.1), 1.0, info={"lap": 0, "progress": 0.1})})
@@ -279,7 +362,8 @@ def test_real_time_packets_sum_rewards_and_keep_the_latest_observation(seed, bri
         bridge.get_observation("car_0_env_a", timeout=0.05)
 
 
-def test_reward_flags_and_info_reset_after_each_read(seed, bridge):
+def test_reward_flags_and_info_reset_after_each_read(rt, bridge):
+    seed = rt
     bridge.spawn_agents("a", ["car_0_env_a"])
     seed.recv()
     seed.packet({"car_0_env_a": entry(reward=1.0, terminated=True, info={"cause": "wall"})})
@@ -445,10 +529,10 @@ def _still_works(game: Game, bridge: TrainingBridge, reward: float) -> None:
 
 
 @pytest.fixture
-def spawned(seed, bridge):
+def spawned(rt, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
-    seed.recv()
-    return seed
+    rt.recv()
+    return rt
 
 
 @pytest.mark.parametrize(

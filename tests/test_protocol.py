@@ -1222,4 +1222,4 @@ def test_vector_valid_game_message(case):
 
 @pytest.mark.parametrize("case", VECTORS["invalid_game_messages"], ids=_case_id)
 def test_vector_invalid_game_message(case):
-    fails(game, case["raw"], case["code"], case["error_contains"])
+    fails(lambda raw: game(raw, case["obs_size"]), case["raw"], case["code"], case["error_contains"])
