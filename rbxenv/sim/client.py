@@ -2,10 +2,14 @@
 
 ``SimGame`` turns commands into Sim calls and observation frames (no sockets: easy to test and to
 fuzz); ``run`` connects it to a trainer, in lockstep (one decision step per ACTION_BATCH) or in real
-time (ticking at ``tick_hz`` with the latest actions, as Roblox does). Against a seed trainer (no
-``welcome`` answer) it falls back to the seed formats.
+time (ticking at ``tick_hz`` with the latest actions, as Roblox does). Against a seed trainer (its
+first frame is not a ``welcome``) it behaves like the seed's Roblox place: real time, one packet per
+tick with every car (``[]`` while none is live), ended cars restarted in the same tick (the entry
+brings the next episode's first observation and the ended one's ``last_observation``), no packet
+answering a spawn, no error frames (a seed trainer would take them for agents), PING answered with
+``__pong`` when it carries a time.
 
-    python -m rbxenv.sim --url ws://127.0.0.1:8765 [--realtime --tick-hz 15] [--seed-protocol]
+    python -m rbxenv.sim --url ws://127.0.0.1:8000/ws/<modelId> [--realtime --tick-hz 15] [--num-rays 16]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rbxenv import busy_wait, protocol
 from rbxenv.protocol import ActionRows, Command, GameSpec, ProtocolError
+from rbxenv.sim.rules import SimConfig
 from rbxenv.sim.world import Sim, StepResult
 
 log = logging.getLogger("rbxenv.sim")
@@ -63,6 +68,9 @@ class SimGame:
     def __init__(self, sim: Sim, realtime: bool = False):
         self.sim = sim
         self.realtime = realtime
+        # The trainer is the seed's (its first frame is not a welcome): see the module docstring.
+        # None until the first command says.
+        self.seed_trainer: bool | None = None
         self.batch = False  # until the trainer's welcome says it takes obs batches
         self.columns = False  # ... and obs batches in column form
         self.ticked = False
@@ -91,16 +99,23 @@ class SimGame:
         self.tick = tick  # a refused command does not move the tick
         self.stats["bad_commands"] += 1
         self._bad.warn(code, message)
+        if self.seed_trainer:  # the seed's trainer reads every key of a frame as an agent: log only
+            return []
         return [protocol.encode_error(code, message[:500])]
 
     # ------------------------------------------------------------------ commands
 
     def welcome(self, capabilities: list[str]) -> None:
+        self.seed_trainer = False
         self.batch = "batch" in capabilities
         self.columns = self.batch and "columns" in capabilities
         self.ticked = "tick" in capabilities
 
     def handle(self, cmd: Command) -> list[bytes]:
+        if self.seed_trainer is None:
+            self.seed_trainer = cmd.name != "WELCOME"
+            if self.seed_trainer:
+                self.realtime = True  # the seed's place ticks on its own
         if cmd.tick is not None:
             self.tick = max(self.tick, cmd.tick)
         sim = self.sim
@@ -126,6 +141,10 @@ class SimGame:
         if name == "FREEZE":
             sim.freeze(cmd.data)
             return []
+        if name == "PING":  # keep-alive; a time to echo is answered
+            return [] if cmd.data is None else [protocol.encode_pong(cmd.data)]
+        if name == "CREATE_ENV":  # the simulator builds a venv (and its track) with its first cars
+            return []
         if name == "UPDATE_COLLISIONS":
             sim.set_collisions(cmd.data)
             return []
@@ -148,13 +167,13 @@ class SimGame:
                 self.autoreset.update(spawn["agents"])
             else:
                 self.autoreset.difference_update(spawn["agents"])
-            return [self._report(spawn["agents"], envid=cmd.envid)]
+            return [] if self.seed_trainer else [self._report(spawn["agents"], envid=cmd.envid)]
         if name == "RESET_AGENTS":
             ids = self._known(cmd.data)
             sim.reset_agents(ids)
             for aid in ids:
                 self.actions[aid] = [0.0, 0.0, 0.0]
-            return [self._report(ids, envid=cmd.envid)]
+            return [] if self.seed_trainer else [self._report(ids, envid=cmd.envid)]
         if name == "REMOVE_AGENTS":
             ids = self._known(cmd.data)
             sim.remove_agents(ids)
@@ -239,7 +258,7 @@ class SimGame:
         sim = self.sim
         ids = sim.agent_ids
         if not ids or sim.frozen:
-            return []
+            return [b"[]"] if self.seed_trainer else []  # the seed's place: JSONEncode of no cars
         result = sim.step(self._action_array(ids) if actions is None else actions)
         self.stats["steps"] += 1
         self.acted_venvs.clear()
@@ -247,7 +266,7 @@ class SimGame:
         if reported == len(ids):  # every car was live (the usual lockstep step): no rows to pick
             return self._frames(ids, result, slice(None))
         if reported == 0:
-            return []
+            return [b"[]"] if self.seed_trainer else []
         live = np.flatnonzero(result.live)
         return self._frames([ids[k] for k in live], result, live)
 
@@ -284,7 +303,9 @@ class SimGame:
             ]
         if self.batch:
             return [protocol.encode_obs(ids, obs, reward, term, trunc, info, self._tick(), self._form)]
-        # Seed trainers expect one packet per venv.
+        if self.seed_trainer:
+            return [self._seed_packet(ids, obs, reward, term, trunc)]
+        # A v1 trainer without batch: one packet per venv.
         frames = []
         by_venv: dict[str, list[int]] = {}
         for k, aid in enumerate(ids):
@@ -297,6 +318,31 @@ class SimGame:
                                     form="seed")
             )  # fmt: skip
         return frames
+
+    def _seed_packet(self, ids: list[str], obs, reward, term, trunc) -> bytes:
+        """The seed place's packet: every car in one object; a car whose episode ended is restarted
+        now, its entry the ending (reward, flags) with the new episode's first ``obs`` and the ended
+        one's final frame as ``last_observation``."""
+        ended = term | trunc
+        first = {}
+        if ended.any():
+            restart = [ids[k] for k in np.flatnonzero(ended)]
+            self.sim.reset_agents(restart)
+            for aid in restart:
+                self.actions[aid] = [0.0, 0.0, 0.0]
+            first = dict(zip(restart, self.sim.observe(restart), strict=True))
+        agents = {}
+        for k, aid in enumerate(ids):
+            entry = {
+                "obs": obs[k],
+                "reward": float(reward[k]),
+                "terminated": bool(term[k]),
+                "truncated": bool(trunc[k]),
+            }
+            if aid in first:
+                entry["obs"], entry["last_observation"] = first[aid], obs[k]
+            agents[aid] = entry
+        return protocol.dumps(agents)
 
     def _restart(self, ids: list[str], ended: np.ndarray) -> tuple[list[str] | None, np.ndarray | None]:
         """Autoreset: restart the cars among ``ids`` whose episode just ended and that were spawned
@@ -375,9 +421,12 @@ async def run(
     token: str | None = None,
     connect_timeout: float = 30.0,
     sim: Sim | None = None,
+    num_rays: int = 10,
 ) -> dict:
-    """Connect to a trainer and serve it until it closes the connection. Returns the game's stats."""
-    sim = sim or Sim(seed=seed)
+    """Connect to a trainer and serve it until it closes the connection. Returns the game's stats.
+
+    ``seed_protocol``: send no hello (a game that speaks only the seed formats)."""
+    sim = sim or Sim(SimConfig(num_rays=num_rays), seed=seed)
     game = SimGame(sim, realtime=realtime)
     deadline = time.monotonic() + connect_timeout
     delay = 0.1
@@ -400,6 +449,8 @@ async def run(
             async for frame in ws:
                 for out in game.receive(frame):
                     await ws.send(out, text=True)
+                if ticker is None and game.realtime:  # a seed trainer: tick like the seed's place
+                    ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz))
         except ConnectionClosed:
             pass
         finally:
@@ -433,11 +484,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rbxenv.sim", description="Headless racing simulator: a game that connects to a trainer."
     )
-    parser.add_argument("--url", default="ws://127.0.0.1:8765", help="trainer WebSocket URL")
+    parser.add_argument("--url", default=f"ws://127.0.0.1:{protocol.DEFAULT_PORT}", help="trainer WebSocket URL (any path; a seed trainer serves /ws/<modelId>)")  # fmt: skip
     parser.add_argument("--realtime", action="store_true", help="tick on our own at --tick-hz (like Roblox)")
     parser.add_argument("--tick-hz", type=float, default=15.0, help="decisions per second in real-time mode")
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (own tracks, random starts)")
     parser.add_argument("--seed-protocol", action="store_true", help="speak only the seed formats (no hello)")
+    parser.add_argument("--num-rays", type=int, default=10, help="rays per car: the observation is num_rays + 3 floats (the seed's default car: 16)")  # fmt: skip
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to keep retrying")
     parser.add_argument(
         "--busy-wait-us",
@@ -447,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
         "launches its embedded simulator with 1000 on a multi-core machine: see rbxenv.busy_wait)",
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.num_rays <= 256:
+        parser.error(f"--num-rays must be 1..256, got {args.num_rays}")
     logging.basicConfig(level=logging.WARNING, format="rbxenv.sim: %(message)s")
     try:
         with asyncio.Runner(loop_factory=lambda: busy_wait.new_event_loop(args.busy_wait_us * 1e-6)) as runner:
@@ -459,6 +513,7 @@ def main(argv: list[str] | None = None) -> None:
                     seed_protocol=args.seed_protocol,
                     token=os.environ.get("RBXENV_TOKEN") or None,
                     connect_timeout=args.connect_timeout,
+                    num_rays=args.num_rays,
                 )
             )
     except ConnectionError as err:

@@ -1,0 +1,169 @@
+"""The seed project's own halves (emulated from its facts: tests/seed_emulation.py) with rbxenv,
+over real loopback sockets: its place trained by ppo_continuous.py --no-sim, and its trainer
+driving rbxenv's games (the simulator here; the Luau GameClient in test_luau_bridge.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from netutil import free_port
+from seed_emulation import SeedGame, SeedTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class GameInThread:
+    """A SeedGame run on its own event loop thread (the trainer under test is another process)."""
+
+    def __init__(self, game: SeedGame):
+        self.game = game
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="seed-game", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.game.run())
+        except BaseException as err:  # noqa: BLE001 - re-raised by the test
+            self.error = err
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the seed game is still connected after the trainer finished"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.timeout(180)
+def test_ppo_trains_against_the_seed_place_with_zero_warnings(tmp_path):
+    """5 venvs x 5 cars of a seed place (19 floats, 15 Hz real time, self-restarting cars, 20 s idle
+    close) dialing ws://localhost:<port>/ws/<modelId>: PPO trains a few thousand steps, the place
+    warns about nothing, the run is named after the model id."""
+    port = free_port()
+    game = GameInThread(SeedGame(f"ws://localhost:{port}/ws/seedcar", seed=1))
+    flags = ["--no-sim", "--port", str(port), "--num-agents", "5", "--num-venvs", "5", "--num-steps", "24"]
+    flags += ["--total-timesteps", "3000", "--eval-every", "0", "--wait-timeout", "60"]
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_continuous.py"), *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    game.join(10)
+    seed = game.game
+    assert seed.warnings == [], seed.warnings[:5]
+    assert not seed.idle_closed
+    assert "step 3000/3000" in run.stdout
+    # every ended car restarted itself and was reported as such: the trainer never reset one
+    assert seed.episodes > 0 and seed.commands["RESET_AGENTS"] == 0
+    assert seed.commands["SPAWN_AGENTS"] == 2 * 5  # the width probe, then reset(): one per venv each
+    assert seed.commands["ACTION"] >= 120 * 5  # 120 steps of 25 cars, one ACTION per venv
+    assert seed.commands["FREEZE"] >= 2 * 4  # frozen and thawed around each of the 4 updates between rollouts
+    assert seed.max_silence < 5.0  # PINGs whenever the trainer had nothing else to say
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("seedcar__ppo_continuous__1__"), runs
+    assert (runs[0] / "checkpoint.pt").exists()
+
+
+def test_ppo_without_a_seed_game_is_one_line_and_exit_1(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "ppo_continuous.py"),
+            "--no-sim",
+            "--port",
+            str(free_port()),
+            "--wait-timeout",
+            "0.5",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("no game to train with: no game connected"), run.stderr
+    assert "/ws/<modelId>" in lines[0]
+
+
+async def drive_with_seed_trainer(trainer: SeedTrainer, num_venvs: int, cars: int, episodes: int) -> dict:
+    """The seed trainer's loop: spawn, reset, then steps with random actions and a FREEZE'd
+    "update" every 40 steps, until ``episodes`` episodes ended. Returns what it saw."""
+    rng = random.Random(0)
+    venvs = {str(uuid.UUID(int=rng.getrandbits(128))): [] for _ in range(num_venvs)}  # the seed's uuid4 venv ids
+    for envid in venvs:
+        venvs[envid] = [f"car_{i}_env_{envid}" for i in range(cars)]
+    agents = [aid for ids in venvs.values() for aid in ids]
+    await trainer.wait_for_game(60)
+    await trainer.command("UPDATE_COLLISIONS", "", {"enable_collisions": False})
+    await trainer.spawn(venvs)
+    await trainer.reset(venvs)
+    seen = {"episodes": 0, "steps": 0, "widths": set(), "last_widths": set(), "updates": 0}
+    while seen["episodes"] < episodes and seen["steps"] < 600:
+        actions = {aid: [rng.uniform(0.3, 1), rng.uniform(-1, 1), rng.uniform(-1, 1)] for aid in agents}
+        got = await trainer.step(venvs, actions)
+        seen["steps"] += 1
+        for entry in got.values():
+            seen["widths"].add(len(entry["obs"]))
+            if entry["terminated"] or entry["truncated"]:
+                seen["episodes"] += 1
+                seen["last_widths"].add(len(entry.get("last_observation", ())))
+        if seen["steps"] % 40 == 0:
+            await trainer.update(1.2)  # longer than ping_every: PINGs while it "learns"
+            seen["updates"] += 1
+    await trainer.send({"command": "PING", "data": {"t": 12.5}})
+    for _ in range(40):
+        if trainer.pongs:
+            break
+        await asyncio.sleep(0.05)
+    for envid in venvs:
+        await trainer.command("CLOSE", envid)
+    await trainer.command("CLOSE_ALL", "")
+    return seen
+
+
+@pytest.mark.timeout(120)
+def test_seed_trainer_drives_the_simulator():
+    """The seed's trainer (per-venv ACTIONs, object data, PING, FREEZE around updates, latest packet
+    per agent) drives python -m rbxenv.sim with 16 rays for several episodes: nothing refused, no
+    car left waiting, ended cars restarted in their tick with last_observation."""
+
+    async def main() -> tuple[dict, SeedTrainer, subprocess.CompletedProcess]:
+        trainer = SeedTrainer(ping_every=0.5)
+        await trainer.serve()
+        url = f"ws://127.0.0.1:{trainer.port}/ws/seedcar"
+        sim = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rbxenv.sim", "--url", url, "--num-rays", "16",
+            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        try:
+            seen = await asyncio.wait_for(drive_with_seed_trainer(trainer, 2, 3, episodes=8), 90)
+        finally:
+            await trainer.close()
+            _, err = await asyncio.wait_for(sim.communicate(), 10)
+        return seen, trainer, subprocess.CompletedProcess([], sim.returncode, b"", err)
+
+    seen, trainer, sim = asyncio.run(main())
+    assert sim.returncode == 0, sim.stderr.decode()[-2000:]
+    assert sim.stderr.decode().strip() == "", sim.stderr.decode()[-2000:]  # not one warning
+    assert trainer.refused == [] and trainer.missing == []
+    assert trainer.model_id == "seedcar"
+    assert seen["episodes"] >= 8 and seen["updates"] >= 1 and trainer.pings >= 2
+    assert seen["widths"] == {19} and seen["last_widths"] == {19}
+    assert trainer.pongs == [{"t": 12.5}]
+    frames = [p for p in trainer.packets if isinstance(p, dict) and "type" not in p and "__pong" not in p]
+    assert [] in trainer.packets, "frozen: the place sends [] while no car is active"
+    assert all(len(p) == 6 for p in frames), "one packet a tick with every car of every venv"
