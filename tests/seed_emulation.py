@@ -23,6 +23,7 @@ import json
 import math
 import random
 import time
+import uuid
 from collections import Counter
 
 from websockets.asyncio.client import connect
@@ -384,3 +385,39 @@ class SeedTrainer:
         await self.command("FREEZE", "", {"status": True})
         await asyncio.sleep(seconds)
         await self.command("FREEZE", "", {"status": False})
+
+
+async def drive(trainer: SeedTrainer, num_venvs: int, cars: int, episodes: int) -> dict:
+    """The seed trainer's loop: spawn, reset, then steps with random actions and a FREEZE'd
+    "update" every 20 steps, until ``episodes`` episodes ended and one update was made. Returns what it saw."""
+    rng = random.Random(0)
+    venvs = {str(uuid.UUID(int=rng.getrandbits(128))): [] for _ in range(num_venvs)}  # the seed's uuid4 venv ids
+    for envid in venvs:
+        venvs[envid] = [f"car_{i}_env_{envid}" for i in range(cars)]
+    agents = [aid for ids in venvs.values() for aid in ids]
+    await trainer.wait_for_game(60)
+    await trainer.command("UPDATE_COLLISIONS", "", {"enable_collisions": False})
+    await trainer.spawn(venvs)
+    await trainer.reset(venvs)
+    seen = {"episodes": 0, "steps": 0, "widths": set(), "last_widths": set(), "updates": 0}
+    while (seen["episodes"] < episodes or not seen["updates"]) and seen["steps"] < 600:
+        actions = {aid: [rng.uniform(0.3, 1), rng.uniform(-1, 1), rng.uniform(-1, 1)] for aid in agents}
+        got = await trainer.step(venvs, actions)
+        seen["steps"] += 1
+        for entry in got.values():
+            seen["widths"].add(len(entry["obs"]))
+            if entry["terminated"] or entry["truncated"]:
+                seen["episodes"] += 1
+                seen["last_widths"].add(len(entry.get("last_observation", ())))
+        if seen["steps"] % 20 == 0:
+            await trainer.update(1.2)  # longer than ping_every: PINGs while it "learns"
+            seen["updates"] += 1
+    await trainer.send({"command": "PING", "data": {"t": 12.5}})
+    for _ in range(40):
+        if trainer.pongs:
+            break
+        await asyncio.sleep(0.05)
+    for envid in venvs:
+        await trainer.command("CLOSE", envid)
+    await trainer.command("CLOSE_ALL", "")
+    return seen

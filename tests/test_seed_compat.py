@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
 from netutil import free_port
-from seed_emulation import SeedGame, SeedTrainer
+from seed_emulation import SeedGame, SeedTrainer, drive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,42 +97,6 @@ def test_ppo_without_a_seed_game_is_one_line_and_exit_1(tmp_path):
     assert "/ws/<modelId>" in lines[0]
 
 
-async def drive_with_seed_trainer(trainer: SeedTrainer, num_venvs: int, cars: int, episodes: int) -> dict:
-    """The seed trainer's loop: spawn, reset, then steps with random actions and a FREEZE'd
-    "update" every 40 steps, until ``episodes`` episodes ended. Returns what it saw."""
-    rng = random.Random(0)
-    venvs = {str(uuid.UUID(int=rng.getrandbits(128))): [] for _ in range(num_venvs)}  # the seed's uuid4 venv ids
-    for envid in venvs:
-        venvs[envid] = [f"car_{i}_env_{envid}" for i in range(cars)]
-    agents = [aid for ids in venvs.values() for aid in ids]
-    await trainer.wait_for_game(60)
-    await trainer.command("UPDATE_COLLISIONS", "", {"enable_collisions": False})
-    await trainer.spawn(venvs)
-    await trainer.reset(venvs)
-    seen = {"episodes": 0, "steps": 0, "widths": set(), "last_widths": set(), "updates": 0}
-    while seen["episodes"] < episodes and seen["steps"] < 600:
-        actions = {aid: [rng.uniform(0.3, 1), rng.uniform(-1, 1), rng.uniform(-1, 1)] for aid in agents}
-        got = await trainer.step(venvs, actions)
-        seen["steps"] += 1
-        for entry in got.values():
-            seen["widths"].add(len(entry["obs"]))
-            if entry["terminated"] or entry["truncated"]:
-                seen["episodes"] += 1
-                seen["last_widths"].add(len(entry.get("last_observation", ())))
-        if seen["steps"] % 40 == 0:
-            await trainer.update(1.2)  # longer than ping_every: PINGs while it "learns"
-            seen["updates"] += 1
-    await trainer.send({"command": "PING", "data": {"t": 12.5}})
-    for _ in range(40):
-        if trainer.pongs:
-            break
-        await asyncio.sleep(0.05)
-    for envid in venvs:
-        await trainer.command("CLOSE", envid)
-    await trainer.command("CLOSE_ALL", "")
-    return seen
-
-
 @pytest.mark.timeout(120)
 def test_seed_trainer_drives_the_simulator():
     """The seed's trainer (per-venv ACTIONs, object data, PING, FREEZE around updates, latest packet
@@ -150,7 +112,7 @@ def test_seed_trainer_drives_the_simulator():
             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
         try:
-            seen = await asyncio.wait_for(drive_with_seed_trainer(trainer, 2, 3, episodes=8), 90)
+            seen = await asyncio.wait_for(drive(trainer, 2, 3, episodes=8), 90)
         finally:
             await trainer.close()
             _, err = await asyncio.wait_for(sim.communicate(), 10)
