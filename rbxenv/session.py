@@ -137,7 +137,8 @@ class GameSession:
         else:
             print(
                 f"rbxenv: waiting up to {self.wait_timeout:g} s for a game on {self.bridge.url} "
-                "(Roblox Studio: set the trainer URL in the place's Config, then press Play)",
+                "(Roblox Studio: set the trainer URL in the place's Config, then press Play; "
+                f"a Smart Racing Sim AI place dials ws://localhost:{self.bridge.port}/ws/<modelId>)",
                 flush=True,
             )
             timeout = self.wait_timeout
