@@ -101,6 +101,7 @@ class SeedGame:
         self.warnings: list[str] = []
         self.commands: Counter[str] = Counter()
         self.episodes = 0  # cars ended (and restarted)
+        self.endings: list[tuple[str, list[float], list[float]]] = []  # (car, final frame, next first frame)
         self.packets = 0  # non-empty packets sent
         self.late_ticks = 0  # ticks started more than a period late (the trainer starved the game)
         self.idle_closed = False
@@ -209,6 +210,7 @@ class SeedGame:
                     self.episodes += 1
                     final = car.observe()
                     car = self.cars[aid] = Car(self.rng, self.num_rays)
+                    self.endings.append((aid, final, car.observe()))
                 entry = {"obs": car.observe(), "reward": reward, "terminated": terminated, "truncated": truncated}
                 if self.last_observation and (terminated or truncated):
                     entry["last_observation"] = final

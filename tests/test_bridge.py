@@ -1013,3 +1013,55 @@ def test_a_ticked_packet_before_any_spawn_is_only_unknown():
     data.track(ids[:1], 4, restart=True)
     assert data.put_batch(obs_batch(ids, 4, dict.fromkeys(ids, 2.0), [True, True])) == ids[1:]
     assert data.wait(ids[:1], 1.0).reward.tolist() == [2.0]
+
+
+# ============================================================================================
+# Where a seed place finds the trainer
+
+
+def test_model_id_of_a_seed_url():
+    from rbxenv.bridge import model_id_of
+
+    assert model_id_of("/ws/telsa_new") == "telsa_new"
+    assert model_id_of("/ws/telsa_new?token=x") == "telsa_new"
+    assert model_id_of("/ws/model.v2-b") == "model.v2-b"
+    for path in ("/", "", "/ws/", "/ws/a/b", "/other/x", "/ws/..", "/ws/a%2Fb", "/ws/" + "x" * 65, "/ws/a b"):
+        assert model_id_of(path) is None, path
+
+
+def test_the_url_path_names_the_model_and_any_path_is_accepted(bridge):
+    with game_at(bridge.url + "/ws/telsa_new", hello()) as g:
+        assert g.recv()["type"] == "welcome"
+        bridge.wait_for_game(3)
+        assert bridge.model_id == "telsa_new"
+    assert eventually(lambda: not bridge.connected)
+    with game_at(bridge.url + "/some/other/path") as g:
+        bridge.wait_for_game(3)
+        assert bridge.model_id is None
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_a_loopback_trainer_answers_on_both_loopbacks(host):
+    """ "localhost" in a place's URL may resolve to 127.0.0.1 or ::1: the trainer is on both."""
+    b = TrainingBridge(host=host, port=0, handshake_timeout=HANDSHAKE).start()
+    try:
+        for url in (f"ws://127.0.0.1:{b.port}/ws/a", f"ws://[::1]:{b.port}/ws/b"):
+            with game_at(url, hello()) as g:
+                assert g.recv()["type"] == "welcome"
+                b.wait_for_game(3)
+                assert b.model_id == url[-1]
+            assert eventually(lambda: not b.connected)
+    finally:
+        b.close()

@@ -129,3 +129,37 @@ def test_seed_trainer_drives_the_simulator():
     frames = [p for p in trainer.packets if isinstance(p, dict) and "type" not in p and "__pong" not in p]
     assert [] in trainer.packets, "frozen: the place sends [] while no car is active"
     assert all(len(p) == 6 for p in frames), "one packet a tick with every car of every venv"
+
+
+@pytest.mark.timeout(60)
+def test_vector_env_reports_seed_restarts_as_same_step_autoresets():
+    """Against a seed place that sends last_observation: every ending is reported in the step its
+    packet came, final_obs ending with exactly that frame and the returned obs starting the next
+    episode from the place's first frame; no RESET_AGENTS, 19-float frames stacked 4 deep."""
+    import numpy as np
+
+    import rbxenv
+
+    port = free_port()
+    game = GameInThread(SeedGame(f"ws://localhost:{port}/ws/m", last_observation=True, seed=3))
+    env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, sim=None, port=port, wait_timeout=30)
+    try:
+        assert (env.game.protocol, env.game.obs_size, env.single_observation_space.shape) == (0, 19, (76,))
+        assert env.session.model_id == "m"
+        obs, _ = env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        checked = 0
+        for _ in range(120):
+            actions = np.column_stack([rng.uniform(0.5, 1, 6), rng.uniform(-1, 1, 6), np.zeros(6)]).astype(np.float32)
+            obs, _, term, trunc, infos = env.step(actions)
+            for k in np.flatnonzero(term | trunc):
+                aid = env.session.agent_ids[k]
+                final, first = next((f, s) for a, f, s in reversed(game.game.endings) if a == aid)
+                np.testing.assert_array_equal(infos["final_obs"][k].reshape(4, 19)[-1], np.float32(final))
+                np.testing.assert_array_equal(obs[k].reshape(4, 19), np.tile(np.float32(first), (4, 1)))
+                checked += 1
+        assert checked >= 3, "a few endings reported"
+    finally:
+        env.close()
+    game.join(10)
+    assert game.game.warnings == [] and game.game.commands["RESET_AGENTS"] == 0
