@@ -44,6 +44,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,6 +57,7 @@ __all__ = [
     "MAX_LENGTH",
     "generate",
     "from_centerline",
+    "from_waypoints",
     "validate",
     "centerline_array",
     "tangents",
@@ -71,14 +73,26 @@ METHODS = ("polar", "hull", "grid")
 VERSION = 1
 
 SPACING = 4.0  # studs between centre-line points
-MIN_LENGTH, MAX_LENGTH = 1000.0, 2500.0
-MIN_HALF_WIDTH, MAX_HALF_WIDTH = 12.0, 16.0
-# The inner wall of a corner sits at radius R - half_width; keeping R >= max half width + 8
-# leaves it a real curve instead of a fold.
-MIN_CORNER_RADIUS = MAX_HALF_WIDTH + 8.0
+CAR_RADIUS = 2.5  # PROTOCOL.md §4
+# The car's tightest turn at low speed (kinematic bicycle: wheelbase / tan(max_steer), §4): 14.6.
+MIN_TURN_RADIUS = 8.0 / math.tan(0.5)
+
+# What ``validate`` accepts: the tracks people build in Roblox, from a 300-stud kart loop to a
+# 20,000-stud (4 mile) circuit. A lap of 20,000 studs at racing speed takes about 6 minutes.
+MIN_LENGTH, MAX_LENGTH = 300.0, 20000.0
+# A car needs its radius plus 3 studs of room either side of the centre line; beyond 50 studs to
+# a wall the rays (100 studs) would no longer see both walls of a straight.
+MIN_HALF_WIDTH, MAX_HALF_WIDTH = CAR_RADIUS + 3.0, 50.0
+MIN_CORNER_RADIUS = 15.0  # centre-line radius at every point: the car can follow it, just
+INNER_MARGIN = 2.0  # corner radius - half width: the inner wall stays a curve, not a fold
+# Three points 4 studs apart on an arc resampled from chords read its radius up to ~0.05 short.
+RADIUS_TOLERANCE = 0.1
 # Walls of two different stretches of road keep this much room (Roblox walls have thickness).
 MIN_WALL_GAP = 4.0
-CAR_RADIUS = 2.5  # PROTOCOL.md §4
+
+# The classic generators (``generate`` without a difficulty) keep the box they always had, so a
+# seed gives the same track as before (tests/vectors/track_specs.json pins them).
+GEN_LENGTH, GEN_HALF_WIDTH, GEN_CORNER_RADIUS = (1000.0, 2500.0), (12.0, 16.0), 24.0
 SLOT_MARGIN = CAR_RADIUS + 1.0  # a grid slot is at least this far from either wall
 GRID_SLOTS = 24
 GRID_FIRST = 6.0  # studs from the start line to slot 0
@@ -87,7 +101,7 @@ GRID_CELL = 64.0  # lattice step of the "grid" method; corners are arcs of GRID_
 MAX_ATTEMPTS = 64
 DECIMALS = 3
 
-_TARGET_LENGTH = (1100.0, 2350.0)  # generators aim inside the bounds, away from the edges
+_TARGET_LENGTH = (1100.0, 2350.0)  # generators aim inside GEN_LENGTH, away from the edges
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -227,11 +241,11 @@ def _bspline(ctrl: np.ndarray, per_span: int) -> np.ndarray:
 
 def _smooth_loop(ctrl: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """B-spline of a unit-size control loop, scaled to a random target length (or larger, if a
-    corner would be tighter than MIN_CORNER_RADIUS), sampled about every 2 studs."""
+    corner would be tighter than GEN_CORNER_RADIUS), sampled about every 2 studs."""
     coarse = _bspline(ctrl, 32)
     length = _cumulative(coarse)[-1]
     scale = rng.uniform(*_TARGET_LENGTH) / length
-    scale = max(scale, 1.1 * MIN_CORNER_RADIUS / float(np.min(_corner_radii(coarse))))
+    scale = max(scale, 1.1 * GEN_CORNER_RADIUS / float(np.min(_corner_radii(coarse))))
     if scale * length > _TARGET_LENGTH[1]:
         return None  # too twisty for its size: redraw rather than make a huge track
     ctrl = (ctrl - ctrl.mean(axis=0)) * scale
@@ -376,7 +390,7 @@ def _half_widths(rng: np.random.Generator, method: str, n: int) -> np.ndarray:
     for f in (1, 2, 3):
         wave += rng.uniform(-1.0, 1.0) * np.sin(2 * np.pi * (f * u + rng.uniform()))
     wave *= rng.uniform(0.0, 1.5) / max(np.max(np.abs(wave)), 1e-9)
-    return np.clip(base + wave, MIN_HALF_WIDTH, MAX_HALF_WIDTH)
+    return np.clip(base + wave, *GEN_HALF_WIDTH)
 
 
 def _straightest_start(p: np.ndarray) -> int:
@@ -394,14 +408,17 @@ def _straightest_start(p: np.ndarray) -> int:
 # ------------------------------------------------------------------------------ spec assembly
 
 
-def _grid_slots(p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> np.ndarray:
-    """Two staggered columns behind point 0; slot k alternates left / right of the centre."""
+def _grid_slots(p: np.ndarray, hw: np.ndarray, cum: np.ndarray, step: float = GRID_STEP) -> np.ndarray:
+    """Two staggered columns behind point 0; slot k alternates left / right of the centre. On a
+    road too narrow for the columns to sit side by side, the slots go one car length apart."""
     k = np.arange(GRID_SLOTS)
-    s = -(GRID_FIRST + GRID_STEP * k)
+    s = -(GRID_FIRST + step * k)
     pos, tan, i = _point_at(p, cum, s)
     w = np.minimum(hw[i], hw[(i + 1) % len(hw)])
     lateral = np.minimum(0.4 * w, w - SLOT_MARGIN - 1.0) * np.where(k % 2 == 0, 1.0, -1.0)
     pos = pos + _left_normals(tan) * lateral[:, None]
+    if step == GRID_STEP and np.min(_norms(pos[1:] - pos[:-1])) < 2 * CAR_RADIUS + 0.5:
+        return _grid_slots(p, hw, cum, 2 * CAR_RADIUS + 1.5)
     return np.column_stack([pos, np.arctan2(tan[:, 1], tan[:, 0])])
 
 
@@ -445,6 +462,55 @@ def from_centerline(points, half_width, *, name: str = "custom", method: str = "
     return _assemble(p, hw, name, method, seed)[0]
 
 
+def _fillet(points: np.ndarray, half_width: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The closed polygon ``points`` (M, 2) with each corner rounded to a circular arc of
+    ``radius`` (tangent to both edges, at most half of either edge used), sampled every <= 1 stud;
+    and the half width at each sampled point (corner i's arc has ``half_width[i]``, straights blend)."""
+    m = len(points)
+    out, widths = [], []
+    for i in range(m):
+        a, v, c = points[i - 1], points[i], points[(i + 1) % m]
+        din, dout = v - a, c - v
+        lin, lout = math.hypot(*din), math.hypot(*dout)
+        din, dout = din / lin, dout / lout
+        turn = math.atan2(din[0] * dout[1] - din[1] * dout[0], din[0] * dout[0] + din[1] * dout[1])
+        t = min(radius[i] * math.tan(abs(turn) / 2), 0.5 * min(lin, lout))
+        if abs(turn) < 1e-9 or t <= 0.0:
+            out.append(v[None, :])
+            widths.append(half_width[i : i + 1])
+            continue
+        r = t / math.tan(abs(turn) / 2)
+        sign = 1.0 if turn > 0 else -1.0
+        p0 = v - din * t
+        centre = p0 + sign * r * np.array([-din[1], din[0]])
+        k = max(int(math.ceil(r * abs(turn))), 2)
+        phi = sign * np.linspace(0.0, abs(turn), k + 1)
+        u = p0 - centre
+        arc = centre + np.stack([u[0] * np.cos(phi) - u[1] * np.sin(phi), u[0] * np.sin(phi) + u[1] * np.cos(phi)], 1)
+        out.append(arc)
+        widths.append(np.full(len(arc), half_width[i]))
+    return np.concatenate(out), np.concatenate(widths)
+
+
+def from_waypoints(points, half_width, radius, *, name: str = "custom", method: str = "waypoints", seed: int = 0) -> dict:
+    """Build a spec the way a track is laid out in Roblox: the corners of a closed polygon
+    (checkpoints or waypoint parts, in driving order, start at points[0]), each rounded to an
+    arc of ``radius`` studs, straight road between; ``half_width`` and ``radius`` are one number
+    or one per corner. Where two arcs would overlap, an arc is made as large as its edges allow
+    (``validate`` says if that is too tight). The Luau port is ``roblox/src/shared/TrackSpec.luau``
+    (tests/test_track_files.py checks they agree). Not validated: call ``validate`` on it.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 3:
+        raise ValueError(f"a track needs at least 3 waypoints, got {len(pts)}")
+    if (_norms(_next(pts) - pts) < 1e-6).any():
+        raise ValueError("two consecutive waypoints are at the same place: remove one")
+    hw = np.broadcast_to(np.asarray(half_width, dtype=np.float64), (len(pts),))
+    rad = np.broadcast_to(np.asarray(radius, dtype=np.float64), (len(pts),))
+    dense, widths = _fillet(pts, hw, rad)
+    return from_centerline(dense, widths, name=name, method=method, seed=seed)
+
+
 def _candidate(seed: int, method: str, attempt: int) -> tuple[dict, tuple] | None:
     """A candidate spec (and its arrays, see ``_assemble``) from the generator, or None."""
     rng = np.random.default_rng([seed, attempt])  # derived sub-seed per attempt
@@ -481,7 +547,7 @@ def generate(seed: int, method: str | None = None) -> dict:
         if candidate is None:
             continue
         spec, arrays = candidate
-        last = _problems(spec["version"], *arrays)  # validate(spec) without reading the lists back
+        last = _problems(spec["version"], *arrays, _GENERATED)  # validate without reading the lists back
         if not last:
             return spec
     raise RuntimeError(f"no valid {method} track for seed {seed} in {MAX_ATTEMPTS} attempts: {last[:3]}")
@@ -507,6 +573,11 @@ def _segment_crossings(a: np.ndarray, b: np.ndarray, skip) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
+def _at(p: np.ndarray, i: int) -> str:
+    """How a message names centre-line point i: its index and where it is."""
+    return f"point {i} ({p[i, 0]:.1f}, {p[i, 1]:.1f})"
+
+
 def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:
     n = len(p)
     left, right = offset_walls(p, hw)
@@ -520,67 +591,85 @@ def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:
 
     out = []
     for i, j in _segment_crossings(a, b, neighbours)[:5]:
-        what = {(0, 0): "left wall crosses itself", (1, 1): "right wall crosses itself"}.get(
-            (int(i // n), int(j // n)), "left and right walls cross"
-        )
-        x, y = p[i % n]
-        out.append(f"{what} near points {i % n} and {j % n} ({x:.1f}, {y:.1f})")
+        kind = (int(i // n), int(j // n))
+        what = {(0, 0): "left wall crosses itself", (1, 1): "right wall crosses itself"}.get(kind, "walls cross")
+        fix = "the track crosses itself: move one stretch away" if kind == (0, 1) else "narrow the road or widen the corner"
+        out.append(f"{what} between {_at(p, int(i % n))} and point {j % n}: {fix}")
     return out
+
+
+def _same_corner(hw: np.ndarray) -> float:
+    """Along-track distance within which two points may be close on the ground (one corner):
+    a full turn at radius max(GEN_CORNER_RADIUS, widest half width + 8); 2 pi 24 for every
+    generated track, as it always was."""
+    return 2 * np.pi * max(GEN_CORNER_RADIUS, float(hw.max()) + 8.0)
 
 
 def _clearance_problems(p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[str]:
     """Stretches of road far apart along the track must also be apart on the ground: beyond
-    2*pi*MIN_CORNER_RADIUS along the track two points cannot belong to the same corner, so their
-    walls must keep MIN_WALL_GAP (the worst pair is reported)."""
+    ``_same_corner`` along the track two points cannot belong to the same corner, so their walls
+    must keep MIN_WALL_GAP (the worst pair is reported)."""
     i, j, dist, need = track_kernels.worst_clearance(
-        np.ascontiguousarray(p),
-        np.ascontiguousarray(hw),
-        cum[:-1],
-        cum[-1],
-        2 * np.pi * MIN_CORNER_RADIUS,
-        MIN_WALL_GAP,
+        np.ascontiguousarray(p), np.ascontiguousarray(hw), cum[:-1], cum[-1], _same_corner(hw), MIN_WALL_GAP
     )
     if i < 0:
         return []
     return [
-        f"road sections too close: points {i} and {j} are {dist:.1f} studs apart, "
-        f"need {need:.1f} (walls plus a {MIN_WALL_GAP} stud gap)"
+        f"road sections too close: {_at(p, int(i))} and {_at(p, int(j))} are {dist:.1f} studs apart, "
+        f"need {need:.1f} (both half widths plus a {MIN_WALL_GAP:g} stud gap): move them apart or narrow the road there"
     ]
 
 
 def _grid_problems(g: np.ndarray, p: np.ndarray, hw: np.ndarray, cum: np.ndarray) -> list[str]:
+    fix = " (tracks.from_centerline rebuilds the grid behind point 0)"
     if g.ndim != 2 or g.shape[1] != 3 or len(g) < 20:
-        return [f"grid must hold at least 20 [x, y, heading] slots, got shape {g.shape}"]
+        return [f"grid must hold at least 20 [x, y, heading] slots, got shape {g.shape}" + fix]
     d = _next(p) - p
     seg2 = np.maximum(np.sum(d * d, axis=1), 1e-12)
     k, f, dist = track_kernels.nearest_segments(np.ascontiguousarray(g[:, :2]), np.ascontiguousarray(p))
     w = hw[k] * (1 - f) + hw[(k + 1) % len(p)] * f
     out = []
     for i in np.flatnonzero(dist > w - SLOT_MARGIN)[:3]:
-        out.append(f"grid slot {i} is {w[i] - dist[i]:.2f} studs from a wall (need {SLOT_MARGIN})")
+        out.append(f"grid slot {i} is {w[i] - dist[i]:.2f} studs from a wall (need {SLOT_MARGIN})" + fix)
     tdir = d[k] / np.sqrt(seg2[k])[:, None]
     facing = np.cos(g[:, 2]) * tdir[:, 0] + np.sin(g[:, 2]) * tdir[:, 1]
     for i in np.flatnonzero(facing < np.cos(np.radians(30)))[:3]:
-        out.append(f"grid slot {i} does not face the track direction")
+        out.append(f"grid slot {i} does not face the track direction" + fix)
     s = cum[k] + f * np.sqrt(seg2[k])
     for i in np.flatnonzero(s < cum[-1] - 250.0)[:3]:
-        out.append(f"grid slot {i} is not just behind the start line (arc {s[i]:.1f} of {cum[-1]:.1f})")
+        out.append(f"grid slot {i} is not just behind the start line (arc {s[i]:.1f} of {cum[-1]:.1f})" + fix)
     gap = _norms((g[:, None, :2] - g[None, :, :2]).reshape(-1, 2)).reshape(len(g), len(g))
     np.fill_diagonal(gap, np.inf)  # a slot and itself
     gap = gap.min()
     if gap < 2 * CAR_RADIUS:
-        out.append(f"grid slots overlap ({gap:.2f} studs apart)")
+        out.append(f"grid slots overlap ({gap:.2f} studs apart)" + fix)
     return out
 
 
+class _Box(NamedTuple):
+    """The bounds one check of ``_problems`` holds a track to."""
+
+    length: tuple[float, float]
+    half_width: tuple[float, float]
+    corner_radius: float
+    radius_tolerance: float
+
+
+_ROBLOX = _Box((MIN_LENGTH, MAX_LENGTH), (MIN_HALF_WIDTH, MAX_HALF_WIDTH), MIN_CORNER_RADIUS, RADIUS_TOLERANCE)
+_GENERATED = _Box(GEN_LENGTH, GEN_HALF_WIDTH, GEN_CORNER_RADIUS, 0.0)  # exactly as generate always checked
+
+
 def validate(spec: dict) -> list[str]:
-    """Human-readable problems of a track spec; an empty list means valid.
+    """Human-readable problems of a track spec, each naming the point and what to change; an
+    empty list means valid.
 
     Checks: shape and finite numbers, ~SPACING point spacing, length within
-    [MIN_LENGTH, MAX_LENGTH] and matching the points, half-widths within bounds, every
-    centre-line corner radius >= MIN_CORNER_RADIUS, walls neither self-intersecting nor
-    crossing each other, distant road sections at least MIN_WALL_GAP apart, and >= 20 grid slots
-    inside the road (SLOT_MARGIN from the walls), facing the track, just behind the start line.
+    [MIN_LENGTH, MAX_LENGTH] (300..20,000 studs) and matching the points, half-widths within
+    [MIN_HALF_WIDTH, MAX_HALF_WIDTH] (5.5..50), every centre-line corner radius >=
+    MIN_CORNER_RADIUS (15: the car's tightest turn is MIN_TURN_RADIUS, 14.6) and >= the half width
+    + INNER_MARGIN (the inner wall is a curve), walls neither self-intersecting nor crossing each
+    other, distant road sections at least MIN_WALL_GAP apart, and >= 20 grid slots inside the
+    road (SLOT_MARGIN from the walls), facing the track, just behind the start line.
     """
     try:
         p = np.asarray(spec["centerline"], dtype=np.float64)
@@ -588,38 +677,66 @@ def validate(spec: dict) -> list[str]:
         length = float(spec["length"])
         grid = np.asarray(spec["grid"], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as e:
-        return [f"malformed spec: {e!r}"]
+        return [f"malformed spec: {e!r} (a spec needs centerline, half_width, grid and length: PROTOCOL.md §3.4)"]
     return _problems(spec.get("version"), p, hw, grid, length)
 
 
-def _problems(version, p: np.ndarray, hw: np.ndarray, grid: np.ndarray, length: float) -> list[str]:
-    """``validate`` on a spec's values as arrays."""
+def _problems(version, p: np.ndarray, hw: np.ndarray, grid: np.ndarray, length: float, box: _Box = _ROBLOX) -> list[str]:
+    """``validate`` on a spec's values as arrays, within ``box``."""
     problems = []
     if version != VERSION:
         problems.append(f"version must be {VERSION}, got {version!r}")
     if p.ndim != 2 or p.shape[1] != 2 or len(p) < 8:
         return problems + [f"centerline must be a list of >= 8 [x, y] points, got shape {p.shape}"]
     if hw.shape != (len(p),):
-        return problems + [f"half_width needs one value per point ({len(p)}), got shape {hw.shape}"]
+        return problems + [f"half_width needs one value per centre-line point ({len(p)}), got shape {hw.shape}"]
     if not (np.isfinite(p).all() and np.isfinite(hw).all() and np.isfinite(grid).all() and math.isfinite(length)):
         return problems + ["non-finite numbers in the spec"]
-    if len(p) > 2 * MAX_LENGTH / SPACING:
-        return problems + [f"{len(p)} centre-line points: far too many for a track of at most {MAX_LENGTH} studs"]
+    if len(p) > 2 * box.length[1] / SPACING:
+        return problems + [
+            f"{len(p)} centre-line points: far too many for a track of at most {box.length[1]:g} studs "
+            f"(points go about {SPACING:g} studs apart)"
+        ]
     cum = _cumulative(p)
     seg = np.diff(cum)
     if seg.min() < 0.5 * SPACING or seg.max() > 1.5 * SPACING:
-        problems.append(f"point spacing {seg.min():.2f}..{seg.max():.2f} studs, expected about {SPACING}")
-    if abs(cum[-1] - length) > 0.01:
-        problems.append(f"length {length} does not match the centre line ({cum[-1]:.3f})")
-    if not MIN_LENGTH <= cum[-1] <= MAX_LENGTH:
-        problems.append(f"length {cum[-1]:.1f} outside [{MIN_LENGTH}, {MAX_LENGTH}]")
-    if hw.min() < MIN_HALF_WIDTH - 1e-9 or hw.max() > MAX_HALF_WIDTH + 1e-9:
-        problems.append(f"half_width {hw.min():.2f}..{hw.max():.2f} outside [{MIN_HALF_WIDTH}, {MAX_HALF_WIDTH}]")
-    radii = _corner_radii(p)
-    if radii.min() < MIN_CORNER_RADIUS:
-        i = int(np.argmin(radii))
+        i = int(np.argmax(np.abs(seg - SPACING)))
         problems.append(
-            f"corner too tight at point {i} ({p[i, 0]:.1f}, {p[i, 1]:.1f}): radius {radii[i]:.1f} < {MIN_CORNER_RADIUS}"
+            f"point spacing {seg.min():.2f}..{seg.max():.2f} studs, expected about {SPACING:g} (worst after "
+            f"{_at(p, i)}): resample the centre line with tracks.from_centerline"
+        )
+    if abs(cum[-1] - length) > 0.01:
+        problems.append(f"length {length} does not match the centre line: set it to {cum[-1]:.3f}")
+    lo, hi = box.length
+    if cum[-1] < lo:
+        problems.append(f"track is {cum[-1]:.1f} studs long, shorter than {lo:g}: make the loop longer")
+    elif cum[-1] > hi:
+        problems.append(f"track is {cum[-1]:.1f} studs long, longer than {hi:g}: make the loop shorter")
+    lo, hi = box.half_width
+    if hw.min() < lo - 1e-9:
+        i = int(np.argmin(hw))
+        problems.append(
+            f"road too narrow at {_at(p, i)}: half_width {hw[i]:.2f} < {lo:g} (the car's radius "
+            f"{CAR_RADIUS:g} plus room to steer): widen it to {lo:g}"
+        )
+    if hw.max() > hi + 1e-9:
+        i = int(np.argmax(hw))
+        problems.append(
+            f"road too wide at {_at(p, i)}: half_width {hw[i]:.2f} > {hi:g} (rays would miss the walls): narrow it to {hi:g}"
+        )
+    radii = _corner_radii(p)
+    need = np.maximum(box.corner_radius, hw + INNER_MARGIN)
+    if (radii < need - box.radius_tolerance).any():
+        i = int(np.argmin(radii - need))
+        why = (
+            f"the car turns no tighter than {MIN_TURN_RADIUS:.1f}"
+            if radii[i] < box.corner_radius
+            else f"the inner wall folds at half_width {hw[i]:.1f}"
+        )
+        problems.append(
+            f"corner too tight at {_at(p, i)}: radius {radii[i]:.1f} < {need[i]:.1f} ({why}): "
+            f"round the corner off to a radius of at least {need[i]:.1f}"
+            + (f" or narrow the road there to {radii[i] - INNER_MARGIN:.1f}" if radii[i] - INNER_MARGIN >= box.half_width[0] else "")
         )
     problems += _wall_problems(p, hw)
     problems += _clearance_problems(p, hw, cum)

@@ -277,8 +277,8 @@ def test_validate_catches_broken_specs():
     moved[3][1] += 40.0
     assert broken(grid=moved)
     assert tracks.validate({"centerline": []})
-    small = tracks.from_centerline(_circle(100.0), 14.0)  # 628 studs: too short
-    assert any("length" in s for s in tracks.validate(small))
+    small = tracks.from_centerline(_circle(40.0), 14.0)  # 251 studs: too short
+    assert any("shorter than 300" in s for s in tracks.validate(small)), tracks.validate(small)
 
 
 # ------------------------------------------------------------------------------- files and CLI
