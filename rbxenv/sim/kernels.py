@@ -67,6 +67,7 @@ class Constants(NamedTuple):
     stuck_steps: int
     wrong_way_steps: int
     max_steps: int
+    time_limit_length: float
     tick_hz: float  # lap times divide by it
 
 
@@ -389,7 +390,8 @@ def _score(cars: Cars, tables: Tables, live: np.ndarray, s_before: np.ndarray, c
         if live[i]:
             cars.slow[i], cars.back[i] = slow, back
         terminated[i] = crashed[i] or stuck or wrong_way
-        truncated[i] = live[i] and not terminated[i] and cars.steps[i] >= c.max_steps
+        limit = math.ceil(c.max_steps * max(1.0, tables.length[i] / c.time_limit_length))  # rules.time_limit_steps
+        truncated[i] = live[i] and not terminated[i] and cars.steps[i] >= limit
         reward[i] = np.float32(
             c.progress_reward * progress
             + c.lap_reward * gained

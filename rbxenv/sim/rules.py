@@ -44,7 +44,8 @@ class SimConfig:
     stuck_speed: float = 2.0
     stuck_steps: int = 30
     wrong_way_steps: int = 30
-    max_steps: int = 1500
+    max_steps: int = 1500  # time limit in decision steps on a track up to time_limit_length studs
+    time_limit_length: float = 2500.0  # longer tracks get proportionally more steps (time_limit_steps)
 
     @property
     def dt(self) -> float:
@@ -288,6 +289,13 @@ def step_reward(
         - cfg.contact_penalty * contact
         - cfg.end_penalty * ended
     )
+
+
+def time_limit_steps(length: np.ndarray, cfg: SimConfig) -> np.ndarray:
+    """Decision steps an episode lasts before the time limit on tracks of ``length`` studs:
+    ``ceil(max_steps * max(1, length / time_limit_length))``, so a 20,000-stud lap fits in it as a
+    2,500-stud lap fits in 1500 steps (one lap at an average of 25 studs/s)."""
+    return np.ceil(cfg.max_steps * np.maximum(1.0, np.asarray(length, np.float64) / cfg.time_limit_length)).astype(np.int64)
 
 
 def end_cause(crashed: np.ndarray, stuck: np.ndarray, wrong_way: np.ndarray, truncated: np.ndarray) -> np.ndarray:

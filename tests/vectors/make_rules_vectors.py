@@ -65,6 +65,12 @@ def cases() -> dict:
         "laps_completed": [
             {"input": {"net_progress": [-5.0, 0.0, 244.8, 244.9, 500.0], "length": 244.9}},
         ],
+        "time_limit_steps": [
+            {
+                "note": "1500 steps up to 2,500 studs, proportionally more beyond",
+                "input": {"length": [300.0, 2500.0, 2500.1, 5000.0, 19173.951, 20000.0]},
+            },
+        ],
         "is_reverse": [
             {
                 "input": {
@@ -179,6 +185,8 @@ def compute(data: dict) -> dict:
                 got = {"delta": rules.progress_delta(x["s_old"], x["s_new"], x["length"])}
             elif name == "laps_completed":
                 got = {"laps": rules.laps_completed(x["net_progress"], x["length"])}
+            elif name == "time_limit_steps":
+                got = {"steps": rules.time_limit_steps(x["length"], CFG)}
             elif name == "is_reverse":
                 got = {"is_reverse": rules.is_reverse(x["heading"], x["tangent"].astype(float))}
             elif name == "update_counters":
