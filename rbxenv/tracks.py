@@ -42,6 +42,7 @@ import functools
 import itertools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -52,6 +53,7 @@ from rbxenv import track_kernels
 
 __all__ = [
     "METHODS",
+    "ALL_METHODS",
     "MIN_CORNER_RADIUS",
     "MIN_LENGTH",
     "MAX_LENGTH",
@@ -66,10 +68,14 @@ __all__ = [
     "cumulative_length",
     "save",
     "load",
+    "load_track",
+    "load_tracks",
+    "track_files",
     "draw",
 ]
 
 METHODS = ("polar", "hull", "grid")
+ALL_METHODS = (*METHODS, "circuit")  # with a difficulty (generate)
 VERSION = 1
 
 SPACING = 4.0  # studs between centre-line points
@@ -492,7 +498,9 @@ def _fillet(points: np.ndarray, half_width: np.ndarray, radius: np.ndarray) -> t
     return np.concatenate(out), np.concatenate(widths)
 
 
-def from_waypoints(points, half_width, radius, *, name: str = "custom", method: str = "waypoints", seed: int = 0) -> dict:
+def from_waypoints(
+    points, half_width, radius, *, name: str = "custom", method: str = "waypoints", seed: int = 0
+) -> dict:
     """Build a spec the way a track is laid out in Roblox: the corners of a closed polygon
     (checkpoints or waypoint parts, in driving order, start at points[0]), each rounded to an
     arc of ``radius`` studs, straight road between; ``half_width`` and ``radius`` are one number
@@ -528,26 +536,111 @@ def _candidate(seed: int, method: str, attempt: int) -> tuple[dict, tuple] | Non
     return _assemble(p, hw, f"{method}-{seed}", method, seed)
 
 
-def generate(seed: int, method: str | None = None) -> dict:
+def _circuit(rng: np.random.Generator, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Waypoints of a circuit as people draw them (corners, half widths, corner radii; see
+    ``from_waypoints``): a star-shaped polygon, often stretched into long straights, with some
+    corners pulled inwards into hairpins and chicanes on long straights; difficulty ``d`` (0..1)
+    adds hairpins and chicanes, narrows the road and tightens the corners."""
+    n = int(rng.integers(5, 9 + int(6 * d)))
+    angles = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n)
+    radii = 1.0 + rng.uniform(0.15, 0.45) * rng.uniform(-1.0, 1.0, n)
+    dents = rng.uniform(size=n) < 0.1 + 0.35 * d  # corners pulled in: the road folds back, a hairpin
+    radii[dents] *= rng.uniform(0.3, 0.6, int(dents.sum()))
+    pts = np.stack([np.cos(angles) * radii, rng.uniform(0.35, 1.0) * np.sin(angles) * radii], axis=1)
+    length = rng.uniform(700.0, 2200.0 + 2800.0 * d)
+    pts *= length / _cumulative(pts)[-1]
+    base = rng.uniform(11.0, 15.0) - d * rng.uniform(0.0, 5.0)
+    hw = np.clip(base + rng.uniform(-1.0, 1.0, n) * (0.5 + 3.0 * d), MIN_HALF_WIDTH, GEN_HALF_WIDTH[1])
+    rmin = MIN_CORNER_RADIUS + (1.0 - d) * 25.0
+    rad = np.maximum(rng.uniform(rmin, rmin + 90.0 * (1.0 - 0.5 * d), n), hw + INNER_MARGIN + 1.0)
+    rad[dents] = np.maximum(rmin * rng.uniform(1.0, 1.5, int(dents.sum())), hw[dents] + INNER_MARGIN + 1.0)
+    out_p, out_w, out_r = [], [], []
+    for i in range(n):
+        out_p.append(pts[i]), out_w.append(hw[i]), out_r.append(rad[i])
+        a, b = pts[i], pts[(i + 1) % n]
+        edge = float(np.hypot(*(b - a)))
+        if edge > 260.0 and rng.uniform() < 0.7 * d:  # a chicane in the middle of a long straight
+            u = (b - a) / edge
+            side = np.array([-u[1], u[0]]) * rng.choice([-1.0, 1.0]) * rng.uniform(1.5, 2.5) * hw[i]
+            run = rng.uniform(22.0, 35.0)
+            mid = (a + b) / 2
+            for k, off in ((-1.5, 0.0), (-0.5, 1.0), (0.5, 1.0), (1.5, 0.0)):
+                out_p.append(mid + u * run * k + side * off), out_w.append(hw[i]), out_r.append(rmin + 10.0)
+    return np.array(out_p), np.array(out_w), np.array(out_r)
+
+
+def _varied_half_widths(rng: np.random.Generator, n: int, d: float) -> np.ndarray:
+    """The classic shapes' half widths at difficulty d: narrower, and changing along the lap."""
+    base = rng.uniform(12.5, 15.0) - d * rng.uniform(0.0, 6.0)
+    u = np.arange(n) / n
+    steps = np.interp(u, np.sort(rng.uniform(0, 1, 4)), rng.uniform(-1, 1, 4), period=1.0)  # wide and narrow parts
+    return np.clip(base + (0.5 + 3.0 * d) * steps, MIN_HALF_WIDTH, GEN_HALF_WIDTH[1])
+
+
+def _varied_candidate(seed: int, method: str, attempt: int, d: float) -> tuple[dict, tuple] | None:
+    rng = np.random.default_rng([seed, attempt, 1])  # a stream of its own: not the classic tracks
+    if method == "circuit":
+        pts, hw_pts, rad = _circuit(rng, d)
+        if (_norms(_next(pts) - pts) < 1e-6).any():
+            return None
+        dense, widths = _fillet(pts, hw_pts, rad)
+    else:
+        dense, widths = _GENERATORS[method](rng), None
+        if dense is None:
+            return None
+    if rng.uniform() < 0.5:
+        dense = dense[::-1]
+        widths = None if widths is None else widths[::-1]
+    cum = _cumulative(dense)
+    n = int(round(cum[-1] / SPACING))
+    if n < 8:
+        return None
+    p = _resample(dense, n, cum)
+    if widths is None:
+        hw = _varied_half_widths(rng, n, d)
+    else:
+        hw = np.interp(np.arange(n) * (cum[-1] / n), cum, np.append(widths, widths[0]))
+    start = _straightest_start(p)
+    p, hw = np.concatenate([p[start:], p[:start]]), np.concatenate([hw[start:], hw[:start]])
+    return _assemble(p, hw, f"{method}-{seed}-d{d:g}", method, seed)
+
+
+def generate(seed: int, method: str | None = None, difficulty: float | None = None) -> dict:
     """A valid track spec for ``seed`` (int >= 0); ``method=None`` picks ``METHODS[seed % 3]``.
 
     Candidates come from ``default_rng([seed, attempt])`` for attempt = 0, 1, ...; the first
     one that passes ``validate`` is returned, so the result depends on the seed alone.
+
+    ``difficulty`` (0..1) switches to the varied generators, for drivers that must handle the
+    tracks people draw: the classic shapes with narrower roads whose width changes along the lap,
+    plus ``"circuit"`` (``method=None`` then picks ``ALL_METHODS[seed % 4]``): hand-drawn-like
+    polygons with long straights, hairpins and chicanes. Higher difficulty: more hairpins and
+    chicanes, tighter corners (radius from 40 down to 15 studs), narrower roads (half width down
+    to 5.5), longer laps (up to ~5,000 studs). Held to ``validate``'s limits. ``None``: the
+    classic tracks, the same as ever for a seed.
     """
     seed = int(seed)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    methods = METHODS if difficulty is None else ALL_METHODS
     if method is None:
-        method = METHODS[seed % len(METHODS)]
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        method = methods[seed % len(methods)]
+    if method not in methods:
+        hint = ' ("circuit" needs a difficulty)' if method in ALL_METHODS else ""
+        raise ValueError(f"unknown method {method!r}; expected one of {methods}{hint}")
+    if difficulty is not None and not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must be within 0..1, got {difficulty}")
     last: list[str] = ["generator gave up"]
     for attempt in range(MAX_ATTEMPTS):
-        candidate = _candidate(seed, method, attempt)
+        if difficulty is None:
+            candidate = _candidate(seed, method, attempt)
+        else:
+            candidate = _varied_candidate(seed, method, attempt, float(difficulty))
         if candidate is None:
             continue
         spec, arrays = candidate
-        last = _problems(spec["version"], *arrays, _GENERATED)  # validate without reading the lists back
+        box = _GENERATED if difficulty is None else _ROBLOX
+        last = _problems(spec["version"], *arrays, box)  # validate without reading the lists back
         if not last:
             return spec
     raise RuntimeError(f"no valid {method} track for seed {seed} in {MAX_ATTEMPTS} attempts: {last[:3]}")
@@ -593,7 +686,11 @@ def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:
     for i, j in _segment_crossings(a, b, neighbours)[:5]:
         kind = (int(i // n), int(j // n))
         what = {(0, 0): "left wall crosses itself", (1, 1): "right wall crosses itself"}.get(kind, "walls cross")
-        fix = "the track crosses itself: move one stretch away" if kind == (0, 1) else "narrow the road or widen the corner"
+        fix = (
+            "the track crosses itself: move one stretch away"
+            if kind == (0, 1)
+            else "narrow the road or widen the corner"
+        )
         out.append(f"{what} between {_at(p, int(i % n))} and point {j % n}: {fix}")
     return out
 
@@ -681,7 +778,9 @@ def validate(spec: dict) -> list[str]:
     return _problems(spec.get("version"), p, hw, grid, length)
 
 
-def _problems(version, p: np.ndarray, hw: np.ndarray, grid: np.ndarray, length: float, box: _Box = _ROBLOX) -> list[str]:
+def _problems(
+    version, p: np.ndarray, hw: np.ndarray, grid: np.ndarray, length: float, box: _Box = _ROBLOX
+) -> list[str]:
     """``validate`` on a spec's values as arrays, within ``box``."""
     problems = []
     if version != VERSION:
@@ -736,7 +835,11 @@ def _problems(version, p: np.ndarray, hw: np.ndarray, grid: np.ndarray, length: 
         problems.append(
             f"corner too tight at {_at(p, i)}: radius {radii[i]:.1f} < {need[i]:.1f} ({why}): "
             f"round the corner off to a radius of at least {need[i]:.1f}"
-            + (f" or narrow the road there to {radii[i] - INNER_MARGIN:.1f}" if radii[i] - INNER_MARGIN >= box.half_width[0] else "")
+            + (
+                f" or narrow the road there to {radii[i] - INNER_MARGIN:.1f}"
+                if radii[i] - INNER_MARGIN >= box.half_width[0]
+                else ""
+            )
         )
     problems += _wall_problems(p, hw)
     problems += _clearance_problems(p, hw, cum)
@@ -755,6 +858,57 @@ def save(spec: dict, path) -> None:
 def load(path) -> dict:
     """Read a spec written by ``save`` (or any JSON track spec)."""
     return json.loads(Path(path).read_text())
+
+
+def track_files(paths) -> list[Path]:
+    """The JSON files named by ``paths`` (files, or folders: their ``*.json``, sorted)."""
+    out = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise ValueError(f"{path}: no *.json track files in this folder")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise ValueError(f"{path}: no such track file or folder")
+    return out
+
+
+def load_track(path) -> dict:
+    """A track spec from a JSON file, checked by ``validate``: ValueError naming the file and
+    its first problem (what to change) when it is not a valid track."""
+    try:
+        spec = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a track spec is a JSON object (PROTOCOL.md §3.4), got {type(spec).__name__}")
+    problems = validate(spec)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ValueError(f"{path}: not a valid track: {problems[0]}{more}")
+    return spec
+
+
+def load_tracks(paths) -> list[dict]:
+    """``load_track`` of every file ``track_files(paths)`` names; specs pass through unchanged."""
+    if isinstance(paths, dict):
+        paths = [paths]
+    out = []
+    for item in [paths] if isinstance(paths, (str, Path)) else paths:
+        if isinstance(item, dict):
+            problems = validate(item)
+            if problems:
+                raise ValueError(f"track {item.get('name', '?')!r} is not valid: {problems[0]}")
+            out.append(item)
+        else:
+            out += [load_track(f) for f in track_files(item)]
+    return out
 
 
 def draw(spec: dict, path, size: int = 800) -> None:
@@ -797,14 +951,27 @@ def _summary(spec: dict, ms: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rbxenv.tracks", description="Generate a race track spec.")
+    ap = argparse.ArgumentParser(
+        prog="python -m rbxenv.tracks", description="Generate, check or draw a race track spec."
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--method", choices=METHODS, default=None, help="default: METHODS[seed %% 3]")
+    ap.add_argument("--method", choices=ALL_METHODS, default=None, help="default: METHODS[seed %% 3]")
+    ap.add_argument("--difficulty", type=float, default=None, help="0..1: the varied generators (see generate)")
+    ap.add_argument(
+        "--from-file", metavar="PATH", help="read this spec instead of generating one (checked by validate)"
+    )
     ap.add_argument("-o", "--output", help="write the JSON spec here")
     ap.add_argument("--png", help="write a top-down picture here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    spec = generate(args.seed, args.method)
+    if args.from_file:
+        try:
+            spec = load_track(args.from_file)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    else:
+        spec = generate(args.seed, args.method, difficulty=args.difficulty)
     ms = (time.perf_counter() - t0) * 1000
     if args.output:
         save(spec, args.output)
