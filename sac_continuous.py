@@ -55,7 +55,7 @@ import torch.optim as optim
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env
+from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env, tracks
 from rbxenv.checkpoint import CHECKPOINT_FORMAT, probe_observations
 from rbxenv.protocol import DEFAULT_PORT
 
@@ -93,7 +93,15 @@ class Args:
     track_seeds: list[int] | None = None
     """train on these track seeds only (default: random draws from the training seeds)"""
     track_method: str | None = None
-    """restrict tracks to one generation method ("polar", "hull", "grid")"""
+    """restrict tracks to one generation method ("polar", "hull", "grid"; "circuit" with --track-difficulty)"""
+    track_file: list[str] | None = None
+    """train on your own tracks too: spec files or folders of *.json (python -m rbxenv.tracks --from-file checks one)"""
+    track_mix: float = 0.5
+    """with --track-file: the share of track draws that take one of your tracks (the rest generated; 1: yours only)"""
+    track_difficulty: str | None = None
+    """varied generated tracks (hairpins, chicanes, width changes): a difficulty 0..1, or a curriculum START:END ramped over the run (e.g. 0.2:1)"""
+    eval_track_file: list[str] | None = None
+    """evaluate on these track files (one car each, from the grid) instead of held-out generated tracks"""
     start: str = "random"
     """where cars (re)spawn in training: "random" point of the track or the start "grid\""""
     collisions: bool = True
@@ -453,11 +461,19 @@ def train(args: Args) -> str:
             collisions=args.collisions,
             track_seeds=args.track_seeds,
             track_method=args.track_method,
+            tracks=args.track_file,
+            track_mix=args.track_mix if args.track_file else 1.0,
+            track_difficulty=tracks.difficulty_at(
+                args.track_difficulty, (checkpoint["global_step"] if checkpoint else 0) / args.total_timesteps
+            ),
             sim_seed=args.seed,
             wait_timeout=args.wait_timeout,
         )
+        eval_tracks = tracks.load_tracks(args.eval_track_file) if args.eval_track_file else None
     except BridgeClosed as error:
         raise SystemExit(f"no game to train with: {error}") from None
+    except ValueError as error:  # a bad --track-file or --track-difficulty: one line says which and why
+        raise SystemExit(f"error: {error}") from None
     if checkpoint:
         run_name = checkpoint["run_name"]
     else:
@@ -565,6 +581,10 @@ def train(args: Args) -> str:
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
             global_step += num_envs
+            if args.track_difficulty:  # the curriculum: tracks drawn from now on get this difficulty
+                envs.session.track_difficulty = tracks.difficulty_at(
+                    args.track_difficulty, global_step / args.total_timesteps
+                )
             if "_episode" in infos:
                 mask = infos["_episode"]
                 for key in episodes:
@@ -678,11 +698,12 @@ def train(args: Args) -> str:
                     # deterministic, and it needs no second game even when training on Roblox.
                     eval_envs = make_vec_env(
                         num_agents=1,
-                        num_venvs=args.eval_episodes,
+                        num_venvs=len(eval_tracks) if eval_tracks else args.eval_episodes,
                         frame_stack=args.frame_stack,
                         track_change_steps=None,
                         start="grid",
                         track_seeds=list(HELDOUT_TRACK_SEEDS)[: args.eval_episodes],
+                        tracks=eval_tracks,
                         sim_seed=args.seed,
                     )
                 if eval_envs.single_observation_space.shape != envs.single_observation_space.shape:
@@ -696,7 +717,7 @@ def train(args: Args) -> str:
                     if args.capture_video:
                         save_eval_video(eval_envs, result["poses"], run_dir, global_step, writer)
                     print(
-                        f"eval on {args.eval_episodes} held-out tracks: lap completion {result['lap_completion']:.0%}"
+                        f"eval on {eval_envs.session.num_venvs} {'given' if eval_tracks else 'held-out'} tracks: lap completion {result['lap_completion']:.0%}"
                         f" | crash rate {result['crash_rate']:.0%} | lap time {result['lap_time']:.1f} s"
                         f" | progress {result['progress']:.2f} laps | {format_seconds(t0 - run_start)} into the run"
                         f" (eval took {time.time() - t0:.1f} s)",

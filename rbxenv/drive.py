@@ -183,6 +183,7 @@ def drive(args: argparse.Namespace) -> int:
             mode="realtime" if args.realtime else "lockstep",
             start=args.start,
             track_seeds=track_seeds,
+            tracks=args.track_file,
             wait_timeout=args.wait_timeout,
             sim_seed=args.seed,
         )
@@ -269,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many decisions (0: no limit)")
     parser.add_argument("--heldout", action="store_true", help="drive on held-out tracks (never used in training), one per venv")  # fmt: skip
     parser.add_argument("--track-offset", type=int, default=0, help="with --heldout: skip this many held-out tracks")
+    parser.add_argument("--track-file", action="append", metavar="PATH", help="drive on this track spec file, or the *.json of this folder (repeatable; venvs take them in turn)")  # fmt: skip
     parser.add_argument("--start", choices=["grid", "random"], default="grid", help="where cars (re)spawn")
     parser.add_argument("--realtime", action="store_true", help="run the embedded simulator on its own 15 Hz clock, like Roblox")  # fmt: skip
     parser.add_argument("--frame-stack", type=int, default=None, help="override the policy's frame stack (ONNX files without rbxenv metadata)")  # fmt: skip
@@ -277,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("num_agents", "num_venvs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.track_file and args.heldout:
+        parser.error("--track-file and --heldout both choose the tracks: give one")
     return args
 
 

@@ -11,7 +11,8 @@ use: one vector slot per car, each car resetting on its own.
 | Reward | reported by the game (PROTOCOL.md §4): 0.1 per stud of progress, +10 per lap, -10 crash/stuck/wrong way, -0.5 per step touching a car |
 | Start | ``start="random"``: a seeded random point of the track (training); ``"grid"``: the start grid (evaluation) |
 | Termination | crash into a wall, stuck for 2 s, wrong way for 2 s |
-| Truncation | 1500 decisions (100 s of game time), or the venv moving to a new track (vector env) |
+| Truncation | the time limit: 1500 decisions (100 s of game time) on tracks up to 2,500 studs, proportionally more on longer ones (``rules.time_limit_steps``: 12,000 = 13 min on 20,000 studs); or the venv moving to a new track (vector env) |
+| Tracks | generated (``track_seeds``, ``track_method``, ``track_difficulty``) or your own: ``tracks=[spec, "my.json", "folder/"]`` mixed with generated ones by ``track_mix`` (see ``GameSession``) |
 
 Seeding: ``reset(seed=s)`` seeds the track choice and the random starts; the embedded simulator is
 seeded by ``sim_seed``. With the same seeds a lockstep run is reproducible.
@@ -381,6 +382,8 @@ def make_parallel_env(num_agents: int = 5, num_venvs: int = 1, **game) -> Racing
 
     Keyword arguments choose the game and how to reach it (embedded simulator or Roblox, host,
     port, token, stepping mode, starts, tracks, timeouts): see ``rbxenv.session.GameSession``.
+    Your own tracks: ``tracks=["my_track.json", "tracks/"]`` (specs, files or folders) with
+    ``track_mix`` the share of track draws that take them (1.0: only them).
     """
     return RacingParallelEnv(GameSession(num_agents, num_venvs, **game))
 

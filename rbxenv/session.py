@@ -23,6 +23,7 @@ from rbxenv import tracks
 from rbxenv.bridge import BridgeClosed, Observations, TrainingBridge
 from rbxenv.busy_wait import default_spin
 from rbxenv.protocol import GameSpec, agent_id
+from rbxenv.tracks import load_tracks
 
 log = logging.getLogger("rbxenv")
 
@@ -58,7 +59,17 @@ class GameSession:
         collisions: car-car collisions inside a venv.
         track_seeds: tracks to use, in order (e.g. ``HELDOUT_TRACK_SEEDS`` for evaluation);
             None draws training tracks at random from ``TRAIN_TRACK_SEEDS``.
-        track_method: restrict tracks to one generation method ("polar", "hull", "grid").
+        track_method: restrict tracks to one generation method ("polar", "hull", "grid", and
+            "circuit" with a difficulty).
+        tracks: your own tracks: specs (dicts) or paths of spec files or folders of ``*.json``
+            (checked by ``tracks.validate``; a bad one raises ValueError naming the file and the fix).
+        track_mix: with ``tracks``, the share of track draws that take one of them, the rest being
+            generated. 1.0 (default): only those tracks, handed out in order (evaluation on given
+            tracks: one venv per track); below 1: drawn at random, e.g. 0.5 = half your tracks,
+            half generated ones (a driver that also generalises).
+        track_difficulty: None: the classic generated tracks; 0..1: the varied generators
+            (``tracks.generate``'s difficulty: hairpins, chicanes, width changes, narrower roads).
+            An attribute: a curriculum changes it between track draws.
         wait_timeout: seconds to wait for a game to connect when ``sim=None``.
         obs_timeout: seconds to wait for observations before raising TimeoutError.
         reconnect_timeout: when the game disconnects mid-run, seconds to wait for it to come back
@@ -86,6 +97,9 @@ class GameSession:
         collisions: bool = True,
         track_seeds: Sequence[int] | None = None,
         track_method: str | None = None,
+        tracks: Sequence | None = None,
+        track_mix: float = 1.0,
+        track_difficulty: float | None = None,
         wait_timeout: float = 300.0,
         obs_timeout: float = 10.0,
         reconnect_timeout: float = 60.0,
@@ -105,6 +119,12 @@ class GameSession:
         self.collisions = collisions
         self.track_seeds = list(track_seeds) if track_seeds is not None else None
         self.track_method = track_method
+        self.given_tracks = load_tracks(tracks) if tracks is not None else []
+        if tracks is not None and not self.given_tracks:
+            raise ValueError("tracks: an empty list (give spec dicts, files or folders of *.json)")
+        if not 0.0 <= track_mix <= 1.0:
+            raise ValueError(f"track_mix must be within 0..1 (the share of draws from your tracks), got {track_mix}")
+        self.track_mix, self.track_difficulty = track_mix, track_difficulty
         self.wait_timeout, self.sim_seed = wait_timeout, sim_seed
         self.reconnect_timeout = reconnect_timeout
         self.reconnects = 0
@@ -252,12 +272,17 @@ class GameSession:
         """The next training (or evaluation) track spec, or None when the game builds its own."""
         if self.game is None or not self.game.has("track_spec"):
             return None
+        if self.given_tracks and self.track_mix >= 1.0:
+            self._track_draws += 1
+            return self.given_tracks[(self._track_draws - 1) % len(self.given_tracks)]
+        if self.given_tracks and rng.uniform() < self.track_mix:
+            return self.given_tracks[int(rng.integers(len(self.given_tracks)))]
         if self.track_seeds is not None:
             seed = self.track_seeds[self._track_draws % len(self.track_seeds)]
             self._track_draws += 1
         else:
             seed = int(rng.integers(TRAIN_TRACK_SEEDS.start, TRAIN_TRACK_SEEDS.stop))
-        return tracks.generate(seed, self.track_method)
+        return tracks.generate(seed, self.track_method, difficulty=self.track_difficulty)
 
     def _spawn(self, venv: int, track: dict | None, seed: int | None = None) -> list[str]:
         """(Re)spawn every car of one venv on ``track``; returns the agent ids spawned."""

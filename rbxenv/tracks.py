@@ -66,6 +66,7 @@ __all__ = [
     "walls",
     "offset_walls",
     "cumulative_length",
+    "difficulty_at",
     "save",
     "load",
     "load_track",
@@ -644,6 +645,24 @@ def generate(seed: int, method: str | None = None, difficulty: float | None = No
         if not last:
             return spec
     raise RuntimeError(f"no valid {method} track for seed {seed} in {MAX_ATTEMPTS} attempts: {last[:3]}")
+
+
+def difficulty_at(schedule: str | float | None, progress: float) -> float | None:
+    """The generators' difficulty at ``progress`` (0..1 of a training run) under ``schedule``:
+    None (the classic tracks), a number ``"0.6"`` (constant) or a curriculum ``"0.2:1"`` (linear
+    from the first value to the second over the run). ValueError says how to write it."""
+    if schedule is None or schedule == "":
+        return None
+    try:
+        parts = [float(x) for x in str(schedule).split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or not all(0.0 <= x <= 1.0 for x in parts):
+        raise ValueError(
+            f"track difficulty {schedule!r}: give a number 0..1 (e.g. 0.5) or a ramp START:END (e.g. 0.2:1)"
+        )
+    start, end = parts[0], parts[-1]
+    return round(start + (end - start) * min(max(progress, 0.0), 1.0), 3)
 
 
 # --------------------------------------------------------------------------------- validation

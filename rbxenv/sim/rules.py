@@ -295,7 +295,9 @@ def time_limit_steps(length: np.ndarray, cfg: SimConfig) -> np.ndarray:
     """Decision steps an episode lasts before the time limit on tracks of ``length`` studs:
     ``ceil(max_steps * max(1, length / time_limit_length))``, so a 20,000-stud lap fits in it as a
     2,500-stud lap fits in 1500 steps (one lap at an average of 25 studs/s)."""
-    return np.ceil(cfg.max_steps * np.maximum(1.0, np.asarray(length, np.float64) / cfg.time_limit_length)).astype(np.int64)
+    return np.ceil(cfg.max_steps * np.maximum(1.0, np.asarray(length, np.float64) / cfg.time_limit_length)).astype(
+        np.int64
+    )
 
 
 def end_cause(crashed: np.ndarray, stuck: np.ndarray, wrong_way: np.ndarray, truncated: np.ndarray) -> np.ndarray:
