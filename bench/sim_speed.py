@@ -1,6 +1,6 @@
 """In-process simulator speed: agent-steps per second with random actions.
 
-    python bench/sim_speed.py [--steps 1000] [--repeat 5] [--profile] [--spawn]
+    python bench/sim_speed.py [--steps 1000] [--repeat 5] [--profile] [--spawn] [--lengths]
 
 Ended cars are restarted with ``Sim.reset_indices`` (the trainer's auto-reset), so every step
 moves every car. Runs 5 venvs x 5 cars (the target: >= 500,000 agent-steps/s, i.e. <= 0.05 ms per
@@ -12,11 +12,16 @@ collisions off and on. ``--profile`` samples every 0.1 ms: the compiled kernels 
 ``tracks.generate(seed)`` for seeds drawn like its training seeds, ``Sim.spawn`` of a venv's 5
 cars onto a new track (random starts) in a 5 x 5 simulator, and ``Sim.reset_indices`` of 1 and 3
 cars of different venvs. It uses the public API only, so it also runs on older versions.
+
+``--lengths`` times 5 venvs x 5 cars on one track shape laid out at 1,000 and at 20,000 studs,
+the two sizes interleaved round by round: a step's cost must not grow with the track's length
+(cars search a few segments around their last one; rays read a window of wall points).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -90,13 +95,41 @@ def time_structural(tracks_count: int = 200, resets: int = 2000, seed: int = 0) 
         print(f"Sim.reset_indices of {cars} car{'s' if cars > 1 else ''}: {1e6 * best:.1f} us (mean of {resets})")
 
 
+def stadium(length: float) -> dict:
+    """A rounded rectangle 3:1 of about ``length`` studs (the same shape at every size)."""
+    w = length / (8 - 0.6 * (4 - math.pi))  # four corners of radius 0.3 w cut 0.6 w (4 - pi)
+    return tracks.from_waypoints([(0, 0), (3 * w, 0), (3 * w, w), (0, w)], 12.0, 0.3 * w, name=f"stadium-{length:g}")
+
+
+def time_lengths(steps: int, repeat: int) -> None:
+    sims = {}
+    for length in (1000.0, 20000.0):
+        spec = stadium(length)
+        sim = Sim(seed=0)
+        for v in range(5):
+            sim.spawn(f"v{v}", [f"car_{i}_env_v{v}" for i in range(5)], track=spec, start="random", seed=v)
+        sims[length] = (spec, sim)
+    best = dict.fromkeys(sims, 0.0)
+    for _ in range(repeat):  # interleaved: a busy moment of the machine slows both sizes alike
+        for length, (_, sim) in sims.items():
+            best[length] = max(best[length], run(sim, steps)[0])
+    for length, (spec, _) in sims.items():
+        print(f"5 venvs x 5 cars on a {spec['length']:,.0f}-stud track: {best[length]:9,.0f} agent-steps/s, "
+              f"{1e3 * 25 / best[length]:.3f} ms per step")  # fmt: skip
+    print(f"20,000 / 1,000 studs: {best[1000.0] / best[20000.0]:.2f}x the time per step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5, help="report the best of this many rounds")
     parser.add_argument("--profile", action="store_true", help="profile 5x5 with pyinstrument")
     parser.add_argument("--spawn", action="store_true", help="time generate, new-track spawns and restarts")
+    parser.add_argument("--lengths", action="store_true", help="step cost on a 1,000- and a 20,000-stud track")
     args = parser.parse_args()
+    if args.lengths:
+        time_lengths(args.steps, args.repeat)
+        return
     if args.spawn:
         time_structural()
         return
