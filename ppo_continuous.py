@@ -449,6 +449,8 @@ def train(args: Args) -> str:
             wait_timeout=args.wait_timeout,
         )
         eval_tracks = tracks.load_tracks(args.eval_track_file) if args.eval_track_file else None
+        if envs.game.track is not None:  # the game owns its track (capability game_tracks)
+            print(f"training on the game's own track {envs.game.track['name']} ({envs.game.track['length']:.0f} studs)")
     except BridgeClosed as error:
         raise SystemExit(f"no game to train with: {error}") from None
     except ValueError as error:  # a bad --track-file or --track-difficulty: one line says which and why

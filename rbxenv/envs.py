@@ -350,7 +350,8 @@ class RacingVectorEnv(VectorEnv):
     def _venvs_due_for_new_track(self) -> list[int]:
         # Venvs change tracks in turn (staggered) so the policy keeps seeing new shapes.
         n = self.track_change_steps
-        if not n or self.session.game is None or not self.session.game.has("track_spec"):
+        game = self.session.game
+        if not n or game is None or not game.has("track_spec") or game.has("game_tracks"):
             return []
         per = max(1, n // self.session.num_venvs)
         if self._steps % per:

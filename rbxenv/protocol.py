@@ -43,7 +43,7 @@ SEED_COMMANDS = frozenset(
 # PING keeps a seed game's idle timer (20 s) from closing the socket; CREATE_ENV is the seed game's
 # own command (venvs are created by their first spawn); RESET is an older seed trainer's RESET_AGENTS.
 COMMANDS = SEED_COMMANDS | {"ACTION_BATCH", "PING", "CREATE_ENV", "RESET"}
-CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns", "autoreset"})
+CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns", "autoreset", "game_tracks"})
 ERROR_CODES = frozenset(
     {
         "bad_json",
@@ -119,6 +119,7 @@ class GameSpec:
     tick_hz: float = 15.0
     mode: str = "realtime"  # seed games tick on their own
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    track: dict | None = field(default=None, compare=False)  # the game's own track (capability game_tracks)
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -345,6 +346,7 @@ def decode_hello(msg: dict) -> Hello:
     token = msg.get("token")
     if token is not None and not isinstance(token, str):
         raise ProtocolError(f"hello.token: expected a string, got {_type_name(token)}")  # never show a token
+    track = _game_track(msg) if "game_tracks" in caps else None
     spec = GameSpec(
         protocol=protocol,
         game=str(game)[:100],
@@ -354,8 +356,23 @@ def decode_hello(msg: dict) -> Hello:
         tick_hz=tick_hz,
         mode=mode,
         capabilities=frozenset(caps) & CAPABILITIES,  # unknown capabilities: ignored, not an error
+        track=track,
     )
     return Hello(spec, token)
+
+
+def _game_track(msg: dict) -> dict:
+    """hello.track of a game that owns its track (capability ``game_tracks``), checked by
+    ``tracks.validate``: the trainer trains on it and sends no spec."""
+    from rbxenv import tracks  # numba kernels: loaded only for the games that announce a track
+
+    track = msg.get("track")
+    if not isinstance(track, dict):
+        raise ProtocolError(f"hello.track: capability game_tracks needs the game's track spec, got {_show(track)}")
+    problems = tracks.validate(track)
+    if problems:
+        raise ProtocolError(f"hello.track: not a valid track: {problems[0]}")
+    return track
 
 
 def _check_info(info: object, where: str) -> dict | None:
@@ -621,6 +638,8 @@ def encode_hello(spec: GameSpec, token: str | None = None) -> bytes:
         "mode": spec.mode,
         "capabilities": sorted(spec.capabilities),
     }
+    if spec.track is not None:
+        msg["track"] = spec.track
     if token is not None:
         msg["token"] = token
     return dumps(msg)

@@ -270,7 +270,7 @@ class GameSession:
 
     def next_track(self, rng: np.random.Generator) -> dict | None:
         """The next training (or evaluation) track spec, or None when the game builds its own."""
-        if self.game is None or not self.game.has("track_spec"):
+        if self.game is None or not self.game.has("track_spec") or self.game.has("game_tracks"):
             return None
         if self.given_tracks and self.track_mix >= 1.0:
             self._track_draws += 1
@@ -287,7 +287,9 @@ class GameSession:
     def _spawn(self, venv: int, track: dict | None, seed: int | None = None) -> list[str]:
         """(Re)spawn every car of one venv on ``track``; returns the agent ids spawned."""
         envid = self.venv_ids[venv]
-        self.tracks[envid] = track
+        if self.game is not None and self.game.has("game_tracks"):
+            track = None  # the game owns its track (announced in hello): nothing to send
+        self.tracks[envid] = track if track is not None else (self.game.track if self.game else None)
         ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
         self.bridge.spawn_agents(envid, ids, track=track, start=self.start, seed=seed, autoreset=self.autoreset)
         return ids

@@ -424,7 +424,10 @@ def _grid_slots(p: np.ndarray, hw: np.ndarray, cum: np.ndarray, step: float = GR
     w = np.minimum(hw[i], hw[(i + 1) % len(hw)])
     lateral = np.minimum(0.4 * w, w - SLOT_MARGIN - 1.0) * np.where(k % 2 == 0, 1.0, -1.0)
     pos = pos + _left_normals(tan) * lateral[:, None]
-    if step == GRID_STEP and np.min(_norms(pos[1:] - pos[:-1])) < 2 * CAR_RADIUS + 0.5:
+    if step == GRID_STEP and (
+        np.min(_norms(pos[1:] - pos[:-1])) < 2 * CAR_RADIUS + 0.5  # side by side does not fit
+        or np.min(_norms((pos[:, None] - pos[None, :]).reshape(-1, 2)) + 1e9 * np.eye(len(pos)).ravel()) < 2 * CAR_RADIUS
+    ):  # or slots overlap in a tight corner (the grid methods' tracks never: validate refuses that)
         return _grid_slots(p, hw, cum, 2 * CAR_RADIUS + 1.5)
     return np.column_stack([pos, np.arctan2(tan[:, 1], tan[:, 0])])
 
@@ -503,7 +506,8 @@ def from_waypoints(
     points, half_width, radius, *, name: str = "custom", method: str = "waypoints", seed: int = 0
 ) -> dict:
     """Build a spec the way a track is laid out in Roblox: the corners of a closed polygon
-    (checkpoints or waypoint parts, in driving order, start at points[0]), each rounded to an
+    (checkpoints or waypoint parts, in driving order; the start line is halfway along the
+    straight from the last corner to the first, the grid behind it), each rounded to an
     arc of ``radius`` studs, straight road between; ``half_width`` and ``radius`` are one number
     or one per corner. Where two arcs would overlap, an arc is made as large as its edges allow
     (``validate`` says if that is too tight). The Luau port is ``roblox/src/shared/TrackSpec.luau``
@@ -517,6 +521,9 @@ def from_waypoints(
     hw = np.broadcast_to(np.asarray(half_width, dtype=np.float64), (len(pts),))
     rad = np.broadcast_to(np.asarray(radius, dtype=np.float64), (len(pts),))
     dense, widths = _fillet(pts, hw, rad)
+    # the start line halfway along the straight into the first corner: the grid sits on a straight
+    dense = np.vstack([(dense[-1] + dense[0]) / 2, dense])
+    widths = np.append((widths[-1] + widths[0]) / 2, widths)
     return from_centerline(dense, widths, name=name, method=method, seed=seed)
 
 
@@ -687,7 +694,7 @@ def _segment_crossings(a: np.ndarray, b: np.ndarray, skip) -> np.ndarray:
 
 def _at(p: np.ndarray, i: int) -> str:
     """How a message names centre-line point i: its index and where it is."""
-    return f"point {i} ({p[i, 0]:.1f}, {p[i, 1]:.1f})"
+    return f"point {i} ({p[i, 0] + 0.0:.1f}, {p[i, 1] + 0.0:.1f})"  # + 0.0: no "-0.0"
 
 
 def _wall_problems(p: np.ndarray, hw: np.ndarray) -> list[str]:

@@ -47,8 +47,9 @@ class GameThread:
     """Runs the Luau GameClient on its own thread (the Luau VM is only touched from there),
     pumping frames between a ``websockets`` client and the client's socket handlers."""
 
-    def __init__(self, url: str, mode: str, handshake: bool = True) -> None:
+    def __init__(self, url: str, mode: str, handshake: bool = True, source: str = _CLIENT, extra: tuple = ()) -> None:
         self.url, self.mode, self.handshake = url, mode, handshake
+        self.source, self.extra = source, extra  # another game script (same first results), its extra args
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -89,7 +90,7 @@ class GameThread:
                 return [sock]
 
             client, _world, logs = vm.eval(
-                _CLIENT, vm.lua.create_function(py_connect), self.url, self.mode, self.handshake
+                self.source, vm.lua.create_function(py_connect), self.url, self.mode, self.handshake, *self.extra
             )
             update = vm.lua.load_chunk("local c, dt = ...; c:update(dt)", name="=update")
             start = vm.lua.load_chunk("local c = ...; c:start()", name="=start")

@@ -116,7 +116,7 @@ def test_validate_rejections_name_the_point_and_the_fix():
     assert tracks.validate(base) == []
     narrow = problems(base, half_width=[5.0] + base["half_width"][1:])
     assert narrow == [
-        "road too narrow at point 0 (0.0, 30.0): half_width 5.00 < 5.5 (the car's radius 2.5 plus room to steer): "
+        "road too narrow at point 0 (0.0, 60.0): half_width 5.00 < 5.5 (the car's radius 2.5 plus room to steer): "
         "widen it to 5.5"
     ]
     (tight,) = tracks.validate(rectangle(300.0, 120.0, 8.0, 10.0))
