@@ -220,3 +220,28 @@ def test_vec_env_trains_on_given_tracks_mixed_with_generated_ones():
         make_vec_env(num_agents=1, num_venvs=1, tracks=[DATA / "missing.json"])
     with pytest.raises(ValueError, match="track_mix must be within 0..1"):
         make_vec_env(num_agents=1, num_venvs=1, tracks=files, track_mix=2.0)
+
+
+def test_trajectories_are_drawn_on_any_track():
+    from rbxenv.sim.render import render_trajectories
+
+    for spec in (LIMITS["shortest"], tracks.load_track(DATA / "endurance.json")):
+        sim = Sim(seed=0)
+        sim.spawn("v", ["car_0_env_v"], track=spec, start="grid")
+        driver, xs, speeds = PurePursuitDriver(sim), [], []
+        for _ in range(60):
+            sim.step(driver.act())
+            xs.append(sim.pos[0].copy())
+            speeds.append(sim.speed[0])
+        img = render_trajectories(spec, np.array(xs), np.array(speeds), size=256)
+        plain = render_trajectories(spec, np.zeros((0, 2)), np.zeros(0), size=256)
+        assert img.shape == (256, 256, 3) and (img != plain).any(axis=2).sum() > 20  # the path shows
+
+
+def test_drive_takes_track_files():
+    from rbxenv.drive import parse_args
+
+    args = parse_args(["p.onnx", "--track-file", str(DATA / "street.json"), "--track-file", str(DATA)])
+    assert args.track_file == [str(DATA / "street.json"), str(DATA)]
+    with pytest.raises(SystemExit):
+        parse_args(["p.onnx", "--track-file", str(DATA), "--heldout"])

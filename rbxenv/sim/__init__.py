@@ -49,7 +49,7 @@ fuel. ``start="random"``: a seeded random point of the centre line, facing the t
 | terminated | the car's circle (radius 2.5) touches a wall | ``"wall"`` |
 | terminated | abs(speed) < 2 studs/s for 30 steps in a row | ``"stuck"`` |
 | terminated | is_reverse for 30 steps in a row | ``"wrong_way"`` |
-| truncated | 1500 decision steps (100 s) | ``"time_limit"`` |
+| truncated | 1500 decision steps (100 s) on tracks up to 2,500 studs, proportionally more on longer ones (``rules.time_limit_steps``) | ``"time_limit"`` |
 
 An ended car is parked (does not move, reward 0, ``live`` False, invisible to the others) until
 reset or respawned. A car that touches a wall stops where it first touched it.
