@@ -424,11 +424,13 @@ def _grid_slots(p: np.ndarray, hw: np.ndarray, cum: np.ndarray, step: float = GR
     w = np.minimum(hw[i], hw[(i + 1) % len(hw)])
     lateral = np.minimum(0.4 * w, w - SLOT_MARGIN - 1.0) * np.where(k % 2 == 0, 1.0, -1.0)
     pos = pos + _left_normals(tan) * lateral[:, None]
-    if step == GRID_STEP and (
-        np.min(_norms(pos[1:] - pos[:-1])) < 2 * CAR_RADIUS + 0.5  # side by side does not fit
-        or np.min(_norms((pos[:, None] - pos[None, :]).reshape(-1, 2)) + 1e9 * np.eye(len(pos)).ravel()) < 2 * CAR_RADIUS
-    ):  # or slots overlap in a tight corner (the grid methods' tracks never: validate refuses that)
-        return _grid_slots(p, hw, cum, 2 * CAR_RADIUS + 1.5)
+    if step == GRID_STEP:
+        gap = _norms((pos[:, None] - pos[None, :]).reshape(-1, 2)).reshape(len(pos), len(pos))
+        np.fill_diagonal(gap, np.inf)
+        # side by side does not fit, or slots overlap in a tight corner (never on a generated
+        # track: validate refuses that, so their grids stay as they were)
+        if np.diagonal(gap, 1).min() < 2 * CAR_RADIUS + 0.5 or gap.min() < 2 * CAR_RADIUS:
+            return _grid_slots(p, hw, cum, 2 * CAR_RADIUS + 1.5)
     return np.column_stack([pos, np.arctan2(tan[:, 1], tan[:, 0])])
 
 
