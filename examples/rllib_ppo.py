@@ -19,6 +19,7 @@ car within the step that ended its episode.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -295,6 +296,11 @@ def build_config(args: Args):
 
 
 def start_ray(args: Args) -> None:
+    """Join the cluster at ``--address``, or start Ray on this machine with every server on loopback."""
+    if not args.address:
+        # Ray's single-machine mode (its default on macOS and Windows): the node's address is
+        # 127.0.0.1, so the GCS, raylets and workers listen on loopback only. Read when ray is imported.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
     from ray.tune.registry import register_env
 
@@ -304,16 +310,18 @@ def start_ray(args: Args) -> None:
         runtime_env = {"working_dir": str(ROOT), "excludes": [".git", "runs", "*.onnx", "__pycache__"]}
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        # This machine: workers import this checkout in place (and reuse its compiled simulator cache);
-        # Ray binds loopback and runs no dashboard.
+        # Workers import this checkout in place (and reuse its compiled simulator cache); no dashboard.
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         ray.init(
             num_cpus=args.num_cpus,
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             runtime_env={"env_vars": {"PYTHONPATH": path}},
             log_to_driver=False,
         )
+        address = ray.util.get_node_ip_address()
+        if address != "127.0.0.1":
+            ray.shutdown()
+            raise RuntimeError(f"Ray started on {address}, not loopback: call start_ray before importing ray")
     if __name__ != "__main__":  # imported (tests): env runners cannot import this file, send it by value
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     register_env(ENV_NAME, make_env)
@@ -381,10 +389,8 @@ def report(result: dict, args: Args, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise SystemExit("rllib_ppo.py: Ray is not installed: pip install -r requirements-rllib.txt") from None
     cli = tyro.cli(Args)
     check_args(cli)
+    if importlib.util.find_spec("ray") is None:
+        raise SystemExit("rllib_ppo.py: Ray is not installed: pip install -r requirements-rllib.txt")
     train(cli)

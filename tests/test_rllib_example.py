@@ -67,14 +67,15 @@ def test_next_step_autoreset_hands_rllib_each_episode_whole():
 @pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed: pip install -r requirements-rllib.txt")
 @pytest.mark.timeout(600)
 def test_rllib_ppo_two_env_runners_on_loopback():
-    import ray
-
     args = rllib_ppo.Args(
         num_env_runners=2, num_cpus=2, num_agents=2, num_venvs=1, num_steps=32, total_timesteps=10_000,
         num_minibatches=2, update_epochs=2, eval_episodes=1,
     )  # fmt: skip
     rllib_ppo.check_args(args)
     rllib_ppo.start_ray(args)
+    import ray  # after start_ray, which sets Ray's single-machine (loopback) mode
+
+    assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]
     algo = None
     try:
         algo = rllib_ppo.build_config(args).build_algo()
