@@ -313,6 +313,7 @@ def start_ray(args: Args) -> None:
         # Workers import this checkout in place (and reuse its compiled simulator cache); no dashboard.
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         ray.init(
+            address="local",  # a new instance, even when this machine runs a `ray start` node
             num_cpus=args.num_cpus,
             include_dashboard=False,
             runtime_env={"env_vars": {"PYTHONPATH": path}},
@@ -353,7 +354,7 @@ def train(args: Args) -> dict:
             sps = int(sampled / (time.time() - start))
             runners = result["env_runners"]
             line = f"step {sampled}/{args.total_timesteps} | {sps} SPS"
-            if "episode_return_mean" in runners:
+            if np.isfinite(runners.get("episode_return_mean", np.nan)):  # nan until episodes have ended
                 line += f" | return {runners['episode_return_mean']:.1f}"
             print(line, flush=True)
             if next_eval is not None and sampled >= next_eval and sampled < args.total_timesteps:
