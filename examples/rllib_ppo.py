@@ -197,12 +197,13 @@ def make_env(config: dict) -> NextStepAutoreset:
     with seed + the runner's index, which draws that runner's tracks and starts."""
     import rbxenv.sim  # noqa: F401  compiles the simulator here (or loads numba's cache) before its process starts
 
+    game = {} if config["busy_wait"] is None else {"busy_wait": config["busy_wait"]}
     envs = rbxenv.make_vec_env(
         num_agents=config["num_agents"],
         num_venvs=config["num_venvs"],
         frame_stack=config["frame_stack"],
         sim_seed=config["seed"],
-        busy_wait=config["busy_wait"],
+        **game,
     )
     if "num_envs" in config and config["num_envs"] != envs.num_envs:
         envs.close()
@@ -333,11 +334,11 @@ def env_steps(result: dict) -> int:
 
 
 def train(args: Args) -> dict:
-    import ray
-
     torch.set_num_threads(args.torch_threads)
     run_name = f"{args.exp_name}__{args.seed}__{int(time.time())}"
     start_ray(args)
+    import ray  # after start_ray: ray reads its single-machine setting when first imported
+
     algo = None
     eval_envs = None
     final: dict = {}
