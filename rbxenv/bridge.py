@@ -476,6 +476,7 @@ class TrainingBridge:
         self._attached = threading.Event()
         self._bad = protocol.RateLimitedLog(log, "bad frame from game")
         self._game_errors = protocol.RateLimitedLog(log, "game reported an error")
+        self._game_internal = protocol.RateLimitedLog(log, "internal error in the game (a bug on its side)")
         self._closing = False
         self.action_sent_at = 0.0  # time.monotonic() when the latest actions were handed to the network thread
 
@@ -770,6 +771,12 @@ class TrainingBridge:
                 await self._receive(conn, frame)
         except ConnectionClosed:
             pass
+        except Exception:
+            # A bug in the trainer: count it and say so. The connection ends (the env reconnects),
+            # and stats["internal_errors"] keeps it from passing unnoticed.
+            self.data.stats["internal_errors"] += 1
+            log.error("internal error in the bridge's connection handler (a bug: please report it)", exc_info=True)
+            await conn.close(1011, "internal error in the trainer")
         finally:
             sender.cancel()
             if keepalive is not None:
@@ -835,7 +842,9 @@ class TrainingBridge:
                     )
             elif isinstance(msg, protocol.ErrorMessage):
                 stats["errors_from_game"] += 1
-                self._game_errors.warn(msg.code, msg.message)
+                stats[f"errors_from_game.{msg.code}"] += 1
+                errors = self._game_internal if msg.code == "internal_error" else self._game_errors
+                errors.warn(msg.code, msg.message)
             elif isinstance(msg, Hello):
                 raise ProtocolError("hello is only valid as the first frame of a connection")
         except ProtocolError as err:

@@ -53,6 +53,7 @@ ERROR_CODES = frozenset(
         "too_large",
         "unauthorized",
         "unsupported_version",
+        "internal_error",  # the sender failed on a frame its checks accepted: a bug on its side
     }
 )
 ENDING_CAUSES = frozenset({"wall", "stuck", "wrong_way", "time_limit", "disconnected"})

@@ -24,3 +24,15 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+# What a healed crash leaves in a process's output: the bridge's and the simulator's internal-error
+# lines, a handler that died (websockets), a lost game the env reconnected, a traceback.
+CRASH_MARKS = ("internal error", "internal_error", "connection handler failed", "the game disconnected", "Traceback")
+
+
+def assert_clean_output(*outputs: str) -> None:
+    """A subprocess (a training script, ``python -m rbxenv.sim``) met no hidden crash: none of CRASH_MARKS."""
+    for text in outputs:
+        for line in text.splitlines():
+            assert not any(mark.lower() in line.lower() for mark in CRASH_MARKS), f"hidden crash: {line[:300]}"

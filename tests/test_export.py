@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from netutil import assert_clean_output
 
 import export_onnx as ex
 
@@ -52,6 +53,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     for algo, (cwd, proc) in procs.items():
         out, _ = proc.communicate(timeout=150)
         assert proc.returncode == 0, f"{algo} training failed:\n{out[-3000:]}"
+        assert_clean_output(out)
         (path,) = cwd.glob("runs/*/checkpoint.pt")
         found[algo] = path
     return found
@@ -277,6 +279,7 @@ def test_drive_finishes_an_episode_on_the_embedded_sim(checkpoints, tmp_path):
     args = ["-c", NO_TORCH, str(policy), "--num-agents", "3", "--episodes", "1", "--max-steps", "1500", "--heldout"]
     result = run(args, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert_clean_output(result.stdout, result.stderr)
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("driving with") and "ppo run" in lines[0]
     assert lines[1].startswith("episode   1 | car_") and " on track " in lines[1] and "| laps " in lines[1]

@@ -20,6 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from netutil import assert_clean_output  # noqa: E402
+
 import ppo_continuous as ppo  # noqa: E402
 from rbxenv import make_vec_env  # noqa: E402
 
@@ -62,6 +64,7 @@ def test_end_to_end_run_checkpoint_and_resume(tmp_path):
         "--capture-video", "--seed", "3",
     )  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
+    assert_clean_output(first.stdout, first.stderr)
     assert "step 64/128" in first.stdout and "eval on 2 held-out tracks" in first.stdout
     run_dir = only_run_dir(tmp_path)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -90,6 +93,7 @@ def test_end_to_end_run_checkpoint_and_resume(tmp_path):
     # --resume continues the same run: same directory, the step goes on from 128, flags from the checkpoint.
     second = run_script(tmp_path, "--resume", str(ckpt_path.relative_to(tmp_path)), "--total-timesteps", "256")
     assert second.returncode == 0, second.stderr[-3000:]
+    assert_clean_output(second.stdout, second.stderr)
     assert f"resumed {run_dir.name} at step 128" in second.stdout
     assert "step 192/256" in second.stdout and "step 64/" not in second.stdout
     assert only_run_dir(tmp_path) == run_dir
@@ -119,6 +123,7 @@ def test_sigint_saves_a_checkpoint_and_says_where(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]
+    assert_clean_output(out, err)
     last = out.strip().splitlines()[-1]
     assert last.startswith("interrupted at step ") and "checkpoint: runs/" in last, last
     ckpt = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)

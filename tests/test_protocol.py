@@ -968,6 +968,7 @@ def test_error_codes_are_the_documented_ones():
         "too_large",
         "unauthorized",
         "unsupported_version",
+        "internal_error",
     }
     assert ProtocolError("x").code == "bad_message"
     assert isinstance(ProtocolError("x"), ValueError)

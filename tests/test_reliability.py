@@ -16,7 +16,8 @@ from netutil import free_port
 import rbxenv
 from rbxenv import BridgeClosed
 
-pytestmark = pytest.mark.timeout(120)
+# Every test here loses the game on purpose, and counts the reconnects itself.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.allow_reconnects]
 
 
 def start_game(port: int) -> subprocess.Popen:

@@ -17,6 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from netutil import assert_clean_output  # noqa: E402
+
 import sac_continuous as sac  # noqa: E402
 from rbxenv import make_vec_env  # noqa: E402
 
@@ -133,6 +135,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
+    assert_clean_output(out)
     last = out.strip().splitlines()[-1]
     assert last.startswith("interrupted at step ") and "--resume" in last
     ckpt_path = last.split("checkpoint: ")[1].split(" ")[0]

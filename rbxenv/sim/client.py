@@ -81,6 +81,7 @@ class SimGame:
         self.stats = {"steps": 0, "bad_commands": 0, "internal_errors": 0}
         self._bad = protocol.RateLimitedLog(log, "bad command from trainer")
         self._trainer_errors = protocol.RateLimitedLog(log, "trainer reported an error")
+        self._internal = protocol.RateLimitedLog(log, "internal error in the simulator (a bug: please report it)")
 
     def receive(self, frame: str | bytes) -> list[bytes]:
         """One frame from the trainer -> the frames to send back. Never raises: a bad command
@@ -93,15 +94,23 @@ class SimGame:
         except ProtocolError as err:
             code, message = err.code, str(err)
         except Exception as err:  # noqa: BLE001 - a state the checks missed must not end the game
-            self.stats["internal_errors"] += 1
-            log.debug("command failed inside the simulator", exc_info=True)
-            code, message = "bad_message", f"the simulator could not apply this command ({type(err).__name__}: {err})"
+            # Not the trainer's fault: counted and reported as internal_error, never as a bad command.
+            self.tick = tick
+            return [self.internal_error(err, "could not apply this command")]
         self.tick = tick  # a refused command does not move the tick
         self.stats["bad_commands"] += 1
         self._bad.warn(code, message)
         if self.seed_trainer:  # the seed's trainer reads every key of a frame as an agent: log only
             return []
         return [protocol.encode_error(code, message[:500])]
+
+    def internal_error(self, err: Exception, what: str) -> bytes:
+        """Count a failure of the simulator itself, log it, and the ``internal_error`` frame for the trainer."""
+        self.stats["internal_errors"] += 1
+        log.debug("internal error in the simulator", exc_info=err)
+        message = f"the simulator {what} ({type(err).__name__}: {err})"
+        self._internal.warn("internal_error", message)
+        return protocol.encode_error("internal_error", message[:500])
 
     # ------------------------------------------------------------------ commands
 
@@ -470,10 +479,8 @@ async def _tick_loop(ws, game: SimGame, tick_hz: float) -> None:
             next_tick = time.monotonic()
         try:
             frames = game.step()
-        except Exception:  # noqa: BLE001 - keep ticking; the trainer's timeouts will tell
-            game.stats["internal_errors"] += 1
-            log.exception("simulator step failed")
-            continue
+        except Exception as err:  # noqa: BLE001 - keep ticking, and tell the trainer (it counts these)
+            frames = [game.internal_error(err, "failed a real-time tick")]
         for out in frames:
             await ws.send(out, text=True)
 

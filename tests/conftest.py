@@ -1,0 +1,93 @@
+"""Zero tolerance for hidden crashes, in every test.
+
+A crash that something heals (a reconnect, a skipped tick, an ``error`` frame) must still fail the
+test that met it, unless the test provokes it and says so with a marker:
+
+- any log record at ERROR or above, or one that mentions an internal error (the bridge's
+  connection handler, the simulator's commands and real-time ticks, a game reporting
+  ``internal_error``), fails the test: ``@pytest.mark.allow_internal_errors`` lets it through;
+- every ``TrainingBridge`` started during the test is checked when the test ends: no internal
+  error in its connection handler, no ``internal_error`` reported by its game (a failed command or
+  real-time tick of the simulator); every ``GameSession`` (all ``make_vec_env`` /
+  ``make_parallel_env`` envs): no reconnect (``@pytest.mark.allow_reconnects``).
+
+Subprocess tests (the scripts, ``python -m rbxenv.sim``) check their output with
+``assert_clean_output`` from tests/netutil.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rbxenv.bridge import TrainingBridge
+from rbxenv.session import GameSession
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "allow_internal_errors: the test provokes internal errors on purpose")
+    config.addinivalue_line("markers", "allow_reconnects: the test provokes a lost game on purpose")
+
+
+def is_internal(record: logging.LogRecord) -> bool:
+    message = record.getMessage().lower()
+    return record.levelno >= logging.ERROR or "internal error" in message or "internal_error" in message
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if is_internal(record):
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_hidden_crashes(request, monkeypatch):
+    handler = _Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    # The loggers that report crashes must let WARNING through even if a test lowered them.
+    watched = [logging.getLogger(name) for name in ("rbxenv", "websockets")]
+    levels = [logger.level for logger in watched]
+    for logger in watched:
+        if logger.level > logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+    bridges: list[TrainingBridge] = []
+    sessions: list[GameSession] = []
+    original_start, original_open = TrainingBridge.start, GameSession.open
+
+    def start_and_watch(self, *args, **kwargs):
+        bridges.append(self)
+        return original_start(self, *args, **kwargs)
+
+    def open_and_watch(self, *args, **kwargs):
+        sessions.append(self)
+        return original_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingBridge, "start", start_and_watch)
+    monkeypatch.setattr(GameSession, "open", open_and_watch)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for logger, level in zip(watched, levels, strict=True):
+            logger.setLevel(level)
+    problems = []
+    if not request.node.get_closest_marker("allow_internal_errors"):
+        problems += [f"log: {r.name} {r.levelname}: {r.getMessage()[:300]}" for r in handler.records]
+        for bridge in bridges:
+            stats = bridge.stats
+            if stats["internal_errors"] or stats["errors_from_game.internal_error"]:
+                problems.append(
+                    f"bridge on port {bridge.port}: {stats['internal_errors']} internal errors in its handler, "
+                    f"{stats['errors_from_game.internal_error']} reported by the game"
+                )
+    if not request.node.get_closest_marker("allow_reconnects"):
+        problems += [f"env on port {s.bridge.port}: {s.reconnects} reconnects" for s in sessions if s.reconnects]
+    if problems:
+        pytest.fail("hidden crashes:\n" + "\n".join(problems), pytrace=False)
