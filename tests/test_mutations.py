@@ -1,0 +1,72 @@
+"""The suite catches the bugs that matter: each mutation of tests/mutations.py, applied to a scratch
+copy of the repository, must make the tests it names fail there.
+
+    python -m pytest tests/test_mutations.py -q                    # every mutation (a few minutes)
+    python tests/test_mutations.py ppo_gae_ignores_dones [--keep]  # one, with the tests' output
+
+Only the named tests run for each mutation, with ``-x``: the first failure is the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mutations import MUTATIONS, Mutation  # noqa: E402
+
+
+def scratch_copy(mutation: Mutation, into: Path) -> Path:
+    """The repository's tracked and new files (not runs/ or node_modules) in ``into``, with
+    ``mutation`` applied. numba's caches come along (same sources, same stamps): no recompiling."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    caches = [p.relative_to(ROOT) for p in ROOT.glob("rbxenv/**/__pycache__/*.nb[ic]")]
+    for rel in [*files, *map(str, caches)]:
+        if not (ROOT / rel).is_file():
+            continue
+        dst = into / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst)
+    target = into / mutation.file
+    text = target.read_text()
+    assert text.count(mutation.old) == 1, f"{mutation.file}: the mutated text must occur exactly once"
+    target.write_text(text.replace(mutation.old, mutation.new))
+    os.utime(target)  # a new stamp: numba and pyc caches of that file are rebuilt
+    return into
+
+
+def run_tests(copy: Path, mutation: Mutation, capture: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *mutation.tests]
+    return subprocess.run(cmd, cwd=copy, env=env, capture_output=capture, text=True, timeout=900)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_the_suite_catches(name, tmp_path):
+    mutation = MUTATIONS[name]
+    result = run_tests(scratch_copy(mutation, tmp_path), mutation)
+    summary = result.stdout.strip().splitlines()[-1:] or [result.stderr[-500:]]
+    # 1: tests failed (errors in collection or a crash of pytest are 2-4, and prove nothing)
+    assert result.returncode == 1, f"{name} was not caught: exit {result.returncode}, {summary}"
+    print(f"{name}: caught ({summary[0]})")
+
+
+if __name__ == "__main__":
+    names = [a for a in sys.argv[1:] if not a.startswith("--")] or sorted(MUTATIONS)
+    for name in names:
+        where = Path(tempfile.mkdtemp(prefix=f"mutation_{name}_"))
+        result = run_tests(scratch_copy(MUTATIONS[name], where), MUTATIONS[name], capture=False)
+        print(f"{name}: {'caught' if result.returncode == 1 else f'NOT caught (exit {result.returncode})'} ({where})")
+        if "--keep" not in sys.argv:
+            shutil.rmtree(where, ignore_errors=True)
