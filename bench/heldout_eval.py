@@ -84,7 +84,9 @@ def heldout_eval(evaluate, actor, tracks: int, frame_stack: int = 4) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?", help="rbxenv-checkpoint-v1 file of ppo_continuous.py or sac_continuous.py")
+    parser.add_argument(
+        "checkpoint", nargs="?", help="rbxenv-checkpoint-v1 file of ppo_continuous.py or sac_continuous.py"
+    )
     parser.add_argument("--driver", choices=["ray_follower", "into_the_wall", "parked"], help="a hand-written driver instead")  # fmt: skip
     parser.add_argument("--tracks", type=int, default=100, help="held-out tracks, one car each")
     args = parser.parse_args()

@@ -153,7 +153,7 @@ class GameSession:
         self.bridge.start()
         if self.sim == "embedded":
             self.process = self._launch_sim()
-            timeout = 30.0
+            timeout = None
         else:
             print(
                 f"rbxenv: waiting up to {self.wait_timeout:g} s for a game on {self.bridge.url} "
@@ -163,7 +163,7 @@ class GameSession:
             )
             timeout = self.wait_timeout
         try:
-            self.game = self.bridge.wait_for_game(timeout)
+            self.game = self._wait_for_child() if timeout is None else self.bridge.wait_for_game(timeout)
             self.bridge.update_collisions(self.collisions)
             if not self.bridge.width_known:
                 self.game = self._learn_width()
@@ -189,6 +189,22 @@ class GameSession:
     def model_id(self) -> str | None:
         """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the seed's places dial), or None."""
         return self.bridge.model_id
+
+    def _wait_for_child(self, limit: float = 300.0) -> GameSpec:
+        """Wait while the embedded simulator starts (on a busy machine its imports alone can take
+        half a minute), but not for a child that died."""
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                return self.bridge.wait_for_game(0.25)
+            except BridgeClosed:
+                if self.process is not None and self.process.poll() is not None:
+                    raise BridgeClosed(
+                        f"the embedded simulator exited with code {self.process.returncode} before it connected "
+                        "(its error is above)"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise BridgeClosed(f"the embedded simulator did not connect within {limit:g} s") from None
 
     def reconnect(self) -> Observations:
         """The game went away mid-run: wait for it to come back, then respawn every venv.

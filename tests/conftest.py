@@ -21,6 +21,9 @@ import logging
 
 import pytest
 
+# Compiles the simulator's numba kernels (cached) before any test starts a simulator child: on a
+# fresh machine each child would otherwise compile them while its trainer waits for it.
+import rbxenv.sim.client  # noqa: F401
 from rbxenv.bridge import TrainingBridge
 from rbxenv.session import GameSession
 
