@@ -15,6 +15,7 @@ class Mutation(NamedTuple):
     old: str
     new: str
     tests: tuple[str, ...]  # pytest node ids, relative to the repository root
+    expect: str  # what the failing tests must say (so a failure for another reason is no catch)
 
 
 MUTATIONS = {
@@ -24,6 +25,7 @@ MUTATIONS = {
         "envs.step(policy(obs))",
         "envs.step(np.zeros_like(policy(obs)))",
         ("tests/test_metrics.py::test_drive_tally",),
+        "AssertionError",
     ),
     # rbxenv.drive's tally no longer counts crashes.
     "drive_crashes_uncounted": Mutation(
@@ -31,6 +33,7 @@ MUTATIONS = {
         "            self.crashed += 1\n",
         "",
         ("tests/test_metrics.py::test_drive_tally",),
+        "AssertionError",
     ),
     # The scripts' held-out evaluation no longer counts crashes.
     "ppo_eval_crashes_uncounted": Mutation(
@@ -38,12 +41,14 @@ MUTATIONS = {
         'laps[new], crashed[new], progress[new] = ep["laps"][new], ep["crashed"][new], ep["progress"][new]',
         'laps[new], crashed[new], progress[new] = ep["laps"][new], False, ep["progress"][new]',
         ("tests/test_metrics.py::test_the_scripts_heldout_evaluation",),
+        "AssertionError",
     ),
     "sac_eval_crashes_uncounted": Mutation(
         "sac_continuous.py",
         'laps[new], crashed[new], progress[new] = ep["laps"][new], ep["crashed"][new], ep["progress"][new]',
         'laps[new], crashed[new], progress[new] = ep["laps"][new], False, ep["progress"][new]',
         ("tests/test_metrics.py::test_the_scripts_heldout_evaluation",),
+        "AssertionError",
     ),
     # bench/learning.py's evaluation drives with zeros / no longer counts crashes.
     "learning_eval_ignores_policy": Mutation(
@@ -51,12 +56,14 @@ MUTATIONS = {
         "envs.step(np.clip(policy(obs), -1, 1).astype(np.float32))",
         "envs.step(np.zeros_like(np.clip(policy(obs), -1, 1).astype(np.float32)))",
         ("tests/test_metrics.py::test_bench_learning_evaluation",),
+        "AssertionError",
     ),
     "learning_eval_crashes_uncounted": Mutation(
         "bench/learning.py",
         '                crashed[done] = ep["crashed"][done]\n',
         "",
         ("tests/test_metrics.py::test_bench_learning_evaluation",),
+        "AssertionError",
     ),
     # PPO's GAE ignores episode ends (it bootstraps across crashes into the next episode).
     "ppo_gae_ignores_dones": Mutation(
@@ -64,6 +71,7 @@ MUTATIONS = {
         "                        nextnonterminal = 1.0 - dones[t + 1]\n",
         "                        nextnonterminal = 1.0\n",
         ("tests/test_ppo.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
+        "does not beat the ray follower",
     ),
     # PPO normalises each minibatch's advantages, but of the wrong samples (the unshuffled slice).
     "ppo_advantage_normalisation_broken": Mutation(
@@ -71,6 +79,7 @@ MUTATIONS = {
         "                    mb_advantages = b_advantages[mb_inds]\n",
         "                    mb_advantages = b_advantages[start:end]\n",
         ("tests/test_ppo.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
+        "does not beat the ray follower",
     ),
     # SAC bootstraps through terminal states (a crash looks like a time limit).
     "sac_bootstraps_terminal_states": Mutation(
@@ -78,6 +87,7 @@ MUTATIONS = {
         "rb.add(obs, real_next_obs, actions, rewards, terminations.astype(np.float32))",
         "rb.add(obs, real_next_obs, actions, rewards, np.zeros_like(terminations, dtype=np.float32))",
         ("tests/test_sac.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
+        "does not beat the ray follower",
     ),
     # The bridge's connection handler raises on every 40th frame (websockets would close the
     # connection and the env reconnect: healed, unless counted).
@@ -89,6 +99,7 @@ MUTATIONS = {
         '                    raise RuntimeError("mutation: handler crash")\n'
         "                await self._receive(conn, frame)\n",
         ("tests/test_envs.py",),
+        "internal error in the bridge's connection handler",
     ),
     # The simulator's real-time tick raises every 10th time (the tick loop carries on).
     "sim_tick_raises": Mutation(
@@ -99,5 +110,6 @@ MUTATIONS = {
         '                raise RuntimeError("mutation: tick failed")\n'
         "        except Exception as err:",
         ("tests/test_sim_client.py", "tests/test_envs.py"),
+        "failed a real-time tick",
     ),
 }
