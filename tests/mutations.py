@@ -109,7 +109,7 @@ MUTATIONS = {
         '            if game.stats["steps"] % 10 == 0:\n'
         '                raise RuntimeError("mutation: tick failed")\n'
         "        except Exception as err:",
-        ("tests/test_sim_client.py", "tests/test_envs.py"),
+        ("tests/test_envs.py::test_realtime_mode_steps_and_freezes_when_idle", "tests/test_sim_client.py"),
         "failed a real-time tick",
     ),
 }

@@ -26,7 +26,7 @@ def game(request):
         cmd += ["--realtime", "--tick-hz", "60"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     try:
-        spec = bridge.wait_for_game(20)
+        spec = bridge.wait_for_game(120)  # a busy machine can take half a minute to start it
         assert spec.mode == request.param
         yield bridge
     finally:
