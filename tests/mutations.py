@@ -81,14 +81,6 @@ MUTATIONS = {
         ("tests/test_ppo.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
         "does not beat the ray follower",
     ),
-    # SAC bootstraps through terminal states (a crash looks like a time limit).
-    "sac_bootstraps_terminal_states": Mutation(
-        "sac_continuous.py",
-        "rb.add(obs, real_next_obs, actions, rewards, terminations.astype(np.float32))",
-        "rb.add(obs, real_next_obs, actions, rewards, np.zeros_like(terminations, dtype=np.float32))",
-        ("tests/test_sac.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
-        "does not beat the ray follower",
-    ),
     # The bridge's connection handler raises on every 40th frame (websockets would close the
     # connection and the env reconnect: healed, unless counted).
     "bridge_handler_crashes": Mutation(
