@@ -41,11 +41,11 @@ def _stylua() -> str | None:
 
 
 def test_stylua_format() -> None:
-    """Every Luau file is formatted with roblox/stylua.toml (only where StyLua is installed: CI does
-    not need npm; `cd roblox && npm install` brings it, `npx stylua .` fixes the formatting)."""
+    """Every Luau file is formatted with roblox/stylua.toml (`cd roblox && npm ci` installs StyLua from
+    roblox/package-lock.json; `npx stylua .` fixes the formatting)."""
     stylua = _stylua()
     if stylua is None:
-        pytest.skip("StyLua is not installed (cd roblox && npm install)")
+        pytest.skip("\n\n*** SKIPPED: StyLua is not installed: run `cd roblox && npm ci` (.ci/run does it) ***\n")
     result = subprocess.run([stylua, "--check", "."], cwd=ROBLOX, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"run `npx stylua .` in roblox/:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
 
