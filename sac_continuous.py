@@ -106,6 +106,10 @@ class Args:
     """where cars (re)spawn in training: "random" point of the track or the start "grid\""""
     collisions: bool = True
     """car-car collisions inside a venv"""
+    dynamics: str = "kinematic"
+    """the simulator's car: "kinematic", "dynamic" (actuator lag, yaw inertia, sliding tyres) or "randomized"
+    (dynamic, constants drawn per episode: for drivers meant for Roblox physics cars); SimConfig overrides may
+    follow, e.g. "dynamic,max_lateral_accel=56" (see rbxenv.sim.rules.sim_config)"""
     no_sim: bool = False
     """do not start the embedded simulator: wait for a game (Roblox Studio) on --host/--port"""
     host: str = "127.0.0.1"
@@ -468,6 +472,7 @@ def train(args: Args) -> str:
             ),
             sim_seed=args.seed,
             wait_timeout=args.wait_timeout,
+            dynamics=args.dynamics,
         )
         eval_tracks = tracks.load_tracks(args.eval_track_file) if args.eval_track_file else None
         if envs.game.track is not None:  # the game owns its track (capability game_tracks)

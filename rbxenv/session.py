@@ -23,6 +23,7 @@ from rbxenv import tracks
 from rbxenv.bridge import BridgeClosed, Observations, TrainingBridge
 from rbxenv.busy_wait import default_spin
 from rbxenv.protocol import GameSpec, agent_id
+from rbxenv.sim.rules import sim_config
 from rbxenv.tracks import load_tracks
 
 log = logging.getLogger("rbxenv")
@@ -76,6 +77,10 @@ class GameSession:
             (the embedded simulator is relaunched); the interrupted episodes end as truncated and
             every venv is respawned. After that ``rbxenv.BridgeClosed`` is raised; 0 raises at once.
         sim_seed: seed of the embedded simulator.
+        dynamics: the embedded simulator's car (``rbxenv.sim.rules.sim_config``): "kinematic"
+            (default), "dynamic" (actuator lag, yaw inertia, tyres that slide past their grip),
+            "randomized" (dynamic, its constants drawn per episode), optionally followed by
+            SimConfig overrides ("dynamic,max_lateral_accel=56,actuator_lag=0.2").
         busy_wait: seconds the trainer and the embedded simulator poll for each other's next
             message before sleeping (``rbxenv.busy_wait``: ~1.5x the lockstep rollout speed).
             Default: 1 ms with the embedded simulator on a machine with 2+ cores, else 0 (a game
@@ -105,6 +110,7 @@ class GameSession:
         reconnect_timeout: float = 60.0,
         sim_seed: int = 0,
         busy_wait: float | None = None,
+        dynamics: str = "kinematic",
     ):
         if num_agents < 1 or num_venvs < 1:
             raise ValueError(f"need at least one car and one venv, got num_agents={num_agents}, num_venvs={num_venvs}")
@@ -114,6 +120,8 @@ class GameSession:
             raise ValueError(f'mode must be "lockstep" or "realtime", got {mode!r}')
         if start not in ("grid", "random"):
             raise ValueError(f'start must be "grid" or "random", got {start!r}')
+        sim_config(dynamics)  # a bad --dynamics fails here, with the simulator's own message
+        self.dynamics = dynamics
         self.num_agents, self.num_venvs = num_agents, num_venvs
         self.sim, self.mode, self.tick_hz, self.start = sim, mode, tick_hz, start
         self.collisions = collisions
@@ -244,6 +252,8 @@ class GameSession:
     def _launch_sim(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "rbxenv.sim", "--url", self.bridge.url, "--seed", str(self.sim_seed)]
         cmd += ["--busy-wait-us", str(round(self.busy_wait * 1e6))]
+        if self.dynamics != "kinematic":
+            cmd += ["--dynamics", self.dynamics]
         if self.mode == "realtime":
             cmd += ["--realtime", "--tick-hz", str(self.tick_hz)]
         env = dict(os.environ)

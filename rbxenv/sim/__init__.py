@@ -60,6 +60,15 @@ Cars are circles of radius 2.5: overlapping cars are pushed apart and get an ine
 (restitution 0.2) along the contact normal, keeping the part along their heading; rays see the
 other cars of the venv. With collisions off, cars drive through each other and rays ignore them.
 
+## The dynamic car (``DynamicConfig``, ``--dynamics`` in the scripts)
+
+Closer to a Roblox physics car: throttle and steering reach the car through a first-order
+actuator lag (0.1 s), the yaw rate follows the steering through a yaw inertia (0.1 s), and the
+tyres hold the velocity to the heading only up to ``max_lateral_accel``: past it the car slides
+sideways (drift) and scrubs speed. ``randomize=r`` draws each car's grip, accel, lag and inertia
+per episode within +-r of these (domain randomisation), so that a driver trained here copes with
+cars it never saw. ``rules.car_dynamics_substep`` is the specification.
+
 ## Usage
 
     sim = Sim(seed=0)
@@ -71,10 +80,11 @@ other cars of the venv. With collisions off, cars drive through each other and r
 from rbxenv.sim import rules
 from rbxenv.sim.reference import PurePursuitDriver, reference_lap_time
 from rbxenv.sim.render import render, render_trajectories
-from rbxenv.sim.rules import SimConfig
+from rbxenv.sim.rules import DynamicConfig, SimConfig, sim_config
 from rbxenv.sim.world import Sim, StepResult
 
 __all__ = [
+    "DynamicConfig",
     "PurePursuitDriver",
     "Sim",
     "SimConfig",
@@ -83,4 +93,5 @@ __all__ = [
     "render",
     "render_trajectories",
     "rules",
+    "sim_config",
 ]

@@ -15,6 +15,7 @@ answering a spawn, no error frames (a seed trainer would take them for agents), 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rbxenv import busy_wait, protocol
 from rbxenv.protocol import ActionRows, Command, GameSpec, ProtocolError
-from rbxenv.sim.rules import SimConfig
+from rbxenv.sim.rules import SimConfig, sim_config
 from rbxenv.sim.world import Sim, StepResult
 
 log = logging.getLogger("rbxenv.sim")
@@ -505,9 +506,19 @@ def main(argv: list[str] | None = None) -> None:
         help="microseconds to poll for the trainer's next command before sleeping (the trainer "
         "launches its embedded simulator with 1000 on a multi-core machine: see rbxenv.busy_wait)",
     )
+    parser.add_argument(
+        "--dynamics",
+        default="kinematic",
+        help='the car: "kinematic", "dynamic" or "randomized" (rbxenv.sim.rules.sim_config), optionally '
+        'with SimConfig overrides, e.g. "dynamic,max_lateral_accel=56,actuator_lag=0.2"',
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.num_rays <= 256:
         parser.error(f"--num-rays must be 1..256, got {args.num_rays}")
+    try:
+        config = dataclasses.replace(sim_config(args.dynamics), num_rays=args.num_rays)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.WARNING, format="rbxenv.sim: %(message)s")
     try:
         with asyncio.Runner(loop_factory=lambda: busy_wait.new_event_loop(args.busy_wait_us * 1e-6)) as runner:
@@ -520,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
                     seed_protocol=args.seed_protocol,
                     token=os.environ.get("RBXENV_TOKEN") or None,
                     connect_timeout=args.connect_timeout,
-                    num_rays=args.num_rays,
+                    sim=Sim(config, seed=args.seed),
                 )
             )
     except ConnectionError as err:

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from numba import types
 
-from rbxenv.sim.rules import SimConfig
+from rbxenv.sim.rules import DynamicConfig, SimConfig
 
 # --------------------------------------------------------------------------- argument types
 
@@ -69,6 +69,7 @@ class Constants(NamedTuple):
     max_steps: int
     time_limit_length: float
     tick_hz: float  # lap times divide by it
+    dynamic: int  # 1: the dynamic car (rules.car_dynamics_substep), 0: the kinematic one
 
 
 _KINDS = typing.get_type_hints(Constants)  # field -> int or float
@@ -77,8 +78,9 @@ _KINDS = typing.get_type_hints(Constants)  # field -> int or float
 def constants(cfg: SimConfig, project_window: int) -> Constants:
     """The kernels' constants from a SimConfig, each cast to its field's type (so one signature
     fits); a count that is not a whole number is refused rather than rounded."""
-    values = {name: getattr(cfg, name) for name in Constants._fields if name != "project_window"}
+    values = {name: getattr(cfg, name) for name in Constants._fields if name not in ("project_window", "dynamic")}
     values["project_window"] = project_window
+    values["dynamic"] = int(isinstance(cfg, DynamicConfig))
     for name, v in values.items():
         if _KINDS[name] is int and v != int(v):
             raise ValueError(f"SimConfig.{name} must be a whole number, got {v!r}")
@@ -103,6 +105,8 @@ class Cars(NamedTuple):
     back: np.ndarray  # int64
     live: np.ndarray  # bool
     collided: np.ndarray  # bool
+    dyn: np.ndarray  # (n, 8) float64, the dynamic car only: u, r, thr, steer, then its constants
+    # grip, accel scale, actuator_lag, yaw_inertia (rules.car_dynamics_substep's state and params)
 
 
 class Tables(NamedTuple):
@@ -135,7 +139,7 @@ def _tuple_type(cls: type, **fields: types.Type) -> types.Tuple:
 
 
 _CARS = _tuple_type(Cars, pos=_F2, heading=_F1, speed=_F1, fuel=_F1, hint=_I1, s=_F1, net=_F1, laps=_I1,
-                    lap_start=_I1, lap_time=_F1, steps=_I1, slow=_I1, back=_I1, live=_B, collided=_B)  # fmt: skip
+                    lap_start=_I1, lap_time=_F1, steps=_I1, slow=_I1, back=_I1, live=_B, collided=_B, dyn=_F2)  # fmt: skip
 _TABLES = _tuple_type(Tables, base=_I1, length=_F1, seg_count=_I1, others=_I8[:, ::1], others_valid=_B1[:, ::1],
                       segments=_F2, headings=_F1, wall_pts=_F8[:, :, ::1], ray_lo=_I1, ray_span=_I1, angles=_F1,
                       ray_points=_I8)  # fmt: skip
@@ -202,6 +206,55 @@ def _physics_substep(cars: Cars, i: int, throttle: float, curvature: float, want
     cars.heading[i] = heading
     cars.pos[i, 0] = cars.pos[i, 0] + step * math.cos(heading)
     cars.pos[i, 1] = cars.pos[i, 1] + step * math.sin(heading)
+
+
+@_jit
+def _dynamic_substep(cars: Cars, i: int, throttle: float, steer_cmd: float, wants: bool, c: Constants) -> None:
+    """rules.car_dynamics_substep for car i, in place (cars.dyn holds its u, r, actuators and
+    constants): actuators, speed and fuel, yaw rate, slide within the grip, then position."""
+    d = cars.dyn
+    dt = c.dt
+    lag, inertia = d[i, 6], d[i, 7]
+    follow = 1.0 - math.exp(-dt / lag) if lag > 0.0 else 1.0
+    thr = d[i, 2] + (throttle - d[i, 2]) * follow
+    steer = d[i, 3] + (steer_cmd - d[i, 3]) * follow
+    fuel = cars.fuel[i]
+    boost = wants and fuel > 0.0
+    v = _new_speed_scaled(cars.speed[i], thr, boost, c, d[i, 5])
+    if boost:
+        cars.fuel[i] = max(fuel - c.nitro_burn * dt, 0.0)
+    elif not wants:
+        cars.fuel[i] = min(fuel + c.nitro_regen * dt, 1.0)
+    k = math.tan(steer * c.max_steer) * (-1.0 / c.wheelbase)
+    settle = 1.0 - math.exp(-dt / inertia) if inertia > 0.0 else 1.0
+    r = d[i, 1] + (v * k - d[i, 1]) * settle
+    u = d[i, 0]
+    v, u = v + r * u * dt, u - r * v * dt
+    u = math.copysign(max(abs(u) - d[i, 4] * dt, 0.0), u)
+    h = cars.heading[i] + r * dt
+    cars.speed[i] = v
+    cars.heading[i] = h
+    cars.pos[i, 0] = cars.pos[i, 0] + (v * math.cos(h) - u * math.sin(h)) * dt
+    cars.pos[i, 1] = cars.pos[i, 1] + (v * math.sin(h) + u * math.cos(h)) * dt
+    d[i, 0], d[i, 1], d[i, 2], d[i, 3] = u, r, thr, steer
+
+
+@_jit
+def _new_speed_scaled(v: float, throttle: float, boost: bool, c: Constants, scale: float) -> float:
+    """_new_speed with accel and nitro_accel times ``scale`` (the dynamic car's own engine)."""
+    coast = math.copysign(max(abs(v) * (1.0 - c.drag_linear * c.dt) - c.drag_const * c.dt, 0.0), v)
+    if throttle > 0.0:
+        if v < 0.0:
+            return min(v + throttle * (c.brake * c.dt), 0.0)
+        top = c.nitro_max_speed if boost else c.max_speed
+        if v < top:
+            return min(v + throttle * ((c.nitro_accel * scale) * c.dt if boost else (c.accel * scale) * c.dt), top)
+        return max(coast, top)
+    if throttle < 0.0:
+        if v > 0.0:
+            return max(v + throttle * (c.brake * c.dt), 0.0)
+        return max(v + throttle * ((c.accel * scale) * c.dt), -c.reverse_max_speed)
+    return coast
 
 
 # --------------------------------------------------------------------------- car contacts (float64)
@@ -322,10 +375,15 @@ def _drive(cars: Cars, tables: Tables, actions: np.ndarray, live: np.ndarray, co
     """
     n = len(live)
     throttle, curvature, wants = np.empty(n), np.empty(n), np.empty(n, np.bool_)
+    steer = np.zeros(n)  # the dynamic car's commanded steering (it turns through its actuator)
     for i in range(n):
         throttle[i], curvature[i], wants[i] = _controls(actions[i], live[i], c)
+        if c.dynamic:
+            steer[i] = min(max(_input(actions[i, 1], live[i]), -1.0), 1.0)
         if not live[i]:
             cars.speed[i] = 0.0
+            if c.dynamic:  # a parked car neither slides nor turns
+                cars.dyn[i, 0], cars.dyn[i, 1] = 0.0, 0.0
     crashed, collided = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
     at_crash = np.empty((n, 4))  # x, y, heading, fuel where the car first touched a wall
     k, s = np.empty(n, np.int64), np.empty(n)  # projection at that substep, else at the last one
@@ -333,7 +391,10 @@ def _drive(cars: Cars, tables: Tables, actions: np.ndarray, live: np.ndarray, co
     window = 2 * c.project_window + 1
     for _ in range(c.substeps):
         for i in range(n):
-            _physics_substep(cars, i, throttle[i], curvature[i], wants[i], c)
+            if c.dynamic:
+                _dynamic_substep(cars, i, throttle[i], steer[i], wants[i], c)
+            else:
+                _physics_substep(cars, i, throttle[i], curvature[i], wants[i], c)
         if collisions:
             _contacts(cars, tables, live, c, collided, push)
         for i in range(n):
@@ -349,6 +410,8 @@ def _drive(cars: Cars, tables: Tables, actions: np.ndarray, live: np.ndarray, co
         if crashed[i]:
             cars.pos[i, 0], cars.pos[i, 1] = at_crash[i, 0], at_crash[i, 1]
             cars.heading[i], cars.fuel[i], cars.speed[i] = at_crash[i, 2], at_crash[i, 3], 0.0
+            if c.dynamic:
+                cars.dyn[i, 0], cars.dyn[i, 1] = 0.0, 0.0
         cars.s[i] = s[i]
         cars.hint[i] = (cars.hint[i] + k[i] - c.project_window) % tables.seg_count[i]
     return crashed, collided
@@ -505,6 +568,7 @@ def _restart(cars: Cars, tables: Tables, i: int, x: float, y: float, heading: fl
     cars.speed[i], cars.fuel[i], cars.net[i], cars.lap_time[i] = 0.0, 1.0, 0.0, np.nan
     cars.laps[i], cars.lap_start[i], cars.steps[i], cars.slow[i], cars.back[i] = 0, 0, 0, 0, 0
     cars.live[i], cars.collided[i] = True, False
+    cars.dyn[i, 0], cars.dyn[i, 1], cars.dyn[i, 2], cars.dyn[i, 3] = 0.0, 0.0, 0.0, 0.0  # at rest
 
 
 # --------------------------------------------------------------------------- entry points

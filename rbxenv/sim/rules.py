@@ -8,7 +8,7 @@ in studs/s along the car's forward direction (negative when reversing).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,6 +55,58 @@ class SimConfig:
     @property
     def obs_size(self) -> int:
         return self.num_rays + 3
+
+
+@dataclass(frozen=True)
+class DynamicConfig(SimConfig):
+    """The dynamic car, closer to a Roblox physics car than the kinematic one: SimConfig plus
+    an actuator lag (inputs reach the car through a first-order lag), a yaw inertia (the yaw
+    rate follows the steering) and tyres that hold the car's velocity to its heading only up to
+    max_lateral_accel (beyond it the car slides: drift). See car_dynamics_substep. With
+    randomize = r > 0 each car draws, per episode, its own grip, accel, actuator_lag and
+    yaw_inertia, each scaled by a uniform factor in [1 - r, 1 + r] (domain randomisation).
+
+    A subclass, so that SimConfig's fields (the constants the Luau port reads, pinned by
+    tests/vectors/rules.json) stay exactly the kinematic game's."""
+
+    actuator_lag: float = 0.1  # seconds: time constant of throttle and steering
+    yaw_inertia: float = 0.1  # seconds: time constant of the yaw rate
+    randomize: float = 0.0  # domain randomisation half-width (0: every car has the constants above)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.randomize < 1.0:
+            raise ValueError(f"randomize must be in [0, 1), got {self.randomize!r}")
+        if self.actuator_lag < 0.0 or self.yaw_inertia < 0.0:
+            raise ValueError("actuator_lag and yaw_inertia are time constants: >= 0 seconds")
+
+
+# What a script's --dynamics NAME means (``sim_config``): the car, and its randomisation.
+DYNAMICS_PRESETS: dict[str, tuple[type, dict]] = {
+    "kinematic": (SimConfig, {}),
+    "dynamic": (DynamicConfig, {}),
+    "randomized": (DynamicConfig, {"randomize": 0.25}),
+}
+
+
+def sim_config(spec: str = "kinematic") -> SimConfig:
+    """A SimConfig from a --dynamics choice: a preset name (``DYNAMICS_PRESETS``), optionally
+    followed by field overrides, e.g. ``"dynamic,max_lateral_accel=56,actuator_lag=0.2"``."""
+    name, *pairs = [part.strip() for part in spec.split(",")]
+    if name not in DYNAMICS_PRESETS:
+        raise ValueError(f"--dynamics: unknown car {name!r}; choose one of {', '.join(DYNAMICS_PRESETS)}")
+    cls, preset = DYNAMICS_PRESETS[name]
+    types = {f.name: f.type for f in cls.__dataclass_fields__.values()}
+    values = dict(preset)
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or key not in types:
+            raise ValueError(f"--dynamics: {pair!r} is not FIELD=VALUE with a field of {cls.__name__}")
+        kind = int if str(types[key]) == "int" else float
+        try:
+            values[key] = kind(raw)
+        except ValueError:
+            raise ValueError(f"--dynamics: {key} needs a {kind.__name__}, got {raw!r}") from None
+    return cls(**values)
 
 
 # --------------------------------------------------------------------------- observation
@@ -174,6 +226,51 @@ def car_physics_step(
     5. pos += v * (cos heading, sin heading) * dt (with the new v and heading)
     """
     return car_physics_substep(speed, heading, pos, fuel, *car_controls(action, cfg), cfg, dt)
+
+
+def car_dynamics_substep(
+    state: np.ndarray,
+    params: np.ndarray,
+    fuel: np.ndarray,
+    action: np.ndarray,
+    cfg: SimConfig,
+    dt: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One physics substep of the dynamic car (``DynamicConfig``). Returns (state, fuel).
+
+    state (n, 8): x, y, heading, v (speed along the heading), u (sideways speed, > 0 = left),
+    r (yaw rate), thr, steer (the inputs as the actuators hold them).
+    params (n, 4): grip (the lateral acceleration the tyres give, studs/s²), accel scale,
+    actuator_lag (s), yaw_inertia (s): the car's own constants (randomised per episode).
+    1. actuators: thr += (throttle - thr) * (1 - exp(-dt / lag)), same for steer (lag 0: at once)
+    2. v: car_physics_step step 2 driven by thr, with accel and nitro_accel times the accel
+       scale; fuel: its step 3 (wants = nitro > threshold and the commanded throttle > 0)
+    3. r += (v k - r) * (1 - exp(-dt / yaw_inertia)), k = -tan(steer max_steer) / wheelbase
+    4. body frame turning at r: v += r u dt, u -= r v dt; then the tyres pull u towards 0 by at
+       most grip dt (no slide while |v r| <= grip: the velocity stays on the heading)
+    5. heading += r dt; position += (v cos h - u sin h, v sin h + u cos h) dt
+    """
+    x, y, h, v, u, r, thr, steer = (state[:, k] for k in range(8))
+    grip, accel_scale, lag, inertia = (params[:, k] for k in range(4))
+    throttle = np.clip(action[:, 0], -1.0, 1.0)
+    steer_cmd = np.clip(action[:, 1], -1.0, 1.0)
+    wants = (action[:, 2] > cfg.nitro_threshold) & (throttle > 0.0)
+    follow = np.where(lag > 0.0, 1.0 - np.exp(-dt / np.maximum(lag, 1e-12)), 1.0)
+    thr = thr + (throttle - thr) * follow
+    steer = steer + (steer_cmd - steer) * follow
+    # step 2 of the kinematic car, per-car accelerations broadcast through the config
+    per_car = replace(cfg, accel=cfg.accel * accel_scale, nitro_accel=cfg.nitro_accel * accel_scale)
+    zeros = np.zeros_like(v)
+    v, _, _, fuel = car_physics_substep(v, zeros, np.zeros((len(v), 2)), fuel, thr, zeros, wants, per_car, dt)
+    k = np.tan(steer * cfg.max_steer) * (-1.0 / cfg.wheelbase)
+    settle = np.where(inertia > 0.0, 1.0 - np.exp(-dt / np.maximum(inertia, 1e-12)), 1.0)
+    r = r + (v * k - r) * settle
+    v, u = v + r * u * dt, u - r * v * dt
+    u = np.copysign(np.maximum(np.abs(u) - grip * dt, 0.0), u)
+    h = h + r * dt
+    x = x + (v * np.cos(h) - u * np.sin(h)) * dt
+    y = y + (v * np.sin(h) + u * np.cos(h)) * dt
+    return np.stack([x, y, h, v, u, r, thr, steer], axis=1), fuel
 
 
 # --------------------------------------------------------------------------- centre line

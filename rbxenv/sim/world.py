@@ -22,7 +22,7 @@ import numpy as np
 from rbxenv import tracks
 from rbxenv.sim import kernels, rules
 from rbxenv.sim.raycast import ray_windows
-from rbxenv.sim.rules import SimConfig
+from rbxenv.sim.rules import DynamicConfig, SimConfig
 
 PROJECT_WINDOW = 4  # segments searched either side of the index at the start of a decision step
 # A car moves at most nitro_max_speed / 15 Hz = 6 studs per decision step, under two ~4-stud
@@ -157,6 +157,7 @@ class Sim:
     def __init__(self, config: SimConfig | None = None, seed: int = 0):
         self.config = config or SimConfig()
         self.rng = np.random.default_rng(seed)
+        self._dynamics_rng = np.random.default_rng([seed, 1])  # domain randomisation draws
         self._angles = rules.ray_angles(self.config.num_rays)
         self._constants = kernels.constants(self.config, PROJECT_WINDOW)
         self._venvs: dict[str, Venv] = {}
@@ -198,6 +199,7 @@ class Sim:
             "random_start": np.zeros(n, bool),
             "spawn_pose": np.zeros((n, 3)),  # grid pose (x, y, heading)
             "spawn_hint": np.zeros(n, np.int64),
+            "dyn": np.zeros((n, 8)),  # the dynamic car's u, r, actuators and own constants (kernels.Cars)
         }
 
     def _append_cars(self, k: int) -> None:
@@ -374,6 +376,19 @@ class Sim:
         kernels.reset(self._cars(), self._tables, idx, self.spawn_pose, self.spawn_hint, self.random_start, draws,
                       self._constants)  # fmt: skip
         self.cause[idx] = None
+        if isinstance(self.config, DynamicConfig):
+            self.dyn[idx, 4:] = self._dynamics_draws(len(idx))
+
+    def _dynamics_draws(self, n: int) -> np.ndarray:
+        """The dynamic car's own constants for n new episodes (grip, accel scale, actuator_lag,
+        yaw_inertia): the config's, each times a uniform factor in [1 - randomize, 1 + randomize]
+        (from a generator of its own, so random starts do not depend on it)."""
+        cfg = self.config
+        assert isinstance(cfg, DynamicConfig)
+        nominal = np.array([cfg.max_lateral_accel, 1.0, cfg.actuator_lag, cfg.yaw_inertia])
+        if cfg.randomize == 0.0:
+            return np.tile(nominal, (n, 1))
+        return nominal * self._dynamics_rng.uniform(1.0 - cfg.randomize, 1.0 + cfg.randomize, (n, 4))
 
     def _start_draws(self, idx: np.ndarray) -> np.ndarray:
         """Per car of ``idx``, the uniform draw in [0, 1) that places its random start along the
@@ -394,6 +409,7 @@ class Sim:
         self.pos[i] = x, y
         self.heading[i] = heading
         self.speed[i] = speed
+        self.dyn[i, :4] = 0.0  # no slide, no yaw rate, actuators at rest
         self.hint[i] = k[0]
         self.s[i] = s[0]
 
@@ -403,7 +419,7 @@ class Sim:
         """The per-car arrays a kernel reads and updates in place."""
         return kernels.Cars(
             self.pos, self.heading, self.speed, self.fuel, self.hint, self.s, self.net, self.laps, self.lap_start,
-            self.lap_time, self.steps, self.slow, self.back, self.live, self.collided,
+            self.lap_time, self.steps, self.slow, self.back, self.live, self.collided, self.dyn,
         )  # fmt: skip
 
     def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
