@@ -712,6 +712,7 @@ def train(args: Args) -> str:
                         track_seeds=list(HELDOUT_TRACK_SEEDS)[: args.eval_episodes],
                         tracks=eval_tracks,
                         sim_seed=args.seed,
+                        dynamics=args.dynamics,  # the car it trains on
                     )
                 if eval_envs.single_observation_space.shape != envs.single_observation_space.shape:
                     print("eval: skipped (the game's observation differs from the simulator's)", flush=True)

@@ -24,8 +24,8 @@ Sim-to-real check (the simulator's dynamic car, ``rbxenv.sim.DynamicConfig``)::
         --eval-dynamics dynamic dynamic,max_lateral_accel=56,actuator_lag=0.2
 
 trains one driver per ``--train-dynamics`` choice (the scripts' ``--dynamics``) and evaluates each
-under every ``--eval-dynamics`` car, e.g. 30 % less grip and twice the actuator lag: constants
-outside the +-25 % that ``randomized`` draws from, a car none of them trained on.
+under every ``--eval-dynamics`` car, e.g. 30 % less grip and twice the actuator lag: a car none of
+them trained on (``randomized`` draws each constant within +-35 %: the lag never reaches twice).
 """
 
 from __future__ import annotations

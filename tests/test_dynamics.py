@@ -139,7 +139,7 @@ def test_kinematic_config_leaves_the_dynamic_state_alone():
 def test_sim_config_choices():
     assert type(sim_config("kinematic")) is SimConfig
     assert sim_config("dynamic") == DynamicConfig()
-    assert sim_config("randomized") == DynamicConfig(randomize=0.25)
+    assert sim_config("randomized") == DynamicConfig(randomize=0.35)
     shifted = sim_config("dynamic,max_lateral_accel=56,actuator_lag=0.2,stuck_steps=40")
     assert (shifted.max_lateral_accel, shifted.actuator_lag, shifted.stuck_steps) == (56.0, 0.2, 40)
     for bad, says in [

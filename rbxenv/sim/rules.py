@@ -84,7 +84,7 @@ class DynamicConfig(SimConfig):
 DYNAMICS_PRESETS: dict[str, tuple[type, dict]] = {
     "kinematic": (SimConfig, {}),
     "dynamic": (DynamicConfig, {}),
-    "randomized": (DynamicConfig, {"randomize": 0.25}),
+    "randomized": (DynamicConfig, {"randomize": 0.35}),
 }
 
 
