@@ -88,12 +88,14 @@ class Args:
     """the simulator's car: "kinematic", "dynamic" (actuator lag, yaw inertia, sliding tyres) or "randomized"
     (dynamic, constants drawn per episode: for drivers meant for Roblox physics cars); SimConfig overrides may
     follow, e.g. "dynamic,max_lateral_accel=56" (see rbxenv.sim.rules.sim_config)"""
+    sim: str = "inprocess"
+    """simulator backend: "inprocess" (Sim called in this process: fastest) or "subprocess" (`python -m rbxenv.sim` over a loopback WebSocket: the protocol path a Roblox game takes)"""
     no_sim: bool = False
     """do not start the embedded simulator: wait for a game (Roblox Studio) on --host/--port"""
     host: str = "127.0.0.1"
     """address the trainer listens on (the game connects to it)"""
     port: int | None = None
-    """port the trainer listens on (default: 8000 with --no-sim, where the seed's places dial, any free port for the embedded simulator)"""
+    """port the trainer listens on (default: 8000 with --no-sim, where the seed's places dial, any free port with --sim subprocess)"""
     mode: str = "lockstep"
     """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
     wait_timeout: float = 300.0
@@ -436,7 +438,7 @@ def train(args: Args) -> str:
             num_venvs=args.num_venvs,
             frame_stack=args.frame_stack,
             track_change_steps=args.track_change_steps or None,
-            sim=None if args.no_sim else "embedded",
+            sim=None if args.no_sim else args.sim,
             host=args.host,
             port=args.port if args.port is not None else (DEFAULT_PORT if args.no_sim else 0),
             mode=args.mode,

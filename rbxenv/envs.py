@@ -77,9 +77,9 @@ class _FreezeWhenIdle:
         while not self._stop.wait(self.idle / 4):
             with self._lock:
                 idle = not self.busy and time.monotonic() - self.last_step > self.idle
-                if idle and not self.frozen and self.session.bridge.connected:
+                if idle and not self.frozen and self.session.backend.connected:
                     try:
-                        self.session.bridge.freeze(True)
+                        self.session.backend.freeze(True)
                         self.frozen = True
                     except BridgeClosed:  # the game just left; the stepping thread will notice
                         pass
@@ -90,7 +90,7 @@ class _FreezeWhenIdle:
             self.busy = True
             if self.frozen:
                 self.frozen = False  # a game that comes back after a loss starts unfrozen anyway
-                self.session.bridge.freeze(False)
+                self.session.backend.freeze(False)
 
     def stepped(self) -> None:
         with self._lock:
@@ -171,11 +171,11 @@ class RacingParallelEnv(ParallelEnv):
 
     def freeze(self, on: bool = True) -> None:
         """Freeze (or unfreeze) every car in the game, as the seed did during training."""
-        self.session.bridge.freeze(on)
+        self.session.backend.freeze(on)
 
     def update_collisions(self, on: bool) -> None:
         self.session.collisions = on
-        self.session.bridge.update_collisions(on)
+        self.session.backend.update_collisions(on)
 
     def close(self) -> None:
         if self._freezer is not None:
@@ -310,7 +310,9 @@ class RacingVectorEnv(VectorEnv):
         first_obs = np.zeros((n, self.obs_size), dtype=np.float32)
         restarted = np.zeros(n, dtype=bool)
         if got is not None and got.restarted is not None:
-            restarted = done & got.restarted & ~np.isin(self.session.venv_of, rotate)
+            restarted = done & got.restarted
+            if rotate:  # (np.isin costs more than the rest of this method)
+                restarted &= ~np.isin(self.session.venv_of, rotate)
             first_obs[restarted] = got.reset_obs[restarted]
         respawn = np.flatnonzero(done & ~restarted)
         lost = infos.get("lost_step", False)
@@ -332,7 +334,8 @@ class RacingVectorEnv(VectorEnv):
             infos["reconnected"] = True
             first_obs[:] = _obs_of(fresh, self.session.agent_ids)
         rows = np.flatnonzero(done)
-        infos["final_obs"] = np.where(done[:, None], self._stack.reshape(n, -1), 0.0).astype(np.float32)
+        infos["final_obs"] = final_obs = np.zeros((n, self._stack[0].size), np.float32)
+        final_obs[rows] = self._stack[rows].reshape(len(rows), -1)
         infos["_final_obs"] = done
         laps = np.nan_to_num(infos["lap"])
         infos["episode"] = {
@@ -360,7 +363,7 @@ class RacingVectorEnv(VectorEnv):
 
     def freeze(self, on: bool = True) -> None:
         """Freeze (or unfreeze) every car in the game, as the seed did during training."""
-        self.session.bridge.freeze(on)
+        self.session.backend.freeze(on)
 
     def close_extras(self, **kwargs) -> None:
         if self._freezer is not None:

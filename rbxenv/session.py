@@ -1,9 +1,11 @@
-"""One training session with a game: the bridge, the embedded simulator process, venvs and tracks.
+"""One training session with a game: its backend, venvs and tracks.
 
-Both env flavours (``envs.py``) sit on this: it starts the TrainingBridge, launches the headless
-simulator as a WebSocket client in a child process (``sim="embedded"``) or waits for Roblox
-(``sim=None``), hands each venv a track, spawns and resets cars, and steps all of them with one
-message per tick. It knows nothing about Gym or PettingZoo.
+Both env flavours (``envs.py``) sit on this: it opens a game backend (``GameBackend``), hands each
+venv a track, spawns and resets cars, and steps all of them at once. Backends: the simulator in
+this process (``sim="inprocess"``, the default: ``rbxenv.sim.backend.SimBackend``, ``Sim`` called
+directly), the simulator in a child process over a loopback WebSocket (``sim="subprocess"``: the
+protocol's conformance path) or a game that connects on its own, such as Roblox (``sim=None``);
+the last two through the TrainingBridge. It knows nothing about Gym or PettingZoo.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 import weakref
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -34,6 +37,39 @@ TRAIN_TRACK_SEEDS = range(0, 1_000_000)
 HELDOUT_TRACK_SEEDS = range(1_000_000, 1_001_000)
 
 
+class GameBackend(Protocol):
+    """What the session needs of a game: the TrainingBridge's calls, plus ``step``.
+
+    Cars are named by agent id (``car_{i}_env_{venv}``); a spawn or reset is answered by the cars'
+    first observations, read with ``get_observations``; ``step`` sends one action row per car and
+    returns that step's observations. Cars spawned with ``autoreset`` (where ``autoresets``) are
+    restarted by the game in the step their episode ends (``Observations.restarted/reset_obs``).
+    """
+
+    game: GameSpec | None
+    connected: bool
+    autoresets: bool
+
+    def spawn_agents(self, env_id: str, agents: Sequence[str], track: dict | None = None, start: str = "grid",
+                     seed: int | None = None, autoreset: bool = False) -> None: ...  # fmt: skip
+    def reset_agents(self, env_id: str, agents: Sequence[str]) -> None: ...
+    def remove_agents(self, env_id: str, agents: Sequence[str]) -> None: ...
+    def get_observations(self, agent_ids: Sequence[str], timeout: float | None = None) -> Observations: ...
+    def step(self, agent_ids: Sequence[str], actions: np.ndarray) -> Observations: ...
+    def freeze(self, status: bool) -> None: ...
+    def update_collisions(self, status: bool) -> None: ...
+    def close_all(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class RemoteGame(TrainingBridge):
+    """A game over the WebSocket (Roblox, ``python -m rbxenv.sim``, a seed game) as a GameBackend."""
+
+    def step(self, agent_ids: Sequence[str], actions: np.ndarray) -> Observations:
+        self.send_action_rows(agent_ids, actions)
+        return self.get_observations(agent_ids)
+
+
 def _stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -45,17 +81,22 @@ def _stop_process(proc: subprocess.Popen) -> None:
 
 
 class GameSession:
-    """Bridge + game + venvs.
+    """Game backend + venvs.
 
     Args:
         num_agents: cars per venv.
         num_venvs: venvs (each with its own track; venvs never interact).
         host, port: where the trainer listens (port 0: any free port; the game must know it).
         token: shared secret, required when ``host`` is not loopback (default: RBXENV_TOKEN).
-        sim: ``"embedded"`` launches the headless simulator in a child process (stopped by
-            ``close()``); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
-        mode: ``"lockstep"`` or ``"realtime"`` for the embedded simulator (a game announces its own).
-        tick_hz: decisions per second for the embedded simulator in real-time mode.
+        sim: ``"inprocess"`` runs the headless simulator in this process (no socket, no JSON: the
+            fastest); ``"subprocess"`` launches it in a child process that connects over a loopback
+            WebSocket (the protocol path a game takes; stopped by ``close()``; ``"embedded"`` is its
+            old name); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
+            ``host``, ``port``, ``token``, ``wait_timeout``, ``reconnect_timeout`` and ``busy_wait``
+            concern the WebSocket, so not ``"inprocess"``.
+        mode: ``"lockstep"`` or ``"realtime"`` for the simulator (a game announces its own). A
+            real-time game keeps its own clock, so ``"realtime"`` runs the simulator as a subprocess.
+        tick_hz: decisions per second for the simulator in real-time mode.
         start: ``"random"`` starts (training) or ``"grid"`` (evaluation, lap times).
         collisions: car-car collisions inside a venv.
         track_seeds: tracks to use, in order (e.g. ``HELDOUT_TRACK_SEEDS`` for evaluation);
@@ -76,14 +117,14 @@ class GameSession:
         reconnect_timeout: when the game disconnects mid-run, seconds to wait for it to come back
             (the embedded simulator is relaunched); the interrupted episodes end as truncated and
             every venv is respawned. After that ``rbxenv.BridgeClosed`` is raised; 0 raises at once.
-        sim_seed: seed of the embedded simulator.
-        dynamics: the embedded simulator's car (``rbxenv.sim.rules.sim_config``): "kinematic"
+        sim_seed: seed of the simulator.
+        dynamics: the simulator's car (``rbxenv.sim.rules.sim_config``): "kinematic"
             (default), "dynamic" (actuator lag, yaw inertia, tyres that slide past their grip),
             "randomized" (dynamic, its constants drawn per episode), optionally followed by
             SimConfig overrides ("dynamic,max_lateral_accel=56,actuator_lag=0.2").
-        busy_wait: seconds the trainer and the embedded simulator poll for each other's next
-            message before sleeping (``rbxenv.busy_wait``: ~1.5x the lockstep rollout speed).
-            Default: 1 ms with the embedded simulator on a machine with 2+ cores, else 0 (a game
+        busy_wait: seconds the trainer and the subprocess simulator poll for each other's next
+            message before sleeping (``rbxenv.busy_wait``: ~1.5x the subprocess lockstep rollout).
+            Default: 1 ms with the subprocess simulator on a machine with 2+ cores, else 0 (a game
             elsewhere, e.g. Roblox Studio, should keep its CPU).
     """
 
@@ -95,7 +136,7 @@ class GameSession:
         host: str = "127.0.0.1",
         port: int = 0,
         token: str | None = None,
-        sim: str | None = "embedded",
+        sim: str | None = "inprocess",
         mode: str = "lockstep",
         tick_hz: float = 15.0,
         start: str = "random",
@@ -114,10 +155,14 @@ class GameSession:
     ):
         if num_agents < 1 or num_venvs < 1:
             raise ValueError(f"need at least one car and one venv, got num_agents={num_agents}, num_venvs={num_venvs}")
-        if sim not in ("embedded", None):
-            raise ValueError(f'sim must be "embedded" (headless simulator) or None (wait for Roblox), got {sim!r}')
+        if sim not in ("inprocess", "subprocess", "embedded", None):
+            raise ValueError(
+                f'sim must be "inprocess" or "subprocess" (headless simulator) or None (wait for Roblox), got {sim!r}'
+            )
         if mode not in ("lockstep", "realtime"):
             raise ValueError(f'mode must be "lockstep" or "realtime", got {mode!r}')
+        if sim == "embedded" or sim == "inprocess" and mode == "realtime":
+            sim = "subprocess"
         if start not in ("grid", "random"):
             raise ValueError(f'start must be "grid" or "random", got {start!r}')
         sim_config(dynamics)  # a bad --dynamics fails here, with the simulator's own message
@@ -144,9 +189,20 @@ class GameSession:
         self.venv_of = np.repeat(np.arange(num_venvs), num_agents)
         self.tracks: dict[str, dict | None] = dict.fromkeys(self.venv_ids)
         if busy_wait is None:
-            busy_wait = default_spin() if sim == "embedded" else 0.0
+            busy_wait = default_spin() if sim == "subprocess" else 0.0
         self.busy_wait = busy_wait
-        self.bridge = TrainingBridge(host, port, token, obs_timeout=obs_timeout, busy_wait=busy_wait)
+        # the WebSocket server, for a game in another process (None with the in-process simulator)
+        self.bridge: RemoteGame | None = None
+        if sim != "inprocess":
+            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout, busy_wait=busy_wait)
+        if self.bridge is None:
+            from rbxenv.sim.backend import SimBackend  # (loads the simulator's kernels: not for Roblox)
+
+            from rbxenv.sim.world import Sim
+
+            self.backend: GameBackend = SimBackend(sim=Sim(sim_config(dynamics), seed=sim_seed))
+        else:
+            self.backend = self.bridge
         self.game: GameSpec | None = None
         self.process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
@@ -155,11 +211,15 @@ class GameSession:
     # ------------------------------------------------------------------ connecting
 
     def open(self) -> GameSpec:
-        """Start the bridge, launch or wait for the game, apply the collision setting."""
+        """Start the backend (launch or wait for the game), apply the collision setting."""
         if self.game is not None:
             return self.game
+        if self.bridge is None:
+            self.game = self.backend.game
+            self.backend.update_collisions(self.collisions)
+            return self.game
         self.bridge.start()
-        if self.sim == "embedded":
+        if self.sim == "subprocess":
             self.process = self._launch_sim()
             timeout = None
         else:
@@ -196,7 +256,7 @@ class GameSession:
     @property
     def model_id(self) -> str | None:
         """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the seed's places dial), or None."""
-        return self.bridge.model_id
+        return self.bridge.model_id if self.bridge is not None else None
 
     def _wait_for_child(self, limit: float = 300.0) -> GameSpec:
         """Wait while the embedded simulator starts (on a busy machine its imports alone can take
@@ -226,10 +286,10 @@ class GameSession:
         old = self.game
         print(
             f"rbxenv: the game disconnected; waiting up to {self.reconnect_timeout:g} s for it to reconnect "
-            f"to {self.bridge.url}" + (" (relaunching the simulator)" if self.sim == "embedded" else ""),
+            f"to {self.bridge.url}" + (" (relaunching the simulator)" if self.sim == "subprocess" else ""),
             flush=True,
         )
-        if self.sim == "embedded":
+        if self.sim == "subprocess":
             if self.process is not None:
                 _stop_process(self.process)
             self.process = self._launch_sim()
@@ -274,7 +334,11 @@ class GameSession:
         return proc
 
     def close(self) -> None:
-        """Close every venv, the bridge and the simulator process (idempotent, never raises)."""
+        """Close every venv, the backend and the simulator process (idempotent, never raises)."""
+        if self.bridge is None:
+            self.backend.close_all()
+            self.game = None
+            return
         try:
             if self.bridge.connected:
                 self.bridge.close_all()
@@ -317,7 +381,7 @@ class GameSession:
             track = None  # the game owns its track (announced in hello): nothing to send
         self.tracks[envid] = track if track is not None else (self.game.track if self.game else None)
         ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
-        self.bridge.spawn_agents(envid, ids, track=track, start=self.start, seed=seed, autoreset=self.autoreset)
+        self.backend.spawn_agents(envid, ids, track=track, start=self.start, seed=seed, autoreset=self.autoreset)
         return ids
 
     def spawn_venv(self, venv: int, rng: np.random.Generator) -> list[str]:
@@ -328,7 +392,7 @@ class GameSession:
         ids: list[str] = []
         for venv in range(self.num_venvs):
             ids += self.spawn_venv(venv, rng)
-        return self.bridge.get_observations(ids)
+        return self.backend.get_observations(ids)
 
     def respawn(self, cars: Sequence[int], new_track_venvs: Sequence[int], rng: np.random.Generator) -> Observations:
         """Start new episodes for ``cars`` (indices into ``agent_ids``): the venvs listed in
@@ -342,16 +406,12 @@ class GameSession:
             if self.venv_of[k] not in new_track_venvs:
                 by_venv.setdefault(self.venv_ids[self.venv_of[k]], []).append(self.agent_ids[k])
         for envid, venv_ids in by_venv.items():
-            self.bridge.reset_agents(envid, venv_ids)
+            self.backend.reset_agents(envid, venv_ids)
             ids += venv_ids
-        return self.bridge.get_observations(ids)
+        return self.backend.get_observations(ids)
 
     # ------------------------------------------------------------------ stepping
 
-    def send(self, ids: Sequence[str], actions: np.ndarray) -> None:
-        """One ACTION_BATCH for the given cars (rows of ``actions`` in the order of ``ids``)."""
-        self.bridge.send_action_rows(ids, actions)
-
     def step(self, ids: Sequence[str], actions: np.ndarray) -> Observations:
-        self.send(ids, actions)
-        return self.bridge.get_observations(ids)
+        """One decision step of the given cars (rows of ``actions`` in the order of ``ids``)."""
+        return self.backend.step(ids, actions)

@@ -83,14 +83,15 @@ def test_cpu_quota_of_a_container(tmp_path):
     assert busy_wait._cpu_quota(str(tmp_path / "missing")) == float("inf")
 
 
-def test_the_session_spins_only_with_its_embedded_simulator():
+def test_the_session_spins_only_with_its_subprocess_simulator():
     assert GameSession(sim=None).busy_wait == 0.0  # Roblox Studio keeps its CPU
     assert GameSession(sim=None, busy_wait=2e-3).bridge.busy_wait == 2e-3
-    session = GameSession(sim="embedded", busy_wait=5e-4)
+    session = GameSession(sim="subprocess", busy_wait=5e-4)
     try:
         session.open()
         assert session.process.args[-2:] == ["--busy-wait-us", "500"]
         assert isinstance(session.bridge._loop._selector, busy_wait.SpinningSelector)
     finally:
         session.close()
-    assert GameSession().busy_wait == busy_wait.default_spin()
+    assert GameSession(sim="subprocess").busy_wait == busy_wait.default_spin()
+    assert GameSession().busy_wait == 0.0 and GameSession().bridge is None  # in process: no socket to poll

@@ -1,4 +1,4 @@
-"""The envs over real loopback sockets with the real simulator (a child process, as users run it)."""
+"""The envs over the real simulator: in process (the default) and a child process over real loopback sockets."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_cars_the_game_restarts_itself_give_the_rollout_reset_agents_gives():
     give, final observations and episode statistics included, also across track changes."""
 
     def rollout(autoreset: bool) -> tuple[list, int, int]:
-        env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, track_change_steps=40)
+        env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, track_change_steps=40, sim="subprocess")
         try:
             return crash_rollout(env, autoreset, steps=120)
         finally:
@@ -217,7 +217,7 @@ def test_seed_format_game_drives_the_env():
 
 def test_close_leaves_no_process_and_no_port():
     port = free_port()
-    env = rbxenv.make_vec_env(num_agents=1, num_venvs=1, port=port)
+    env = rbxenv.make_vec_env(num_agents=1, num_venvs=1, port=port, sim="subprocess")
     proc = env.session.process
     env.reset(seed=0)
     env.close()
@@ -228,7 +228,7 @@ def test_close_leaves_no_process_and_no_port():
 
 def test_cleanup_after_an_exception():
     port = free_port()
-    env = rbxenv.make_vec_env(num_agents=1, num_venvs=1, port=port)
+    env = rbxenv.make_vec_env(num_agents=1, num_venvs=1, port=port, sim="subprocess")
     proc = env.session.process
     with pytest.raises(ValueError, match=r"actions must have shape \(1, 3\)"):  # from the step, nothing earlier
         try:

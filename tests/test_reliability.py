@@ -48,7 +48,9 @@ def assert_one_interruption(env, events: list[dict]) -> None:
 
 
 def test_embedded_sim_killed_mid_rollout_is_relaunched_and_training_goes_on():
-    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, track_change_steps=None, reconnect_timeout=30)
+    env = rbxenv.make_vec_env(
+        num_agents=2, num_venvs=2, track_change_steps=None, reconnect_timeout=30, sim="subprocess"
+    )
     try:
         env.reset(seed=0)
         drive(env, 10)
