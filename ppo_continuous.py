@@ -32,13 +32,13 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import tyro
-from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 
 from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env, tracks
 from rbxenv.checkpoint import CHECKPOINT_FORMAT, probe_observations
 from rbxenv.protocol import DEFAULT_PORT
 
+LOG_2PI = float(np.log(2 * np.pi))
 ACTION_NAMES = ["throttle", "steering", "nitro"]
 
 
@@ -219,14 +219,48 @@ class Agent(nn.Module):
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.normalize(obs))
 
-    def get_action_and_value(self, obs: torch.Tensor, action: torch.Tensor | None = None):
-        x = self.normalize(obs)
+    def get_action_and_value(self, obs: torch.Tensor, action: torch.Tensor | None = None, normalized: bool = False):
+        """(action, its log-prob, entropy, value) of raw observations (or already ``normalized`` ones).
+
+        The diagonal Gaussian written out (what torch.distributions.Normal computes, without its
+        argument checks and broadcasting: a third of the update's Python time on minibatches)."""
+        x = obs if normalized else self.normalize(obs)
         action_mean = self.actor_mean(x)
-        action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
-        probs = Normal(action_mean, action_std)
+        logstd = self.actor_logstd
         if action is None:
-            action = probs.sample()
-        return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
+            action = torch.normal(action_mean, logstd.exp().expand_as(action_mean))
+        z = (action - action_mean) * torch.exp(-logstd)
+        logprob = -0.5 * (z * z).sum(1) - (logstd.sum() + 0.5 * LOG_2PI * z.shape[1])
+        entropy = (0.5 + 0.5 * LOG_2PI) * z.shape[1] + logstd.sum()  # the same for every row
+        return action, logprob, entropy.expand(z.shape[0]), self.critic(x)
+
+    @torch.no_grad()
+    def rollout_policy(self):
+        """``obs -> (action, log-prob, value)`` with the current weights, for one rollout (they do
+        not change until the update). Actor and critic run fused as one MLP of twice the width
+        (block-diagonal after the first layer) and the normalisation as one affine map: a rollout
+        step costs a dozen torch ops instead of forty, which is what 80 rows cost."""
+        scale = torch.rsqrt(self.obs_var + self.OBS_EPS)
+        shift = -self.obs_mean * scale
+        actor = [m for m in self.actor_mean if isinstance(m, nn.Linear)]
+        critic = [m for m in self.critic if isinstance(m, nn.Linear)]
+        layers = [(torch.cat([actor[0].bias, critic[0].bias]), torch.cat([actor[0].weight, critic[0].weight]).T)]
+        for a, c in zip(actor[1:], critic[1:], strict=True):
+            layers.append((torch.cat([a.bias, c.bias]), torch.block_diag(a.weight, c.weight).T))
+        act_dim = actor[-1].out_features
+        std = self.actor_logstd.exp()
+        const = self.actor_logstd.sum() + 0.5 * LOG_2PI * act_dim
+
+        def policy(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            x = torch.addcmul(shift, obs, scale).clamp_(-self.OBS_CLIP, self.OBS_CLIP)
+            for bias, weight in layers[:-1]:
+                x = torch.addmm(bias, x, weight).tanh_()
+            out = torch.addmm(layers[-1][0], x, layers[-1][1])
+            noise = torch.randn(out.shape[0], act_dim)
+            action = torch.addcmul(out[:, :act_dim], noise, std)
+            return action, -0.5 * noise.square().sum(1) - const, out[:, act_dim]
+
+        return policy
 
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """The exported policy: the mean action, clipped to the action box."""
@@ -498,7 +532,8 @@ def train(args: Args) -> str:
     num_rays = envs.game.num_rays  # what the game offers (handshake); the rest of obs_size is nitro, speed, reverse
 
     agent = Agent(obs_dim, act_dim, tuple(args.hidden_sizes), args.init_logstd).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    # fused: one kernel for every parameter's update instead of a dozen ops per tensor
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     reward_scaler = RewardScaler(num_envs, args.gamma)
     if checkpoint:
         agent.load_state_dict(checkpoint["model"])
@@ -550,6 +585,7 @@ def train(args: Args) -> str:
             episodes: dict[str, list[np.ndarray]] = {
                 k: [] for k in ("r", "l", "laps", "progress", "lap_time", "crashed")
             }
+            policy = agent.rollout_policy()
             for step in range(0, args.num_steps):
                 global_step += num_envs
                 obs[step] = next_obs
@@ -557,8 +593,8 @@ def train(args: Args) -> str:
 
                 # ALGO LOGIC: action logic
                 with torch.no_grad():
-                    action, logprob, _, value = agent.get_action_and_value(next_obs)
-                    values[step] = value.flatten()
+                    action, logprob, value = policy(next_obs)
+                    values[step] = value
                 actions[step] = action
                 logprobs[step] = logprob
 
@@ -588,26 +624,32 @@ def train(args: Args) -> str:
             # bootstrap value if not done
             with torch.no_grad():
                 next_value = agent.get_value(next_obs).reshape(1, -1)
+                # GAE on numpy views of the same storage: a numpy op on 80 cars costs a fifth of a torch op
                 advantages = torch.zeros_like(rewards)
+                adv, rew, val, don = advantages.numpy(), rewards.numpy(), values.numpy(), dones.numpy()
                 lastgaelam = 0
                 for t in reversed(range(args.num_steps)):
                     if t == args.num_steps - 1:
-                        nextnonterminal = 1.0 - next_done
-                        nextvalues = next_value
+                        nextnonterminal = 1.0 - next_done.numpy()
+                        nextvalues = next_value.numpy()[0]
                     else:
-                        nextnonterminal = 1.0 - dones[t + 1]
-                        nextvalues = values[t + 1]
-                    delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                    advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                        nextnonterminal = 1.0 - don[t + 1]
+                        nextvalues = val[t + 1]
+                    delta = rew[t] + args.gamma * nextvalues * nextnonterminal - val[t]
+                    adv[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
                 returns = advantages + values
 
             # flatten the batch
             b_obs = obs.reshape((-1, obs_dim))
-            b_logprobs = logprobs.reshape(-1)
-            b_actions = actions.reshape((-1, act_dim))
-            b_advantages = advantages.reshape(-1)
-            b_returns = returns.reshape(-1)
             b_values = values.reshape(-1)
+            b_returns = returns.reshape(-1)
+            # One table of everything a minibatch reads, gathered with one index per minibatch. The
+            # observations are normalised once: the statistics only move after the update.
+            with torch.no_grad():
+                table = torch.cat([agent.normalize(b_obs), actions.reshape((-1, act_dim)),
+                                   torch.stack([logprobs, advantages, b_returns.view_as(values), values], -1)
+                                   .reshape(-1, 4)], 1)  # fmt: skip
+            columns = (obs_dim, act_dim, 1, 1, 1, 1)
 
             # Optimizing the policy and value network
             b_inds = np.arange(args.batch_size)
@@ -616,19 +658,21 @@ def train(args: Args) -> str:
                 rng.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     end = start + args.minibatch_size
-                    mb_inds = b_inds[start:end]
+                    mb = table[torch.from_numpy(b_inds[start:end])]
+                    mb_x, mb_actions, mb_logprobs, mb_advantages, mb_returns, mb_values = (
+                        c.squeeze(1) if c.shape[1] == 1 else c for c in mb.split(columns, 1)
+                    )
 
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
-                    logratio = newlogprob - b_logprobs[mb_inds]
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_x, mb_actions, normalized=True)
+                    logratio = newlogprob - mb_logprobs
                     ratio = logratio.exp()
 
                     with torch.no_grad():
                         # calculate approx_kl http://joschu.net/blog/kl-approx.html
                         old_approx_kl = (-logratio).mean()
                         approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+                        clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
 
-                    mb_advantages = b_advantages[mb_inds]
                     if args.norm_adv:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
@@ -640,22 +684,20 @@ def train(args: Args) -> str:
                     # Value loss
                     newvalue = newvalue.view(-1)
                     if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                        v_clipped = b_values[mb_inds] + torch.clamp(
-                            newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
-                        )
-                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                        v_loss_unclipped = (newvalue - mb_returns) ** 2
+                        v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                        v_loss_clipped = (v_clipped - mb_returns) ** 2
                         v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
                         v_loss = 0.5 * v_loss_max.mean()
                     else:
-                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+                        v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
 
                     entropy_loss = entropy.mean()
                     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
 
                     optimizer.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
                     optimizer.step()
 
                 if args.target_kl is not None and approx_kl > args.target_kl:
@@ -679,7 +721,7 @@ def train(args: Args) -> str:
             writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
             writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
             writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
             line = f"step {global_step}/{args.total_timesteps} | {sps} SPS"
