@@ -526,8 +526,11 @@ def train(args: Args) -> str:
     qf2_target = SoftQNetwork(obs_dim, act_dim, hidden).to(device)
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
-    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr)
+    # fused: one kernel for every parameter's update instead of a dozen ops per tensor
+    q_optimizer = optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
+    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    q_params = list(qf1.parameters()) + list(qf2.parameters())
+    q_target_params = list(qf1_target.parameters()) + list(qf2_target.parameters())
 
     # Automatic entropy tuning
     target_entropy = -float(act_dim)
@@ -642,6 +645,8 @@ def train(args: Args) -> str:
                                       qf1_loss=qf1_loss.item(), qf2_loss=qf2_loss.item(), qf_loss=qf_loss.item() / 2.0)  # fmt: skip
 
                     if grad_steps % args.policy_frequency == 0:  # TD 3 Delayed update support
+                        for p in q_params:  # the actor's loss needs no gradient of the critics' weights
+                            p.requires_grad_(False)
                         for _ in range(args.policy_frequency):  # compensate for the delay
                             pi, log_pi, _ = actor.get_action(x)
                             min_qf_pi = torch.min(qf1(x, pi), qf2(x, pi))
@@ -652,9 +657,9 @@ def train(args: Args) -> str:
                             actor_optimizer.step()
 
                             if args.autotune:
-                                with torch.no_grad():
-                                    _, log_pi, _ = actor.get_action(x)
-                                alpha_loss = (-log_alpha.exp() * (log_pi + target_entropy)).mean()
+                                # the log-probs of the actions just taken (CleanRL samples new ones after
+                                # the step: one more actor pass for the same expectation)
+                                alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
 
                                 a_optimizer.zero_grad()
                                 alpha_loss.backward()
@@ -662,13 +667,13 @@ def train(args: Args) -> str:
                                 alpha = log_alpha.exp().item()
                                 losses["alpha_loss"] = alpha_loss.item()
                         losses["actor_loss"] = actor_loss.item()
+                        for p in q_params:
+                            p.requires_grad_(True)
 
                     # update the target networks
                     if grad_steps % args.target_network_frequency == 0:
-                        with torch.no_grad():
-                            for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
-                                for param, target_param in zip(net.parameters(), target.parameters(), strict=True):
-                                    target_param.mul_(1 - args.tau).add_(param, alpha=args.tau)
+                        with torch.no_grad():  # target += tau * (param - target), every tensor in one op
+                            torch._foreach_lerp_(q_target_params, q_params, args.tau)
             if stop.requested:
                 raise KeyboardInterrupt
 

@@ -2,7 +2,8 @@
 
 The game (Roblox, or the headless simulator in ``rbxenv.sim``) and the trainer talk over one
 WebSocket (PROTOCOL.md). ``make_vec_env`` and ``make_parallel_env`` wrap that as Gymnasium and
-PettingZoo envs; with ``sim="embedded"`` (the default) the simulator is started for you.
+PettingZoo envs; by default they run the headless simulator in this process (``sim="inprocess"``:
+no socket), and ``sim="subprocess"`` runs it as a game over the protocol.
 """
 
 from rbxenv.bridge import BridgeClosed, TrainingBridge

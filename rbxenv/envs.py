@@ -1,4 +1,4 @@
-"""Racing envs over the bridge: a PettingZoo ParallelEnv and a Gymnasium vector env.
+"""Racing envs over a game backend: a PettingZoo ParallelEnv and a Gymnasium vector env.
 
 ``make_parallel_env`` is the seed's PettingZooWSEnv: every car of every venv is an agent, for
 multi-agent code and the SuperSuit/SB3 pipeline. ``make_vec_env`` is what the single-file scripts
@@ -14,7 +14,7 @@ use: one vector slot per car, each car resetting on its own.
 | Truncation | the time limit: 1500 decisions (100 s of game time) on tracks up to 2,500 studs, proportionally more on longer ones (``rules.time_limit_steps``: 12,000 = 13 min on 20,000 studs); or the venv moving to a new track (vector env) |
 | Tracks | generated (``track_seeds``, ``track_method``, ``track_difficulty``) or your own: ``tracks=[spec, "my.json", "folder/"]`` mixed with generated ones by ``track_mix`` (see ``GameSession``) |
 
-Seeding: ``reset(seed=s)`` seeds the track choice and the random starts; the embedded simulator is
+Seeding: ``reset(seed=s)`` seeds the track choice and the random starts; the simulator is
 seeded by ``sim_seed``. With the same seeds a lockstep run is reproducible.
 """
 
@@ -384,8 +384,10 @@ def _obs_of(got: Observations, agent_ids: list[str]) -> np.ndarray:
 def make_parallel_env(num_agents: int = 5, num_venvs: int = 1, **game) -> RacingParallelEnv:
     """A PettingZoo ParallelEnv of ``num_venvs`` venvs with ``num_agents`` cars each.
 
-    Keyword arguments choose the game and how to reach it (embedded simulator or Roblox, host,
-    port, token, stepping mode, starts, tracks, timeouts): see ``rbxenv.session.GameSession``.
+    Keyword arguments choose the game and how to reach it (``sim="inprocess"``: the simulator in
+    this process, the default; ``"subprocess"``: the simulator over a loopback WebSocket; ``None``:
+    wait for Roblox on host, port, token), the stepping mode, starts, tracks and timeouts: see
+    ``rbxenv.session.GameSession``.
     Your own tracks: ``tracks=["my_track.json", "tracks/"]`` (specs, files or folders) with
     ``track_mix`` the share of track draws that take them (1.0: only them).
     """
