@@ -16,7 +16,7 @@ import numpy as np
 
 from rbxenv.bridge import Observations
 from rbxenv.protocol import INFO_NUMBERS, GameSpec
-from rbxenv.sim.client import game_spec
+from rbxenv.sim.client import check_buildable_track, game_spec
 from rbxenv.sim.world import Sim
 
 
@@ -36,7 +36,7 @@ class SimBackend:
         # as the game's answer to the spawn or reset is)
         self._pending: dict[str, tuple[np.ndarray, float, float, float, float]] = {}
         self._ids: list[str] = []  # the sim's agent ids, cached between structural changes
-        self._everyone: Sequence[str] | None = None
+        self._everyone: Sequence[str] | None = None  # the list of every id the caller last passed
 
     # ------------------------------------------------------------------ structure
 
@@ -49,13 +49,11 @@ class SimBackend:
             if aid in old:
                 actions[k] = self._actions[old[aid]]
         self._ids, self._actions = ids, actions
-        self._everyone: Sequence[str] | None = None  # the list of all ids the caller last passed
+        self._everyone = None
         self._autoreset = np.fromiter((aid in self._autoreset_ids for aid in ids), bool, len(ids))
 
     def spawn_agents(self, env_id: str, agents: Sequence[str], track: dict | None = None, start: str = "grid",
                      seed: int | None = None, autoreset: bool = False) -> None:  # fmt: skip
-        from rbxenv.sim.client import check_buildable_track
-
         agents = list(agents)
         if track is not None:
             check_buildable_track(track)
