@@ -258,7 +258,7 @@ class RacingVectorEnv(VectorEnv):
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != self.action_space.shape:
             raise ValueError(f"actions must have shape {self.action_space.shape} (cars, controls), got {actions.shape}")
-        actions = np.clip(actions, -1.0, 1.0)
+        actions = np.minimum(np.maximum(actions, -1.0), 1.0)  # np.clip's Python wrapper costs 3x more
         try:
             try:
                 if self._freezer is not None:
@@ -337,12 +337,12 @@ class RacingVectorEnv(VectorEnv):
         infos["final_obs"] = final_obs = np.zeros((n, self._stack[0].size), np.float32)
         final_obs[rows] = self._stack[rows].reshape(len(rows), -1)
         infos["_final_obs"] = done
-        laps = np.nan_to_num(infos["lap"])
+        laps = _zero_nan(infos["lap"])
         infos["episode"] = {
             "r": np.where(done, self._ep_return, 0.0).astype(np.float32),
             "l": np.where(done, self._ep_length, 0),
             "laps": np.where(done, laps, 0).astype(np.int64),
-            "progress": np.where(done, laps + np.nan_to_num(infos["progress"]), 0.0),
+            "progress": np.where(done, laps + _zero_nan(infos["progress"]), 0.0),
             "lap_time": np.where(done, self._ep_best_lap, np.nan),
             "crashed": done & (infos["cause"] == "wall"),
         }
@@ -369,6 +369,11 @@ class RacingVectorEnv(VectorEnv):
         if self._freezer is not None:
             self._freezer.stop()
         self.session.close()
+
+
+def _zero_nan(a: np.ndarray) -> np.ndarray:
+    """NaN (not reported) -> 0: np.nan_to_num costs ~5x more on a few dozen cars."""
+    return np.where(np.isnan(a), 0.0, a)
 
 
 def _obs_of(got: Observations, agent_ids: list[str]) -> np.ndarray:
