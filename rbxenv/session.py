@@ -197,7 +197,6 @@ class GameSession:
             self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout, busy_wait=busy_wait)
         if self.bridge is None:
             from rbxenv.sim.backend import SimBackend  # (loads the simulator's kernels: not for Roblox)
-
             from rbxenv.sim.world import Sim
 
             self.backend: GameBackend = SimBackend(sim=Sim(sim_config(dynamics), seed=sim_seed))
