@@ -50,9 +50,6 @@ def test_ppo_trains_against_the_seed_place_with_zero_warnings(tmp_path):
     game = GameInThread(SeedGame(f"ws://localhost:{port}/ws/seedcar", seed=1))
     flags = ["--no-sim", "--port", str(port), "--num-agents", "5", "--num-venvs", "5", "--num-steps", "24"]
     flags += ["--total-timesteps", "3000", "--eval-every", "0", "--wait-timeout", "60"]
-    # updates long enough for the idle watchdog (0.25 s) to freeze the place: PPO's update of 600
-    # transitions takes well under that since issue 16, and then no FREEZE would be needed
-    flags += ["--update-epochs", "200"]
     run = subprocess.run(
         [sys.executable, str(ROOT / "ppo_continuous.py"), *flags],
         cwd=tmp_path,
