@@ -85,6 +85,8 @@ from typing import Any
 
 import numpy as np
 
+import rbxenv
+from rbxenv import cli
 from rbxenv.checkpoint import CHECKPOINT_FORMAT
 from rbxenv.luau import load_pluau
 
@@ -103,6 +105,10 @@ class ExportError(Exception):
 
 class ParityError(Exception):
     """The exported policy does not compute what the checkpoint does: exit code 1."""
+
+
+class WriteError(Exception):
+    """An output file could not be written (full disk, permissions): exit code 1."""
 
 
 # ====================================================================================================
@@ -141,13 +147,18 @@ class Policy:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """``torch.load`` a checkpoint file; ExportError (one line) when it is missing or unreadable."""
-    import torch
-
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path}: no such file")
     if path.is_dir():
         raise ExportError(f"{path}: is a directory, not a checkpoint file (try {path / 'checkpoint.pt'})")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    import torch  # after the checks above: a wrong path is refused without loading torch
+
     unreadable = f"{path}: not a PyTorch checkpoint (the file is corrupt, truncated or of another kind)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then rejects
@@ -658,7 +669,7 @@ def _write(path: Path, data: bytes, what: str) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
-        raise ExportError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+        raise WriteError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
 
 
 def export(args: argparse.Namespace) -> None:
@@ -727,8 +738,9 @@ def export(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Export an rbxenv checkpoint's policy to ONNX (and a Luau module), with parity checks."
+    parser = cli.ArgumentParser(
+        prog="export_onnx.py",
+        description="Export an rbxenv checkpoint's policy to ONNX (and a Luau module), with parity checks.",
     )
     parser.add_argument("checkpoint", help="checkpoint.pt written by ppo_continuous.py or sac_continuous.py")
     parser.add_argument("-o", "--output", help="ONNX file to write (default: policy.onnx next to the checkpoint)")
@@ -738,14 +750,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-steps", type=int, default=200, help="simulator steps recorded for the parity checks (0: random observations only)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the recorded and random observations")
     args = parser.parse_args(argv)
+    cli.check(parser.prog, args, {"--check-steps": cli.at_least(0)})
     try:
         export(args)
     except ExportError as exc:
         print(f"export_onnx.py: error: {exc}", file=sys.stderr)
-        return 2
-    except ParityError as exc:
+        return cli.EXIT_BAD_INPUT
+    except (ParityError, WriteError) as exc:
         print(f"export_onnx.py: {exc}", file=sys.stderr)
-        return 1
+        return cli.EXIT_FAILURE
+    except (rbxenv.BridgeClosed, TimeoutError) as exc:  # the simulator recording the parity observations
+        print(f"export_onnx.py: the simulator failed while recording observations ({exc}); try --check-steps 0", file=sys.stderr)  # fmt: skip
+        return cli.EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("export_onnx.py: interrupted", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
     return 0
 
 

@@ -16,7 +16,8 @@ One vector slot per car (``make_vec_env``); every car of every venv feeds the sa
   ``export_onnx.py`` turns into ONNX / Luau.
 - Held-out evaluation: the deterministic policy (mean action) drives one car per held-out track
   (tracks never used in training) from the start grid: lap completion, crash rate, lap time.
-- Ctrl-C / SIGTERM / a lost game: the run saves a checkpoint, closes the env and says where it is.
+- Ctrl-C / SIGTERM / a lost game: the run saves a checkpoint, closes the env and says where it is
+  (exit code 130 / 143 / 1; bad flags exit 2 before torch loads: see ``rbxenv/cli.py``).
 """
 
 from __future__ import annotations
@@ -26,19 +27,13 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from typing import Literal
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.optim as optim
-import tyro
-from torch.utils.tensorboard import SummaryWriter
-
-from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env, tracks
+from rbxenv import cli
 from rbxenv.checkpoint import CHECKPOINT_FORMAT, probe_observations
 from rbxenv.protocol import DEFAULT_PORT
 
-LOG_2PI = float(np.log(2 * np.pi))
+PROG = "ppo_continuous.py"
 ACTION_NAMES = ["throttle", "steering", "nitro"]
 
 
@@ -80,7 +75,7 @@ class Args:
     """varied generated tracks (hairpins, chicanes, width changes): a difficulty 0..1, or a curriculum START:END ramped over the run (e.g. 0.2:1)"""
     eval_track_file: list[str] | None = None
     """evaluate on these track files (one car each, from the grid) instead of held-out generated tracks"""
-    start: str = "random"
+    start: Literal["random", "grid"] = "random"
     """where cars (re)spawn in training: "random" point of the track or the start "grid\""""
     collisions: bool = True
     """car-car collisions inside a venv"""
@@ -88,7 +83,7 @@ class Args:
     """the simulator's car: "kinematic", "dynamic" (actuator lag, yaw inertia, sliding tyres) or "randomized"
     (dynamic, constants drawn per episode: for drivers meant for Roblox physics cars); SimConfig overrides may
     follow, e.g. "dynamic,max_lateral_accel=56" (see rbxenv.sim.rules.sim_config)"""
-    sim: str = "inprocess"
+    sim: Literal["inprocess", "subprocess"] = "inprocess"
     """simulator backend: "inprocess" (Sim called in this process: fastest) or "subprocess" (`python -m rbxenv.sim` over a loopback WebSocket: the protocol path a Roblox game takes)"""
     no_sim: bool = False
     """do not start the embedded simulator: wait for a game (Roblox Studio) on --host/--port"""
@@ -96,7 +91,7 @@ class Args:
     """address the trainer listens on (the game connects to it)"""
     port: int | None = None
     """port the trainer listens on (default: 8000 with --no-sim, where the seed's places dial, any free port with --sim subprocess)"""
-    mode: str = "lockstep"
+    mode: Literal["lockstep", "realtime"] = "lockstep"
     """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
     wait_timeout: float = 300.0
     """with --no-sim: seconds to wait for the game to connect"""
@@ -163,6 +158,88 @@ class Args:
     num_iterations: int = 0
     """the number of iterations (computed in runtime)"""
 
+
+RULES = {
+    "--torch-threads": cli.at_least(1),
+    "--num-agents": cli.at_least(1),
+    "--num-venvs": cli.at_least(1),
+    "--frame-stack": cli.at_least(1),
+    "--track-change-steps": cli.at_least(0),
+    "--track-seeds": cli.at_least(0),
+    "--port": cli.between(0, 65535),
+    "--wait-timeout": cli.above(0),
+    "--total-timesteps": cli.at_least(1),
+    "--learning-rate": cli.above(0),
+    "--num-steps": cli.at_least(1),
+    "--gamma": cli.between(0, 1),
+    "--gae-lambda": cli.between(0, 1),
+    "--num-minibatches": cli.at_least(1),
+    "--update-epochs": cli.at_least(1),
+    "--clip-coef": cli.above(0),
+    "--ent-coef": cli.finite,
+    "--vf-coef": cli.at_least(0),
+    "--max-grad-norm": cli.above(0),
+    "--target-kl": cli.above(0),
+    "--hidden-sizes": cli.at_least(1),
+    "--init-logstd": cli.finite,
+    "--save-every": cli.at_least(1),
+    "--resume": cli.readable_file,
+    "--eval-every": cli.at_least(0),
+    "--eval-episodes": cli.between(1, cli.HELDOUT_TRACKS),
+}
+
+
+def check_args(args: Args) -> Args:
+    """Refuse bad values in one line (exit code 2) before any work starts."""
+    cli.check(PROG, args, RULES)
+    batch = args.num_agents * args.num_venvs * args.num_steps
+    if args.num_minibatches > batch:
+        cli.refuse(PROG, f"--num-minibatches {args.num_minibatches}: allowed: 1 to {batch} (the rollout's transitions: num_agents x num_venvs x num_steps)")  # fmt: skip
+    return args
+
+
+def load_checkpoint(path: str) -> dict:
+    """A PPO checkpoint to resume from, or one clear line saying why it cannot be used."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        cli.refuse(PROG, f"cannot resume: {path} does not exist")
+    except Exception as error:  # truncated or corrupt file, not a torch file at all
+        cli.refuse(PROG, f"cannot resume: {path} is not a readable checkpoint ({type(error).__name__})")
+    if (
+        not isinstance(checkpoint, dict)
+        or checkpoint.get("format") != CHECKPOINT_FORMAT
+        or checkpoint.get("algo") != "ppo"
+    ):
+        cli.refuse(PROG, f"cannot resume: {path} is not a PPO {CHECKPOINT_FORMAT} checkpoint")
+    return checkpoint
+
+
+def parse_args() -> Args:
+    """tyro CLI; with --resume the checkpoint's arguments are the defaults, flags given override them."""
+    args = check_args(cli.tyro_cli(Args, PROG))
+    if args.resume:
+        saved = load_checkpoint(args.resume).get("args", {})
+        known = {key: value for key, value in saved.items() if key in Args.__dataclass_fields__}
+        known["resume"] = args.resume
+        args = check_args(cli.tyro_cli(Args, PROG, default=Args(**known)))
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # bad flags are refused here, in a second: before torch and the simulator load
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+from torch.utils.tensorboard import SummaryWriter
+
+from rbxenv import HELDOUT_TRACK_SEEDS, BridgeClosed, make_vec_env, tracks
+
+LOG_2PI = float(np.log(2 * np.pi))
 
 # ====================================================================================================
 # Model
@@ -326,6 +403,10 @@ def policy_export(agent: Agent, frame_stack: int, num_rays: int) -> dict:
     }
 
 
+class CheckpointError(Exception):
+    """A checkpoint could not be written: the run ends with one line and exit code 1."""
+
+
 def save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra, num_rays) -> None:
     """Shared checkpoint format (SAC and export_onnx.py use it too); written atomically."""
     checkpoint = {
@@ -341,8 +422,13 @@ def save_checkpoint(path, args, global_step, run_name, agent, optimizer, extra, 
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint behind
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint behind
+    except BaseException:
+        if os.path.exists(tmp):  # a full disk leaves no partial file behind either
+            os.remove(tmp)
+        raise
 
 
 # ====================================================================================================
@@ -418,6 +504,7 @@ class GracefulStop:
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGINT  # the exit code of an interrupted run is 128 + this (Ctrl-C: 130)
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore(self) -> None:
@@ -427,7 +514,7 @@ class GracefulStop:
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C: stop right now
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to abort) ...", flush=True)
 
 
@@ -436,23 +523,6 @@ def format_seconds(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def load_checkpoint(path: str) -> dict:
-    """A PPO checkpoint to resume from, or one clear line saying why it cannot be used."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise SystemExit(f"cannot resume: {path} does not exist") from None
-    except Exception as error:  # truncated or corrupt file, not a torch file at all
-        raise SystemExit(f"cannot resume: {path} is not a readable checkpoint ({type(error).__name__})") from None
-    if (
-        not isinstance(checkpoint, dict)
-        or checkpoint.get("format") != CHECKPOINT_FORMAT
-        or checkpoint.get("algo") != "ppo"
-    ):
-        raise SystemExit(f"cannot resume: {path} is not a PPO {CHECKPOINT_FORMAT} checkpoint")
-    return checkpoint
 
 
 def train(args: Args) -> str:
@@ -493,9 +563,14 @@ def train(args: Args) -> str:
         if envs.game.track is not None:  # the game owns its track (capability game_tracks)
             print(f"training on the game's own track {envs.game.track['name']} ({envs.game.track['length']:.0f} studs)")
     except BridgeClosed as error:
-        raise SystemExit(f"no game to train with: {error}") from None
-    except ValueError as error:  # a bad --track-file or --track-difficulty: one line says which and why
-        raise SystemExit(f"error: {error}") from None
+        cli.fail(PROG, f"no game to train with: {error}")
+    except OSError as error:  # the port is taken
+        cli.fail(PROG, str(error))
+    except ValueError as error:  # e.g. --host beyond loopback without a token
+        cli.refuse(PROG, str(error))
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the game: nothing to save yet
+        print("interrupted before training started", flush=True)
+        raise SystemExit(cli.EXIT_INTERRUPTED) from None
     if checkpoint:
         run_name = checkpoint["run_name"]
     else:
@@ -505,12 +580,18 @@ def train(args: Args) -> str:
     checkpoint_path = args.resume or f"{run_dir}/checkpoint.pt"
 
     if args.track:
-        import wandb
+        try:
+            import wandb
+        except ImportError:
+            cli.fail(PROG, "--track logs to Weights & Biases: pip install wandb")
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True, resume="allow")  # fmt: skip
     global_step = checkpoint["global_step"] if checkpoint else 0
-    writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint else None)
+    try:
+        writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint else None)
+    except OSError as error:
+        cli.fail(PROG, f"cannot write the run directory {run_dir} ({error.strerror or error})")
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n" + "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]),
@@ -550,7 +631,12 @@ def train(args: Args) -> str:
             "numpy_rng": rng.bit_generator.state,
         }
         # The step of the last update: an interrupted rollout is discarded, and resumes redo it.
-        save_checkpoint(path, args, trained_step, run_name, agent, optimizer, extra, num_rays)
+        try:
+            save_checkpoint(path, args, trained_step, run_name, agent, optimizer, extra, num_rays)
+        except OSError as error:  # a full disk, no permission: one line, and the run says what it kept
+            raise CheckpointError(
+                f"the checkpoint could not be written to {path} ({error.strerror or error})"
+            ) from None
         return path
 
     # ALGO Logic: Storage setup
@@ -563,6 +649,7 @@ def train(args: Args) -> str:
 
     stop = GracefulStop()
     reason = None  # why the loop ended: "finished", "interrupted", "the game was lost ..."
+    saved = None  # what the last line says about the checkpoint
     start_time, start_step = time.time(), global_step
     trained_step = global_step  # agent-steps the saved model has learned from
     next_save = global_step + args.save_every
@@ -770,7 +857,7 @@ def train(args: Args) -> str:
                         save_eval_video(eval_envs, result["poses"], run_dir, global_step, writer)
                     print(
                         f"eval on {eval_envs.session.num_venvs} {'given' if eval_tracks else 'held-out'} tracks: lap completion {result['lap_completion']:.0%}"
-                        f" | crash rate {result['crash_rate']:.0%} | lap time {result['lap_time']:.1f} s"
+                        f" | crash rate {result['crash_rate']:.0%} | lap time {cli.figure(result['lap_time'], '.1f', ' s')}"
                         f" | progress {result['progress']:.2f} laps ({time.time() - t0:.1f} s)",
                         flush=True,
                     )
@@ -786,6 +873,8 @@ def train(args: Args) -> str:
         reason = "interrupted" if stop.requested else f"the game was lost ({error})"
     except TimeoutError as error:  # the game is connected but stopped answering (paused, hung)
         reason = f"the game stopped answering ({error})"
+    except CheckpointError as error:  # a periodic checkpoint (full disk, permissions)
+        reason, saved = str(error), ""
     finally:
         stop.restore()
         envs.close()
@@ -798,24 +887,20 @@ def train(args: Args) -> str:
             return checkpoint_path
         print(f"finished at step {global_step} (--no-save-model: nothing was kept)", flush=True)
         return ""
-    save()
-    line = f"{reason} at step {trained_step}; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})"
-    if reason != "interrupted":  # the game failed the run: one line, and a non-zero exit
-        raise SystemExit(line)
-    print(line)
-    return checkpoint_path
-
-
-def parse_args() -> Args:
-    """tyro CLI; with --resume the checkpoint's arguments are the defaults, flags given override them."""
-    args = tyro.cli(Args)
-    if args.resume:
-        saved = load_checkpoint(args.resume).get("args", {})
-        known = {key: value for key, value in saved.items() if key in Args.__dataclass_fields__}
-        known["resume"] = args.resume
-        args = tyro.cli(Args, default=Args(**known))
-    return args
+    # Interrupted or failed: keep what was learned, say where, exit 128 + signal (Ctrl-C: 130) or 1.
+    if saved is None and trained_step > 0:  # (saved is "" when saving is what failed)
+        try:
+            save()
+            saved = f"; checkpoint: {checkpoint_path} (continue: --resume {checkpoint_path})"
+        except CheckpointError as error:
+            saved = f"; {error}"
+    elif saved is None:
+        saved = "; nothing was learned, so no checkpoint"
+    if reason != "interrupted":
+        cli.fail(PROG, f"{reason} at step {trained_step}{saved}")
+    print(f"{reason} at step {trained_step}{saved}", flush=True)
+    raise SystemExit(128 + stop.signum)
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    train(ARGS)

@@ -18,7 +18,6 @@ and the ratios of the medians. Target: env >= 0.5 x echo.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -33,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the loopback help
 
 from netutil import free_port  # noqa: E402
 
-from rbxenv import busy_wait, make_vec_env, protocol  # noqa: E402
+from rbxenv import busy_wait, cli, make_vec_env, protocol  # noqa: E402
 from rbxenv.sim import Sim  # noqa: E402
 from rbxenv.tracks import generate  # noqa: E402
 
@@ -226,7 +225,7 @@ def zero_cost_game_env(replies: list[str], num_agents: int, num_venvs: int, spin
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement window")
@@ -238,6 +237,13 @@ def main() -> None:
         help="polling before sleeping, at both ends of env, echo and bridge (default: make_vec_env's)",
     )
     args = parser.parse_args()
+    cli.check(parser.prog, args, {
+        "--num-venvs": cli.at_least(1),
+        "--num-agents": cli.at_least(1),
+        "--seconds": cli.above(0),
+        "--rounds": cli.at_least(1),
+        "--busy-wait-us": cli.at_least(0),
+    })  # fmt: skip
     spin = busy_wait.default_spin() if args.busy_wait_us is None else args.busy_wait_us * 1e-6
     cars = args.num_venvs * args.num_agents
     print(

@@ -30,7 +30,6 @@ them trained on (``randomized`` draws each constant within +-35 %: the lag never
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
@@ -44,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rbxenv import HELDOUT_TRACK_SEEDS, make_vec_env  # noqa: E402
+from rbxenv import HELDOUT_TRACK_SEEDS, cli, make_vec_env  # noqa: E402
 from rbxenv.drive import OnnxPolicy, load_policy  # noqa: E402
 from rbxenv.sim.reference import reference_lap_time  # noqa: E402
 
@@ -91,8 +90,8 @@ def evaluate(policy: Policy, num_tracks: int, frame_stack: int = 4, dynamics: st
     return {
         "lap_completion": float(lapped.mean()),
         "crash_rate": float(crashed.mean()),
-        "lap_time_vs_reference": float(np.nanmean(ratio)) if lapped.any() else float("nan"),
-        "mean_lap_time": float(np.nanmean(lap_time)) if lapped.any() else float("nan"),
+        "lap_time_vs_reference": float(np.nanmean(ratio)) if lapped.any() else None,  # no lap: "-", JSON null
+        "mean_lap_time": float(np.nanmean(lap_time)) if lapped.any() else None,
         "mean_reference_lap_time": float(reference.mean()),
     }
 
@@ -199,7 +198,7 @@ def train_sb3(minutes: float, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", nargs="+", default=["ppo", "sac", "sb3"], choices=["ppo", "sac", "sb3"])
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget per algorithm")
     parser.add_argument("--eval-tracks", type=int, default=30, help="held-out tracks to evaluate on")
@@ -219,6 +218,7 @@ def main() -> None:
     )
     parser.add_argument("extra", nargs="*", help="extra flags for the scripts, after --")
     args = parser.parse_args()
+    cli.check(parser.prog, args, {"--minutes": cli.above(0), "--eval-tracks": cli.between(1, cli.HELDOUT_TRACKS)})
 
     results = {}
     for algo in args.algos:
@@ -254,7 +254,7 @@ def main() -> None:
         reach = f"{r['steps_to_50pct']:,}" if r["steps_to_50pct"] is not None else "-"
         print(
             f"{algo:24} {r['agent_steps']:>12,} {r['train_sps']:>10,.0f} {100 * r['lap_completion']:>7.1f} "
-            f"{100 * r['crash_rate']:>8.1f} {r['lap_time_vs_reference']:>12.2f} {reach:>13}"
+            f"{100 * r['crash_rate']:>8.1f} {cli.figure(r['lap_time_vs_reference']):>12} {reach:>13}"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

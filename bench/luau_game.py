@@ -19,7 +19,6 @@ trip costs at least a frame. The trainer's frames are encoded outside the timing
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the Luau module loader the tests use
 
 from luau import LuauVM  # noqa: E402
+
+from rbxenv import cli  # noqa: E402
 
 GAME = """
 local steps, numVenvs, numAgents, columns, autoreset = ...
@@ -121,11 +122,12 @@ return gameTime, roundTrips, endings, client.stats.badFrames
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=5)
     args = parser.parse_args()
+    cli.check(parser.prog, args, {"--steps": cli.at_least(1), "--num-venvs": cli.at_least(1), "--num-agents": cli.at_least(1)})  # fmt: skip
     print(f"{args.num_venvs} venvs x {args.num_agents} cars, lockstep, {args.steps} steps of full throttle and "
           f"random steering, Luau under pluau")  # fmt: skip
     modes = {

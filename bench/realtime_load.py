@@ -22,7 +22,6 @@ in the bridge:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rbxenv import make_vec_env  # noqa: E402
+from rbxenv import cli, make_vec_env  # noqa: E402
 
 
 def make_policy(kind: str, obs_dim: int, seed: int = 0):
@@ -75,13 +74,19 @@ def make_policy(kind: str, obs_dim: int, seed: int = 0):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=20)
     parser.add_argument("--tick-hz", type=float, default=15.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--policy", choices=["torch", "numpy"], default="torch")
     args = parser.parse_args()
+    cli.check(parser.prog, args, {
+        "--num-venvs": cli.at_least(1),
+        "--num-agents": cli.at_least(1),
+        "--tick-hz": cli.above(0),
+        "--seconds": cli.above(0),
+    })  # fmt: skip
 
     env = make_vec_env(
         num_agents=args.num_agents, num_venvs=args.num_venvs, mode="realtime", tick_hz=args.tick_hz, sim_seed=0

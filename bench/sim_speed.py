@@ -20,7 +20,6 @@ the two sizes interleaved round by round: a step's cost must not grow with the t
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -30,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from rbxenv import tracks  # noqa: E402
+from rbxenv import cli, tracks  # noqa: E402
 from rbxenv.sim import Sim  # noqa: E402
 
 
@@ -120,13 +119,14 @@ def time_lengths(steps: int, repeat: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5, help="report the best of this many rounds")
     parser.add_argument("--profile", action="store_true", help="profile 5x5 with pyinstrument")
     parser.add_argument("--spawn", action="store_true", help="time generate, new-track spawns and restarts")
     parser.add_argument("--lengths", action="store_true", help="step cost on a 1,000- and a 20,000-stud track")
     args = parser.parse_args()
+    cli.check(parser.prog, args, {"--steps": cli.at_least(1), "--repeat": cli.at_least(1)})
     if args.lengths:
         time_lengths(args.steps, args.repeat)
         return

@@ -14,7 +14,6 @@ median step.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import subprocess
 import sys
@@ -29,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the loopback help
 
 from netutil import free_port  # noqa: E402
 
-from rbxenv import busy_wait, make_vec_env  # noqa: E402
+from rbxenv import busy_wait, cli, make_vec_env  # noqa: E402
 from rbxenv.bridge import TrainingBridge  # noqa: E402
 
 # The simulator process, with time stamps around each command it handles and after each Sim.step.
@@ -75,12 +74,18 @@ LEGS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=5)
     parser.add_argument("--busy-wait-us", type=int, default=None, help="at both ends (default: make_vec_env's)")
     args = parser.parse_args()
+    cli.check(parser.prog, args, {
+        "--steps": cli.at_least(1),
+        "--num-venvs": cli.at_least(1),
+        "--num-agents": cli.at_least(1),
+        "--busy-wait-us": cli.at_least(0),
+    })  # fmt: skip
     spin = busy_wait.default_spin() if args.busy_wait_us is None else args.busy_wait_us * 1e-6
 
     port = free_port()  # for the trainer, known before the simulator starts

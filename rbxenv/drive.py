@@ -9,7 +9,8 @@ The policy (written by ``export_onnx.py``) drives every car of ``--num-venvs`` v
 per-car frame stacks, each car respawning on its own), with its deterministic action. Each finished
 episode prints one line (laps, lap times, how it ended); Ctrl-C or the end prints a summary. The
 ONNX metadata (frame size, ray count, frame stack, actions) is checked against what the game
-announces, and a mismatch is reported in one line (exit code 2) instead of driving blind.
+announces, and a mismatch is reported in one line (exit code 2) instead of driving blind. No game,
+a port in use, or a game lost or silent mid-drive: the summary, then one line on stderr, exit code 1.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-EXIT_BAD_INPUT = 2
+from rbxenv import cli
+
+EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT
 
 
 class DriveError(Exception):
@@ -67,6 +70,9 @@ def load_policy(path: str | Path, frame_stack: int | None = None) -> OnnxPolicy:
         raise DriveError(f"{path}: no such file")
     if path.is_dir():
         raise DriveError(f"{path}: is a directory, not an ONNX file")
+    problem = cli.readable_file(path)
+    if problem:
+        raise DriveError(f"{path}: {problem}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # a small MLP: one thread is fastest, and leaves the game a core
     options.inter_op_num_threads = 1
@@ -150,12 +156,12 @@ class Tally:
         )
 
     def summary(self, elapsed: float) -> str:
-        n = max(self.episodes, 1)
+        n = self.episodes or math.nan  # no episode finished: no rates ("-")
         best = min(self.lap_times) if self.lap_times else math.nan
         mean = float(np.mean(self.lap_times)) if self.lap_times else math.nan
         return (
-            f"summary: {self.episodes} episodes | {self.laps} laps | lap completion {self.completed / n:.0%} | "
-            f"crash rate {self.crashed / n:.0%} | lap time mean {_fmt_time(mean)}, best {_fmt_time(best)} | "
+            f"summary: {self.episodes} episodes | {self.laps} laps | lap completion {cli.figure(self.completed / n, '.0%')} | "
+            f"crash rate {cli.figure(self.crashed / n, '.0%')} | lap time mean {_fmt_time(mean)}, best {_fmt_time(best)} | "
             f"{self.steps} decisions in {elapsed:.1f} s"
         )
 
@@ -187,10 +193,14 @@ def drive(args: argparse.Namespace) -> int:
             wait_timeout=args.wait_timeout,
             sim_seed=args.seed,
         )
-    except (BridgeClosed, OSError, ValueError) as exc:
+    except ValueError as exc:  # e.g. --host beyond loopback without a token
         raise DriveError(str(exc).splitlines()[0]) from None
+    except (BridgeClosed, OSError) as exc:  # no game came, or the port is taken
+        cli.fail("rbxenv.drive", str(exc).splitlines()[0])
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the game
+        raise SystemExit(cli.EXIT_INTERRUPTED) from None
     tally, start = Tally(), time.monotonic()
-    reason = "finished"
+    reason, code = "finished", 0
     try:
         check_game(policy, envs.game)
         obs, infos = envs.reset(seed=args.seed)
@@ -231,25 +241,23 @@ def drive(args: argparse.Namespace) -> int:
                 lap_times[k] = []
                 prev_lap[k] = 0.0
     except KeyboardInterrupt:
-        reason = "interrupted"
+        reason, code = "interrupted", cli.EXIT_INTERRUPTED
     except BridgeClosed as exc:
-        reason = f"the game was lost ({str(exc).splitlines()[0]})"
-    except TimeoutError as exc:  # connected, but it stopped answering (paused, hung)
-        reason = f"the game stopped answering ({str(exc).splitlines()[0]})"
+        reason, code = f"the game was lost ({str(exc).splitlines()[0]})", cli.EXIT_FAILURE
+    except TimeoutError as exc:  # connected but silent (paused, hung)
+        reason, code = f"the game stopped answering ({str(exc).splitlines()[0]})", cli.EXIT_FAILURE
     finally:
         envs.close()
-    failed = reason.startswith("the game")
-    if reason != "finished" and not failed:
+    if reason != "finished" and code != cli.EXIT_FAILURE:  # interrupted, --max-steps
         print(reason, flush=True)
     print(tally.summary(time.monotonic() - start), flush=True)
-    if failed:
-        print(f"rbxenv.drive: {reason}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    if code == cli.EXIT_FAILURE:
+        cli.fail("rbxenv.drive", f"{reason} after {tally.steps} decisions")
+    return code
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rbxenv.drive",
         description="Drive the cars of a game (embedded simulator or Roblox) with an exported ONNX policy.",
     )
@@ -276,11 +284,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frame-stack", type=int, default=None, help="override the policy's frame stack (ONNX files without rbxenv metadata)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the track draws and the simulator")
     args = parser.parse_args(argv)
-    for name in ("num_agents", "num_venvs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    heldout = cli.HELDOUT_TRACKS
+    cli.check("rbxenv.drive", args, {
+        "--port": cli.between(0, 65535),
+        "--wait-timeout": cli.above(0),
+        "--num-agents": cli.at_least(1),
+        "--num-venvs": cli.between(1, heldout) if args.heldout else cli.at_least(1),
+        "--episodes": cli.at_least(0),
+        "--max-steps": cli.at_least(0),
+        "--track-offset": cli.between(0, heldout - args.num_venvs) if args.heldout else cli.at_least(0),
+        "--frame-stack": cli.at_least(1),
+    })  # fmt: skip
     if args.track_file and args.heldout:
-        parser.error("--track-file and --heldout both choose the tracks: give one")
+        cli.refuse("rbxenv.drive", "--track-file and --heldout both choose the tracks: give one")
     return args
 
 

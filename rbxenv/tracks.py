@@ -37,7 +37,6 @@ CLI: ``python -m rbxenv.tracks --seed 3 --method hull -o track.json --png track.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -979,9 +978,9 @@ def _summary(spec: dict, ms: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m rbxenv.tracks", description="Generate, check or draw a race track spec."
-    )
+    from rbxenv import cli
+
+    ap = cli.ArgumentParser(prog="python -m rbxenv.tracks", description="Generate, check or draw a race track spec.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", choices=ALL_METHODS, default=None, help="default: METHODS[seed %% 3]")
     ap.add_argument("--difficulty", type=float, default=None, help="0..1: the varied generators (see generate)")
@@ -991,6 +990,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", help="write the JSON spec here")
     ap.add_argument("--png", help="write a top-down picture here")
     args = ap.parse_args(argv)
+    cli.check("rbxenv.tracks", args, {
+        "--seed": cli.at_least(0),
+        "--png": lambda path: None if path.lower().endswith(".png") else "allowed: a path ending in .png",
+    })  # fmt: skip
     t0 = time.perf_counter()
     if args.from_file:
         try:
@@ -1001,10 +1004,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         spec = generate(args.seed, args.method, difficulty=args.difficulty)
     ms = (time.perf_counter() - t0) * 1000
-    if args.output:
-        save(spec, args.output)
-    if args.png:
-        draw(spec, args.png)
+    for path, write in ((args.output, save), (args.png, draw)):
+        if path:
+            try:
+                write(spec, path)
+            except OSError as err:  # a missing folder, a full disk, no permission
+                cli.fail("rbxenv.tracks", f"cannot write {path} ({err.strerror or err})")
     print(_summary(spec, ms))
     return 0
 

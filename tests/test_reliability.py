@@ -159,11 +159,14 @@ def test_resume_from_a_bad_checkpoint_is_one_clear_line(tmp_path, script):
     repo = Path(__file__).resolve().parents[1]
     corrupt = tmp_path / "checkpoint.pt"
     corrupt.write_bytes(b"\x80\x04 not a checkpoint" * 50)
-    for path, expected in ((corrupt, "is not a readable checkpoint"), (tmp_path / "missing.pt", "does not exist")):
+    for path, expected in (
+        (corrupt, f"cannot resume: {corrupt} is not a readable checkpoint"),
+        (tmp_path / "missing.pt", f"--resume {tmp_path / 'missing.pt'}: no such file"),
+    ):
         run = subprocess.run(
             [sys.executable, str(repo / script), "--resume", str(path)], capture_output=True, text=True, timeout=60
         )
-        assert run.returncode != 0
+        assert run.returncode == 2
         assert "Traceback" not in run.stderr
         lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"cannot resume: {path} {expected}"), run.stderr
+        assert len(lines) == 1 and lines[0].startswith(f"{script}: error: {expected}"), run.stderr

@@ -487,9 +487,9 @@ async def _tick_loop(ws, game: SimGame, tick_hz: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
+    from rbxenv import cli
 
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rbxenv.sim", description="Headless racing simulator: a game that connects to a trainer."
     )
     parser.add_argument("--url", default=f"ws://127.0.0.1:{protocol.DEFAULT_PORT}", help="trainer WebSocket URL (any path; a seed trainer serves /ws/<modelId>)")  # fmt: skip
@@ -513,8 +513,13 @@ def main(argv: list[str] | None = None) -> None:
         'with SimConfig overrides, e.g. "dynamic,max_lateral_accel=56,actuator_lag=0.2"',
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.num_rays <= 256:
-        parser.error(f"--num-rays must be 1..256, got {args.num_rays}")
+    cli.check("rbxenv.sim", args, {
+        "--url": lambda url: None if url.startswith(("ws://", "wss://")) else "allowed: a ws:// or wss:// URL",
+        "--tick-hz": cli.above(0),
+        "--connect-timeout": cli.at_least(0),
+        "--busy-wait-us": cli.at_least(0),
+        "--num-rays": cli.between(1, 256),
+    })  # fmt: skip
     try:
         config = dataclasses.replace(sim_config(args.dynamics), num_rays=args.num_rays)
     except ValueError as err:
@@ -535,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
     except ConnectionError as err:
-        raise SystemExit(f"rbxenv.sim: {err}") from None
+        cli.fail("rbxenv.sim", str(err))
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        raise SystemExit(cli.EXIT_INTERRUPTED) from None
     log.info("trainer closed the connection after %d steps", stats["steps"])
