@@ -119,7 +119,9 @@ def test_ppo_without_a_seed_game_is_one_line_and_exit_1(tmp_path):
     )
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("no game to train with: no game connected"), run.stderr
+    assert len(lines) == 1 and lines[0].startswith("ppo_continuous.py: no game to train with: no game connected"), (
+        run.stderr
+    )
     assert "/ws/<modelId>" in lines[0]
 
 
