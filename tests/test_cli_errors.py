@@ -33,7 +33,7 @@ DRIVE, SIM, TRACKS = ["-m", "rbxenv.drive"], ["-m", "rbxenv.sim"], ["-m", "rbxen
 BENCH, EXAMPLE = ROOT / "bench", str(ROOT / "examples" / "sb3_ppo.py")
 
 # (row id, command after `python`, exit code, the command's name, text the one stderr line must hold).
-# {missing}, {unreadable}, {garbage}, {dir}, {policy}, {busy}, {closed}, {silent...} are filled in below.
+# {missing}, {unreadable}, {garbage}, {dir}, {policy}, {busy}, {closed}, {nogame}, {silent...} are filled in below.
 # A file of the wrong kind that only torch.load can tell apart (export's and --resume's) is
 # test_export.py's and test_reliability.py's: here it would cost a torch import per row.
 # fmt: off
@@ -69,7 +69,7 @@ TABLE = [
     ("drive unreadable", [*DRIVE, "{unreadable}"], 2, "rbxenv.drive", "{unreadable}: cannot be read"),
     ("drive wrong kind", [*DRIVE, "{garbage}"], 2, "rbxenv.drive", "{garbage}: not a readable ONNX model"),
     ("drive port in use", [*DRIVE, "{policy}", "--no-sim", "--port", "{busy}"], 1, "rbxenv.drive", "cannot listen on 127.0.0.1:{busy}"),
-    ("drive no game", [*DRIVE, "{policy}", "--no-sim", "--port", "{closed}", "--wait-timeout", "0.5"], 1, "rbxenv.drive", "no game connected to ws://127.0.0.1:{closed} within 0.5 s"),
+    ("drive no game", [*DRIVE, "{policy}", "--no-sim", "--port", "{nogame}", "--wait-timeout", "0.5"], 1, "rbxenv.drive", "no game connected to ws://127.0.0.1:{nogame} within 0.5 s"),
     ("drive silent game", [*DRIVE, "{policy}", "--no-sim", "--port", "{silent}"], 1, "rbxenv.drive", "the game stopped answering"),
     # python -m rbxenv.sim and python -m rbxenv.tracks
     ("sim unreachable", [*SIM, "--url", "ws://127.0.0.1:{closed}", "--connect-timeout", "0"], 1, "rbxenv.sim", "no trainer at ws://127.0.0.1:{closed}"),
@@ -152,7 +152,8 @@ def results(tmp_path_factory):
         "dir": str(tmp),
         "policy": str(tmp / "policy.onnx"),
         "busy": str(busy.getsockname()[1]),
-        "closed": str(free_port()),
+        "closed": str(free_port()),  # nobody listens: the simulator finds no trainer there
+        "nogame": str(free_port()),  # a trainer listens, no game comes (not {closed}: the simulator would come)
         "silent": str(free_port()),
         "silent_ppo": str(free_port()),
     }
