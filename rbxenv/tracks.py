@@ -41,7 +41,6 @@ import functools
 import itertools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -992,15 +991,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cli.check("rbxenv.tracks", args, {
         "--seed": cli.at_least(0),
+        "--difficulty": cli.between(0, 1),
+        "--from-file": cli.readable_file,
         "--png": lambda path: None if path.lower().endswith(".png") else "allowed: a path ending in .png",
     })  # fmt: skip
     t0 = time.perf_counter()
     if args.from_file:
         try:
             spec = load_track(args.from_file)
-        except (OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        except (OSError, ValueError) as e:  # not a track spec, or one that fails the checks
+            cli.refuse("rbxenv.tracks", str(e))
     else:
         spec = generate(args.seed, args.method, difficulty=args.difficulty)
     ms = (time.perf_counter() - t0) * 1000
