@@ -1000,7 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             spec = load_track(args.from_file)
         except (OSError, ValueError) as e:  # not a track spec, or one that fails the checks
-            cli.refuse("rbxenv.tracks", str(e))
+            cli.refuse("rbxenv.tracks", e if args.from_file in str(e) else f"--from-file {args.from_file}: {e}")
     else:
         spec = generate(args.seed, args.method, difficulty=args.difficulty)
     ms = (time.perf_counter() - t0) * 1000
