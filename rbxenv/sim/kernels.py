@@ -172,20 +172,22 @@ def _controls(action: np.ndarray, live: bool, c: Constants) -> tuple[float, floa
 
 
 @_jit
-def _new_speed(v: float, throttle: float, boost: bool, c: Constants) -> float:
-    """Step 2 of rules.car_physics_step: gas, brake, reverse or coast (the branches of its np.where)."""
+def _new_speed(v: float, throttle: float, boost: bool, c: Constants, scale: float) -> float:
+    """Step 2 of rules.car_physics_step: gas, brake, reverse or coast (the branches of its np.where),
+    with accel and nitro_accel times ``scale`` (1.0 for the kinematic car: x * 1.0 is exact, so its
+    steps stay bit-identical; the dynamic car's engine strength otherwise)."""
     coast = math.copysign(max(abs(v) * (1.0 - c.drag_linear * c.dt) - c.drag_const * c.dt, 0.0), v)
     if throttle > 0.0:
         if v < 0.0:
             return min(v + throttle * (c.brake * c.dt), 0.0)
         top = c.nitro_max_speed if boost else c.max_speed
         if v < top:
-            return min(v + throttle * (c.nitro_accel * c.dt if boost else c.accel * c.dt), top)
+            return min(v + throttle * ((c.nitro_accel * scale) * c.dt if boost else (c.accel * scale) * c.dt), top)
         return max(coast, top)
     if throttle < 0.0:
         if v > 0.0:
             return max(v + throttle * (c.brake * c.dt), 0.0)
-        return max(v + throttle * (c.accel * c.dt), -c.reverse_max_speed)
+        return max(v + throttle * ((c.accel * scale) * c.dt), -c.reverse_max_speed)
     return coast
 
 
@@ -194,7 +196,7 @@ def _physics_substep(cars: Cars, i: int, throttle: float, curvature: float, want
     """rules.car_physics_substep for car i, in place: speed, fuel, heading, then position."""
     fuel = cars.fuel[i]
     boost = wants and fuel > 0.0
-    v = _new_speed(cars.speed[i], throttle, boost, c)
+    v = _new_speed(cars.speed[i], throttle, boost, c, 1.0)
     if boost:
         cars.fuel[i] = max(fuel - c.nitro_burn * c.dt, 0.0)
     elif not wants:
@@ -220,7 +222,7 @@ def _dynamic_substep(cars: Cars, i: int, throttle: float, steer_cmd: float, want
     steer = d[i, 3] + (steer_cmd - d[i, 3]) * follow
     fuel = cars.fuel[i]
     boost = wants and fuel > 0.0
-    v = _new_speed_scaled(cars.speed[i], thr, boost, c, d[i, 5])
+    v = _new_speed(cars.speed[i], thr, boost, c, d[i, 5])
     if boost:
         cars.fuel[i] = max(fuel - c.nitro_burn * dt, 0.0)
     elif not wants:
@@ -237,24 +239,6 @@ def _dynamic_substep(cars: Cars, i: int, throttle: float, steer_cmd: float, want
     cars.pos[i, 0] = cars.pos[i, 0] + (v * math.cos(h) - u * math.sin(h)) * dt
     cars.pos[i, 1] = cars.pos[i, 1] + (v * math.sin(h) + u * math.cos(h)) * dt
     d[i, 0], d[i, 1], d[i, 2], d[i, 3] = u, r, thr, steer
-
-
-@_jit
-def _new_speed_scaled(v: float, throttle: float, boost: bool, c: Constants, scale: float) -> float:
-    """_new_speed with accel and nitro_accel times ``scale`` (the dynamic car's own engine)."""
-    coast = math.copysign(max(abs(v) * (1.0 - c.drag_linear * c.dt) - c.drag_const * c.dt, 0.0), v)
-    if throttle > 0.0:
-        if v < 0.0:
-            return min(v + throttle * (c.brake * c.dt), 0.0)
-        top = c.nitro_max_speed if boost else c.max_speed
-        if v < top:
-            return min(v + throttle * ((c.nitro_accel * scale) * c.dt if boost else (c.accel * scale) * c.dt), top)
-        return max(coast, top)
-    if throttle < 0.0:
-        if v > 0.0:
-            return max(v + throttle * (c.brake * c.dt), 0.0)
-        return max(v + throttle * ((c.accel * scale) * c.dt), -c.reverse_max_speed)
-    return coast
 
 
 # --------------------------------------------------------------------------- car contacts (float64)
