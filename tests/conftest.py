@@ -5,7 +5,9 @@ test that met it, unless the test provokes it and says so with a marker:
 
 - any log record at ERROR or above, or one that mentions an internal error (the bridge's
   connection handler, the simulator's commands and real-time ticks, a game reporting
-  ``internal_error``), fails the test: ``@pytest.mark.allow_internal_errors`` lets it through;
+  ``internal_error``), fails the test: ``@pytest.mark.allow_internal_errors`` lets it through,
+  and ``@pytest.mark.expect_error_log("text")`` lets through the ERROR records that contain
+  ``text`` (a test of an error that is logged on purpose, e.g. a game changing its widths);
 - every ``TrainingBridge`` started during the test is checked when the test ends: no internal
   error in its connection handler, no ``internal_error`` reported by its game (a failed command or
   real-time tick of the simulator); every ``GameSession`` (all ``make_vec_env`` /
@@ -31,6 +33,7 @@ from rbxenv.session import GameSession
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "allow_internal_errors: the test provokes internal errors on purpose")
     config.addinivalue_line("markers", "allow_reconnects: the test provokes a lost game on purpose")
+    config.addinivalue_line("markers", "expect_error_log(text): ERROR records containing text are the test's point")
 
 
 def is_internal(record: logging.LogRecord) -> bool:
@@ -82,7 +85,9 @@ def no_hidden_crashes(request, monkeypatch):
             logger.setLevel(level)
     problems = []
     if not request.node.get_closest_marker("allow_internal_errors"):
-        problems += [f"log: {r.name} {r.levelname}: {r.getMessage()[:300]}" for r in handler.records]
+        expected = request.node.get_closest_marker("expect_error_log")
+        records = [r for r in handler.records if not (expected and expected.args[0] in r.getMessage())]
+        problems += [f"log: {r.name} {r.levelname}: {r.getMessage()[:300]}" for r in records]
         for bridge in bridges:
             stats = bridge.stats
             if stats["internal_errors"] or stats["errors_from_game.internal_error"]:

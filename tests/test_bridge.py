@@ -291,6 +291,7 @@ def test_seed_game_gets_no_error_frames(seed, bridge):
         seed.recv(timeout=0.3)
 
 
+@pytest.mark.expect_error_log("observations changed from 19 to 22 floats")
 def test_seed_game_learns_the_width_and_refuses_a_change(seed, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     seed.recv()
