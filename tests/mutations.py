@@ -68,16 +68,16 @@ MUTATIONS = {
     # PPO's GAE ignores episode ends (it bootstraps across crashes into the next episode).
     "ppo_gae_ignores_dones": Mutation(
         "ppo_continuous.py",
-        "                        nextnonterminal = 1.0 - dones[t + 1]\n",
+        "                        nextnonterminal = 1.0 - don[t + 1]\n",
         "                        nextnonterminal = 1.0\n",
         ("tests/test_ppo.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
         "does not beat the ray follower",
     ),
-    # PPO normalises each minibatch's advantages, but of the wrong samples (the unshuffled slice).
+    # PPO normalises each minibatch's advantages, but hands them to the wrong samples (reversed order).
     "ppo_advantage_normalisation_broken": Mutation(
         "ppo_continuous.py",
-        "                    mb_advantages = b_advantages[mb_inds]\n",
-        "                    mb_advantages = b_advantages[start:end]\n",
+        "                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)\n",
+        "                        mb_advantages = ((mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)).flip(0)\n",
         ("tests/test_ppo.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
         "does not beat the ray follower",
     ),

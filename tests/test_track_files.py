@@ -161,7 +161,13 @@ def test_cli_renders_a_track_file(tmp_path):
     )
     assert r.returncode == 0 and r.stdout.startswith("street: length 1347.9 studs") and png.stat().st_size > 1000
     r = subprocess.run([sys.executable, "-m", "rbxenv.tracks", "--from-file", str(tmp_path / "nope.json")], capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 1 and r.stderr.strip().endswith("nope.json: cannot read it (No such file or directory)")
+    # a missing file is bad input: one line, exit 2 (the refusal of every command, rbxenv/cli.py)
+    (line,) = r.stderr.strip().splitlines()
+    assert (
+        r.returncode == 2
+        and line.startswith("rbxenv.tracks: error: --from-file")
+        and line.endswith("nope.json: no such file")
+    )
 
 
 # ------------------------------------------------------------------------------ varied generators
