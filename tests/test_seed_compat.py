@@ -68,9 +68,8 @@ def test_ppo_trains_against_the_seed_place_with_zero_warnings(tmp_path):
     assert seed.episodes > 0 and seed.commands["RESET_AGENTS"] == 0
     assert seed.commands["SPAWN_AGENTS"] == 2 * 5  # the width probe, then reset(): one per venv each
     assert seed.commands["ACTION"] >= 120 * 5  # 120 steps of 25 cars, one ACTION per venv
-    # FREEZE around updates depends on how long an update takes (the env freezes a game idle for 0.25 s):
-    # test_a_pause_freezes_the_seed_place checks it with a pause of known length.
-    assert seed.commands["FREEZE"] % 2 == 0 or seed.commands["CLOSE_ALL"] > 0
+    # FREEZE around updates depends on how long an update takes (the env freezes a game idle for
+    # 0.25 s): test_a_pause_freezes_the_seed_place checks it with a pause of known length.
     assert seed.max_silence < 5.0  # PINGs whenever the trainer had nothing else to say
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("seedcar__ppo_continuous__1__"), runs
