@@ -293,10 +293,10 @@ class Actor(nn.Module):
 
     @torch.no_grad()
     def update_obs_stats(self, obs: torch.Tensor) -> None:
-        batch_mean, batch_var, n = obs.double().mean(0), obs.double().var(0, unbiased=False), obs.shape[0]
+        batch_mean, batch_var, n = obs.mean(0).double(), obs.var(0, unbiased=False).double(), obs.shape[0]
         delta, total = batch_mean - self.obs_mean.double(), self.obs_count + n
         m2 = self.obs_var.double() * self.obs_count + batch_var * n + delta**2 * self.obs_count * n / total
-        self.obs_mean.add_((delta * n / total).float())
+        self.obs_mean.copy_(self.obs_mean.double() + delta * n / total)
         self.obs_var.copy_(m2 / total)
         self.obs_count.fill_(total)
 
