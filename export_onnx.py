@@ -87,8 +87,8 @@ import numpy as np
 
 import rbxenv
 from rbxenv import cli
-from rbxenv.checkpoint import CHECKPOINT_FORMAT
 from rbxenv.luau import load_pluau
+from rbxenv.training import CHECKPOINT_FORMAT
 
 ONNX_FORMAT = "rbxenv-policy-onnx-1"
 LUAU_FORMAT = "rbxenv-mlp-1"

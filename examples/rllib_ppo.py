@@ -7,7 +7,7 @@
 The same task as ``ppo_continuous.py``: one vector slot per car (``rbxenv.make_vec_env``, 4 stacked
 frames), random starts on training tracks that change every 1,500 steps, then the deterministic
 policy drives tracks it never trained on (``HELDOUT_TRACK_SEEDS``), scored by
-``ppo_continuous.evaluate``. Every RLlib env runner (a Ray actor, one CPU) builds its own vector
+``rbxenv.training.evaluate`` (the scripts' own). Every RLlib env runner (a Ray actor, one CPU) builds its own vector
 env, so its own simulator, on the node it runs on; the learner stays in this process. Scaling out
 is one flag: ``--num-env-runners``. The train batch grows with it (``--num-steps`` steps of every car
 of every runner), as with more venvs in ``ppo_continuous.py``.
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import rbxenv  # noqa: E402
-from ppo_continuous import evaluate  # noqa: E402  (the project's held-out tally)
+from rbxenv.training import evaluate  # noqa: E402  (the project's held-out tally)
 
 
 @dataclass
@@ -216,7 +216,7 @@ def make_env(config: dict) -> NextStepAutoreset:
 
 
 class DeterministicPolicy:
-    """The mean action of an RLlib module, in the interface ``ppo_continuous.evaluate`` drives."""
+    """The mean action of an RLlib module, in the interface ``rbxenv.training.evaluate`` drives."""
 
     def __init__(self, module):
         self.module = module

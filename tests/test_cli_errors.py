@@ -24,9 +24,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rbxenv
-from rbxenv import cli, protocol
+from rbxenv import cli, protocol, training
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 PY = sys.executable
 PPO, SAC, EXPORT = str(ROOT / "ppo_continuous.py"), str(ROOT / "sac_continuous.py"), str(ROOT / "export_onnx.py")
 DRIVE, SIM, TRACKS = ["-m", "rbxenv.drive"], ["-m", "rbxenv.sim"], ["-m", "rbxenv.tracks"]
@@ -209,3 +210,16 @@ def test_bad_input_and_failures_are_one_line(results, name, argv, code, prog, sa
 def test_figures_that_do_not_exist_print_as_a_dash():
     assert [cli.figure(v, ".1f", " s") for v in (float("nan"), None, float("inf"), 12.345)] == ["-", "-", "-", "12.3 s"]
     assert cli.HELDOUT_TRACKS == len(rbxenv.HELDOUT_TRACK_SEEDS)  # the flag checks know it without the env
+
+
+@pytest.mark.parametrize("script", ["ppo_continuous", "sac_continuous"])
+def test_track_is_a_deprecated_alias_of_wandb(script, monkeypatch, capsys):
+    """--track (W&B logging, CleanRL's name) still works: it turns on --wandb and says so in one line."""
+    module = __import__(script)
+    monkeypatch.setattr(sys, "argv", [module.PROG, "--track"])
+    args = training.parse_args(module.Args, module.PROG, script[:3], module.check_args)
+    assert args.wandb and not args.track
+    assert capsys.readouterr().err.splitlines() == [f"{module.PROG}: warning: --track is deprecated, use --wandb"]
+    monkeypatch.setattr(sys, "argv", [module.PROG, "--wandb"])
+    args = training.parse_args(module.Args, module.PROG, script[:3], module.check_args)
+    assert args.wandb and capsys.readouterr().err == ""

@@ -24,6 +24,7 @@ import yardstick  # noqa: E402
 from netutil import assert_clean_output  # noqa: E402
 
 import ppo_continuous as ppo  # noqa: E402
+from rbxenv import training  # noqa: E402
 
 TINY = ["--num-agents", "2", "--num-venvs", "2", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
 
@@ -168,6 +169,6 @@ def test_short_run_beats_the_ray_follower_on_heldout_tracks(tmp_path):
     ckpt = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)
     trained = ppo.Agent(52, 3, tuple(ckpt["args"]["hidden_sizes"]))
     trained.load_state_dict(ckpt["model"])
-    ok, figures = yardstick.beats_the_ray_follower(ppo.evaluate, trained, MARGIN)
+    ok, figures = yardstick.beats_the_ray_follower(training.evaluate, trained, MARGIN)
     print(f"{figures} (training {train_seconds:.0f} s)")
     assert ok, f"PPO does not beat the ray follower by {MARGIN} laps: {figures}"

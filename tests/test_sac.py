@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from netutil import assert_clean_output  # noqa: E402
 
 import sac_continuous as sac  # noqa: E402
-from rbxenv import make_vec_env  # noqa: E402
+from rbxenv import make_vec_env, training  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -107,7 +107,7 @@ def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch):
     actor = sac.Actor(52, 3, (32, 32))
     actor.load_state_dict(ckpt["model"]["actor"])
     obs = np.random.default_rng(0).uniform(0, 1, (16, 52)).astype(np.float32)
-    expected = actor.act(torch.as_tensor(obs), deterministic=True).numpy()
+    expected = actor.act_deterministic(torch.as_tensor(obs)).numpy()
     np.testing.assert_allclose(run_policy(policy, obs), expected, atol=1e-5)
 
     # --resume continues the global step in the same run directory and checkpoint
@@ -148,7 +148,7 @@ def mean_progress(actor: sac.Actor, track: int, cars: int = 5, seed: int = 0) ->
     envs = make_vec_env(num_agents=1, num_venvs=cars, track_seeds=[track] * cars, track_change_steps=None,
                         start="random", sim_seed=seed)  # fmt: skip
     try:
-        return sac.evaluate(actor, envs, seed=seed)["progress"]
+        return training.evaluate(actor, envs, seed=seed)["progress"]
     finally:
         envs.close()
 
