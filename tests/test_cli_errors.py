@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 PY = sys.executable
 PPO, SAC, EXPORT = str(ROOT / "ppo_continuous.py"), str(ROOT / "sac_continuous.py"), str(ROOT / "export_onnx.py")
 DRIVE, SIM, TRACKS = ["-m", "rbxenv.drive"], ["-m", "rbxenv.sim"], ["-m", "rbxenv.tracks"]
-BENCH, EXAMPLE = ROOT / "bench", str(ROOT / "examples" / "sb3_ppo.py")
+BENCH, EXAMPLE, RLLIB = ROOT / "bench", str(ROOT / "examples" / "sb3_ppo.py"), str(ROOT / "examples" / "rllib_ppo.py")
 
 # (row id, command after `python`, exit code, the command's name, text the one stderr line must hold).
 # {missing}, {unreadable}, {garbage}, {dir}, {policy}, {busy}, {closed}, {nogame}, {silent...} are filled in below.
@@ -80,6 +80,7 @@ TABLE = [
     # examples/ and bench/ (realtime_load, reference_driver and step_breakdown refuse through the same
     # cli.check; left out here because each of their rows would pay a numba import for nothing new)
     ("example zero", [EXAMPLE, "--timesteps", "0"], 2, "sb3_ppo.py", "--timesteps 0: allowed: 1 or more"),
+    ("rllib nan", [RLLIB, "--gamma", "nan"], 2, "rllib_ppo.py", "--gamma nan: allowed: 0 to 1"),
     ("env_speed zero", [str(BENCH / "env_speed.py"), "--num-venvs", "0"], 2, "env_speed.py", "--num-venvs 0: allowed: 1 or more"),
     ("learning nan", [str(BENCH / "learning.py"), "--minutes", "nan"], 2, "learning.py", "--minutes nan: allowed: a number above 0"),
     ("luau_game negative", [str(BENCH / "luau_game.py"), "--steps", "-5"], 2, "luau_game.py", "--steps -5: allowed: 1 or more"),
