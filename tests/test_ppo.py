@@ -68,6 +68,13 @@ def test_end_to_end_run_checkpoint_and_resume(tmp_path):
     assert_clean_output(first.stdout, first.stderr)
     assert "step 64/128" in first.stdout and "eval on 2 held-out tracks" in first.stdout
     run_dir = only_run_dir(tmp_path)
+    introduction = first.stdout.splitlines()[:2]  # what runs where, and where to look
+    assert introduction == [
+        "ppo_continuous.py: PPO on the simulator in this process (kinematic car, lockstep) | 2 cars x 2 venvs"
+        " | generated training tracks, new every 1500 steps | 128 agent-steps",
+        f"run directory runs/{run_dir.name} (watch: tensorboard --logdir runs)",
+    ], introduction
+    assert "expected duration " in first.stdout
     ckpt_path = run_dir / "checkpoint.pt"
     assert f"checkpoint: runs/{run_dir.name}/checkpoint.pt" in first.stdout.splitlines()[-1]
 

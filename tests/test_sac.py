@@ -78,12 +78,17 @@ def test_replay_buffer_wraps_and_keeps_rows_together():
     assert torch.equal(rewards[:, 0], obs[:, 0]) and torch.equal(dones[:, 0], obs[:, 0] % 2)
 
 
-def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch):
+def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     handler = signal.getsignal(signal.SIGINT)
     path = sac.train(sac.Args(exp_name="e2e", seed=3, save_model=True, capture_video=True, **TINY))
     assert signal.getsignal(signal.SIGINT) is handler  # train() gives Ctrl-C back when it returns
     run_dir = Path(path).parent
+    first_line = capsys.readouterr().out.splitlines()[0]  # what runs where
+    assert (
+        first_line.startswith("sac_continuous.py: SAC on the simulator in this process")
+        and "2 cars x 2 venvs" in first_line
+    )
     assert Path(path).exists() and glob.glob(f"{run_dir}/events.out.tfevents.*")
     assert glob.glob(f"{run_dir}/videos/eval_*.gif")
     assert not glob.glob(f"{run_dir}/*.tmp*")  # atomic writes leave no temp files behind
