@@ -17,7 +17,7 @@ Exit codes: 0 exported and checked; 1 a parity check failed (max abs difference 
 another format, inconsistent shapes) or an output that cannot be written. Each failure is one
 line on stderr.
 
-## Checkpoint format "rbxenv-checkpoint-v1" (written by ``torch.save``)
+## Checkpoint format "rbxenv-checkpoint-v1" (``rbxenv/training.py`` writes it with ``torch.save``)
 
     {"format": "rbxenv-checkpoint-v1", "algo": "ppo" | "sac", "args": dict, "global_step": int,
      "run_name": str, "model": state_dict, "optimizer": state_dict, "extra": dict,
@@ -34,7 +34,7 @@ line on stderr.
         "activation": "tanh" | "relu",   # between layers, none after the last
         "squash": "clip" | "tanh",       # PPO: clip the mean; SAC: tanh of the mean
         "action_names": ["throttle", "steering", "nitro"],
-        "probe_obs": Tensor(256, obs_dim),      # fixed observations (rbxenv.checkpoint) ...
+        "probe_obs": Tensor(256, obs_dim),      # fixed observations (rbxenv.training) ...
         "probe_actions": Tensor(256, act_dim),  # ... and the trainer's own deterministic actions
      }}
 
@@ -87,8 +87,8 @@ import numpy as np
 
 import rbxenv
 from rbxenv import cli
-from rbxenv.checkpoint import CHECKPOINT_FORMAT
 from rbxenv.luau import load_pluau
+from rbxenv.training import CHECKPOINT_FORMAT
 
 ONNX_FORMAT = "rbxenv-policy-onnx-1"
 LUAU_FORMAT = "rbxenv-mlp-1"

@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rbxenv import HELDOUT_TRACK_SEEDS, baselines, make_vec_env  # noqa: E402
+from rbxenv import HELDOUT_TRACK_SEEDS, baselines, make_vec_env, training  # noqa: E402
 from rbxenv.sim.reference import drive_laps  # noqa: E402
 from rbxenv.tracks import generate  # noqa: E402
 
@@ -37,9 +37,6 @@ class Driver:
 
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.act_numpy(obs.numpy()))
-
-    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        return self.act_deterministic(obs)
 
 
 def load_actor(path: str):
@@ -57,7 +54,7 @@ def load_actor(path: str):
 
         actor = script.Actor(obs_dim, act_dim, hidden)
         actor.load_state_dict(ckpt["model"]["actor"])
-    return script.evaluate, actor
+    return training.evaluate, actor
 
 
 def heldout_eval(evaluate, actor, tracks: int, frame_stack: int = 4) -> dict:
@@ -94,9 +91,7 @@ def main() -> None:
         parser.error("give a checkpoint or --driver, not both")
     torch.set_num_threads(1)
     if args.driver:
-        import ppo_continuous
-
-        evaluate, actor, what = ppo_continuous.evaluate, Driver(args.driver), f"driver {args.driver}"
+        evaluate, actor, what = training.evaluate, Driver(args.driver), f"driver {args.driver}"
     else:
         evaluate, actor = load_actor(args.checkpoint)
         what = args.checkpoint

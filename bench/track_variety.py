@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ppo_continuous as ppo  # noqa: E402
-from rbxenv import HELDOUT_TRACK_SEEDS, make_vec_env, tracks  # noqa: E402
+from rbxenv import HELDOUT_TRACK_SEEDS, make_vec_env, tracks, training  # noqa: E402
 from rbxenv.sim.reference import drive_laps  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def evaluate(ckpt: Path, specs: list[dict], reference: np.ndarray) -> dict:
     envs = make_vec_env(num_agents=1, num_venvs=len(specs), frame_stack=policy["frame_stack"], start="grid",
                         tracks=specs, track_change_steps=None)  # fmt: skip
     try:
-        r = ppo.evaluate(agent, envs, seed=0)
+        r = training.evaluate(agent, envs, seed=0)
     finally:
         envs.close()
     both = np.isfinite(r["first_lap_times"]) & np.isfinite(reference)

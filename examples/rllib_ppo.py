@@ -7,7 +7,7 @@
 The same task as ``ppo_continuous.py``: one vector slot per car (``rbxenv.make_vec_env``, 4 stacked
 frames), random starts on training tracks that change every 1,500 steps, then the deterministic
 policy drives tracks it never trained on (``HELDOUT_TRACK_SEEDS``), scored by
-``ppo_continuous.evaluate``. Every RLlib env runner (a Ray actor, one CPU) builds its own vector
+``rbxenv.training.evaluate`` (the scripts' own). Every RLlib env runner (a Ray actor, one CPU) builds its own vector
 env, so its own simulator, on the node it runs on; the learner stays in this process. Scaling out
 is one flag: ``--num-env-runners``. The train batch grows with it (``--num-steps`` steps of every car
 of every runner), as with more venvs in ``ppo_continuous.py``.
@@ -29,14 +29,15 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
 from gymnasium.vector import AutoresetMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+PROG = "rllib_ppo.py"
 
 import rbxenv  # noqa: E402
-from ppo_continuous import evaluate  # noqa: E402  (the project's held-out tally)
+from rbxenv import cli  # noqa: E402
+from rbxenv.training import evaluate  # noqa: E402  (the project's held-out tally)
 
 
 @dataclass
@@ -103,40 +104,36 @@ class Args:
     """where to save the final RLlib checkpoint (default: runs/{run_name}/checkpoint); "" saves nothing"""
 
 
+RULES = {
+    "--num-env-runners": cli.at_least(0),
+    "--num-agents": cli.at_least(1),
+    "--num-venvs": cli.at_least(1),
+    "--frame-stack": cli.at_least(1),
+    "--total-timesteps": cli.at_least(1),
+    "--num-steps": cli.at_least(1),
+    "--num-minibatches": cli.at_least(1),
+    "--update-epochs": cli.at_least(1),
+    "--eval-episodes": cli.between(1, cli.HELDOUT_TRACKS),
+    "--eval-every": cli.at_least(0),
+    "--torch-threads": cli.at_least(1),
+    "--num-cpus": cli.at_least(1),
+    "--learning-rate": cli.above(0),
+    "--gamma": cli.between(0, 1),
+    "--gae-lambda": cli.between(0, 1),
+    "--clip-coef": cli.above(0),
+    "--vf-clip": cli.above(0),
+    "--max-grad-norm": cli.above(0),
+    "--busy-wait": lambda v: None if 0 <= v < 1 else "allowed: 0 to under 1 (seconds)",
+    "--hidden-sizes": cli.at_least(1),
+}
+
+
 def check_args(args: Args) -> None:
-    """Refuse impossible flags before Ray starts: one line, exit code 2."""
-    problems = [
-        (args.num_env_runners < 0, "--num-env-runners", "0 or more"),
-        (args.num_agents < 1, "--num-agents", "at least 1"),
-        (args.num_venvs < 1, "--num-venvs", "at least 1"),
-        (args.frame_stack < 1, "--frame-stack", "at least 1"),
-        (args.total_timesteps < 1, "--total-timesteps", "at least 1"),
-        (args.num_steps < 1, "--num-steps", "at least 1"),
-        (args.num_minibatches < 1, "--num-minibatches", "at least 1"),
-        (args.update_epochs < 1, "--update-epochs", "at least 1"),
-        (args.eval_episodes < 1, "--eval-episodes", "at least 1"),
-        (args.eval_every < 0, "--eval-every", "0 or more"),
-        (args.torch_threads < 1, "--torch-threads", "at least 1"),
-        (args.num_cpus is not None and args.num_cpus < 1, "--num-cpus", "at least 1"),
-        (not 0 < args.learning_rate < float("inf"), "--learning-rate", "a positive number"),
-        (not 0 <= args.gamma <= 1, "--gamma", "between 0 and 1"),
-        (not 0 <= args.gae_lambda <= 1, "--gae-lambda", "between 0 and 1"),
-        (not args.clip_coef > 0, "--clip-coef", "a positive number"),
-        (not args.vf_clip > 0, "--vf-clip", "a positive number"),
-        (not args.max_grad_norm > 0, "--max-grad-norm", "a positive number"),
-        (args.busy_wait is not None and not 0 <= args.busy_wait < 1, "--busy-wait", "seconds in [0, 1)"),
-        (not args.hidden_sizes or min(args.hidden_sizes) < 1, "--hidden-sizes", "positive layer widths"),
-    ]
-    for bad, flag, allowed in problems:
-        if bad:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            print(f"rllib_ppo.py: error: {flag} must be {allowed}, got {value}", file=sys.stderr)
-            raise SystemExit(2)
+    """Refuse impossible flags before Ray starts: one line, exit code 2 (as the training scripts do)."""
+    cli.check(PROG, args, RULES)
     cars = args.num_agents * args.num_venvs * max(args.num_env_runners, 1)
     if cars * args.num_steps < args.num_minibatches:
-        print(f"rllib_ppo.py: error: the train batch ({cars} cars x {args.num_steps} steps) is smaller than "
-              f"--num-minibatches {args.num_minibatches}", file=sys.stderr)  # fmt: skip
-        raise SystemExit(2)
+        cli.refuse(PROG, f"--num-minibatches {args.num_minibatches}: allowed: 1 to {cars * args.num_steps} (the train batch: {cars} cars x {args.num_steps} steps)")  # fmt: skip
 
 
 # ====================================================================================================
@@ -216,7 +213,7 @@ def make_env(config: dict) -> NextStepAutoreset:
 
 
 class DeterministicPolicy:
-    """The mean action of an RLlib module, in the interface ``ppo_continuous.evaluate`` drives."""
+    """The mean action of an RLlib module, in the interface ``rbxenv.training.evaluate`` drives."""
 
     def __init__(self, module):
         self.module = module
@@ -391,8 +388,8 @@ def report(result: dict, args: Args, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    cli = tyro.cli(Args)
-    check_args(cli)
+    args = cli.tyro_cli(Args, PROG)
+    check_args(args)
     if importlib.util.find_spec("ray") is None:
-        raise SystemExit("rllib_ppo.py: Ray is not installed: pip install -r requirements-rllib.txt")
-    train(cli)
+        cli.fail(PROG, "Ray is not installed: pip install -r requirements-rllib.txt")
+    train(args)

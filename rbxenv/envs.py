@@ -106,7 +106,44 @@ class _FreezeWhenIdle:
 
 
 class RacingParallelEnv(ParallelEnv):
-    """Every car of every venv is an agent (ids ``car_{i}_env_{venv}``). See the module docstring."""
+    """Every car of every venv is an agent (ids ``car_{i}_env_{venv}``): the seed's PettingZooWSEnv.
+
+    ## Description
+
+    The racing game of ``RacingVectorEnv`` for multi-agent code and the SuperSuit / SB3 pipeline:
+    ``num_venvs`` venvs of ``num_agents`` cars each, every car an agent of one ParallelEnv.
+
+    ## Action Space
+
+    ``Box(-1.0, 1.0, (3,), float32)`` per agent: throttle, steering, nitro (on above 0.5), as in
+    ``RacingVectorEnv``; clipped before sending; an agent without an action coasts (zeros).
+
+    ## Observation Space
+
+    One frame per agent, no stacking: ``Box(low, high, (num_rays + 3,), float32)``, 13 floats by
+    default: the per-frame table of ``RacingVectorEnv`` (rays 0..1, nitro fuel 0..1, forward speed
+    -1..1, is-reverse 0..1).
+
+    ## Rewards, Starting State, Episode End
+
+    As ``RacingVectorEnv``, per agent. An agent whose episode ended leaves ``agents`` until the
+    next ``reset()``, which respawns every car (no autoreset here).
+
+    ## Arguments
+
+    ``make_parallel_env(num_agents=5, num_venvs=1, **game)`` (``game``: see ``GameSession``).
+
+    >>> from rbxenv import make_parallel_env
+    >>> env = make_parallel_env(num_agents=2, num_venvs=1, sim_seed=0)
+    >>> obs, infos = env.reset(seed=0)
+    >>> env.agents[0], obs[env.agents[0]].shape, env.action_space(env.agents[0]).shape
+    ('car_0_env_v0', (13,), (3,))
+    >>> env.close()
+
+    ## Version History
+
+    * v0 (``metadata["name"]`` ``rbxenv_racing_v0``): the seed's PettingZooWSEnv interface, kept.
+    """
 
     metadata = {"name": "rbxenv_racing_v0", "render_modes": [], "is_parallelizable": True}
 
@@ -190,24 +227,97 @@ class RacingParallelEnv(ParallelEnv):
 class RacingVectorEnv(VectorEnv):
     """One vector slot per car across all venvs, each car auto-resetting on its own (same step).
 
-    Written by hand rather than as SuperSuit's ``pettingzoo_env_to_vec_env_v1(frame_stack_v1(...))``:
-    SuperSuit resets a ParallelEnv only when *all* its agents are done, and its frame stack resets
-    per env, not per car. Here a crashed car is respawned alone (the others keep driving) and only
-    its frame stack is refilled. Same-step autoreset: the observation returned for a finished car is
-    its first observation of the next episode; the last one of the finished episode is in
-    ``infos["final_obs"][k]`` (rows where ``infos["_final_obs"]`` is True), so truncated episodes can
-    bootstrap from it. Finished episodes also put their statistics in ``infos["episode"]`` (``r``,
-    ``l``, ``laps``, ``progress``, ``lap_time``, ``crashed``) with the mask ``infos["_episode"]``.
-    The per-car info arrays (``lap``, ``progress``, ``x``, ...) describe the step just taken, also
-    for cars that were respawned in it. If the game was lost and came back (``infos["reconnected"]``)
-    every episode ended truncated; ``infos["lost_step"]`` marks a step that got no answer at all
-    (reward 0, next observation = last real one): off-policy learners should not store it.
+    ## Description
 
-    A seed game (the seed's Roblox place: no hello) restarts an ended car itself, in the same tick:
-    its packet is both the ending and the first observation of the next episode. That is reported
-    exactly as above, with no RESET_AGENTS sent: ``final_obs`` ends with the ``last_observation``
-    the game sent with it, or, from a game that sends none, with the car's previous frame (the
-    closest to the ending there is).
+    AI drivers race on closed-loop tracks in a game: the embedded simulator (``rbxenv.sim``, the
+    default), or a Roblox place over the protocol (PROTOCOL.md). ``num_venvs`` venvs each hold a
+    track and ``num_agents`` cars that race each other (venvs never interact); every car is one
+    slot of this vector env (``num_envs = num_agents * num_venvs``) and all are driven by one
+    policy. Written by hand rather than as SuperSuit's ``pettingzoo_env_to_vec_env_v1(
+    frame_stack_v1(...))``: SuperSuit resets a ParallelEnv only when *all* its agents are done and
+    stacks frames per env; here a crashed car is respawned alone (the others keep driving) and
+    only its frame stack is refilled.
+
+    ## Action Space
+
+    ``Box(-1.0, 1.0, (3,), float32)`` per car, clipped before it is sent:
+
+    | Num | Action   | Effect (simulator, ``SimConfig``)                                         |
+    |-----|----------|---------------------------------------------------------------------------|
+    | 0   | throttle | > 0 accelerates to 60 studs/s; < 0 brakes, then reverses (to 15 studs/s)  |
+    | 1   | steering | -1 full left .. +1 full right (max_steer 0.5 rad)                          |
+    | 2   | nitro    | on above 0.5 (with throttle > 0 and fuel): top speed 90 studs/s            |
+
+    ## Observation Space
+
+    ``Box(low, high, (obs_size * frame_stack,), float32)``: ``frame_stack`` frames of
+    ``obs_size = num_rays + 3`` floats (13 by default: 52 with 4 frames), oldest frame first. A
+    new episode starts with every frame equal to its first observation (no zeros that a policy
+    could mistake for walls). Per frame:
+
+    | Num         | Observation                                                 | Min  | Max |
+    |-------------|-------------------------------------------------------------|------|-----|
+    | 0..rays-1   | ray k: distance to a wall or car / ray_length (100 studs)   | 0.0  | 1.0 |
+    | rays        | nitro fuel                                                  | 0.0  | 1.0 |
+    | rays + 1    | forward speed / nitro_max_speed (90), negative reversing    | -1.0 | 1.0 |
+    | rays + 2    | is-reverse: 1 when the car faces against the track          | 0.0  | 1.0 |
+
+    ## Rewards
+
+    Reported by the game (PROTOCOL.md §4); the simulator's, per decision step (15 Hz): 0.1 per
+    stud of progress along the centre line (negative backwards), +10 per lap, -0.5 per step
+    touching another car, -10 when the car crashes, is stuck or drives the wrong way.
+
+    ## Starting State
+
+    ``start="random"`` (training): a seeded random point of the centre line, facing the track
+    direction, at rest with full nitro fuel; ``start="grid"`` (evaluation): the start grid.
+
+    ## Episode End
+
+    Terminated: the car touches a wall, is stuck (under 2 studs/s) for 30 steps, or drives the
+    wrong way for 30 steps. Truncated: the time limit, 1500 decision steps (100 s) on tracks up to
+    2500 studs and proportionally more on longer ones (``rules.time_limit_steps``); the venv moving
+    to a new track (every ``track_change_steps``); a lost game. Same-step autoreset: the
+    observation returned for a finished car is its first of the next episode; the last one of the
+    finished episode is in ``infos["final_obs"][k]`` (rows where ``infos["_final_obs"]``), so
+    truncated episodes can bootstrap from it. Finished episodes put their statistics in
+    ``infos["episode"]`` (``r``, ``l``, ``laps``, ``progress``, ``lap_time``, ``crashed``) with the
+    mask ``infos["_episode"]``. The per-car info arrays (``lap``, ``progress``, ``x``, ...) describe
+    the step just taken, also for cars that were respawned in it. If the game was lost and came
+    back (``infos["reconnected"]``) every episode ended truncated; ``infos["lost_step"]`` marks a
+    step that got no answer at all (reward 0, next observation = last real one): off-policy
+    learners should not store it.
+
+    A seed game (the original project's Roblox place: protocol v0, no hello) restarts an ended car
+    itself, in the same tick: its packet is both the ending and the first observation of the next
+    episode. That is reported exactly as above, with no RESET_AGENTS sent: ``final_obs`` ends with
+    the ``last_observation`` the game sent with it, or, from a game that sends none, with the car's
+    previous frame (the closest to the ending there is).
+
+    ## Arguments
+
+    ``make_vec_env(num_agents=5, num_venvs=5, frame_stack=4, track_change_steps=1500, **game)``;
+    ``game`` chooses the game and how to reach it (``sim="inprocess"`` / ``"subprocess"`` / None
+    for Roblox), the stepping mode, starts, tracks, seeds and timeouts: see ``GameSession``.
+    ``reset(seed=s)`` seeds the track choice and the random starts, ``sim_seed`` the simulator:
+    with the same seeds a lockstep run is reproducible.
+
+    >>> from rbxenv import make_vec_env
+    >>> envs = make_vec_env(num_agents=2, num_venvs=3, frame_stack=4, sim_seed=0)
+    >>> envs.num_envs, envs.single_observation_space.shape, envs.single_action_space.shape
+    (6, (52,), (3,))
+    >>> obs, infos = envs.reset(seed=0)
+    >>> obs, reward, terminated, truncated, infos = envs.step(envs.action_space.sample())
+    >>> obs.shape, reward.shape, sorted(infos)[:3]
+    ((6, 52), (6,), ['cause', 'collided', 'heading'])
+    >>> envs.close()
+
+    ## Version History
+
+    * v1: protocol v1 games (hello, batched ticks, autoreset), in-process simulator backend,
+      per-car same-step autoreset with ``final_obs``, episode statistics in ``infos``.
+    * v0: the seed's PettingZoo env over the seed's protocol (``RacingParallelEnv`` keeps it).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}

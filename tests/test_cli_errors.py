@@ -24,13 +24,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rbxenv
-from rbxenv import cli, protocol
+from rbxenv import cli, protocol, training
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 PY = sys.executable
 PPO, SAC, EXPORT = str(ROOT / "ppo_continuous.py"), str(ROOT / "sac_continuous.py"), str(ROOT / "export_onnx.py")
 DRIVE, SIM, TRACKS = ["-m", "rbxenv.drive"], ["-m", "rbxenv.sim"], ["-m", "rbxenv.tracks"]
-BENCH, EXAMPLE = ROOT / "bench", str(ROOT / "examples" / "sb3_ppo.py")
+BENCH, EXAMPLE, RLLIB = ROOT / "bench", str(ROOT / "examples" / "sb3_ppo.py"), str(ROOT / "examples" / "rllib_ppo.py")
 
 # (row id, command after `python`, exit code, the command's name, text the one stderr line must hold).
 # {missing}, {unreadable}, {garbage}, {dir}, {policy}, {busy}, {closed}, {nogame}, {silent...} are filled in below.
@@ -79,6 +80,7 @@ TABLE = [
     # examples/ and bench/ (realtime_load, reference_driver and step_breakdown refuse through the same
     # cli.check; left out here because each of their rows would pay a numba import for nothing new)
     ("example zero", [EXAMPLE, "--timesteps", "0"], 2, "sb3_ppo.py", "--timesteps 0: allowed: 1 or more"),
+    ("rllib nan", [RLLIB, "--gamma", "nan"], 2, "rllib_ppo.py", "--gamma nan: allowed: 0 to 1"),
     ("env_speed zero", [str(BENCH / "env_speed.py"), "--num-venvs", "0"], 2, "env_speed.py", "--num-venvs 0: allowed: 1 or more"),
     ("learning nan", [str(BENCH / "learning.py"), "--minutes", "nan"], 2, "learning.py", "--minutes nan: allowed: a number above 0"),
     ("luau_game negative", [str(BENCH / "luau_game.py"), "--steps", "-5"], 2, "luau_game.py", "--steps -5: allowed: 1 or more"),
@@ -209,3 +211,16 @@ def test_bad_input_and_failures_are_one_line(results, name, argv, code, prog, sa
 def test_figures_that_do_not_exist_print_as_a_dash():
     assert [cli.figure(v, ".1f", " s") for v in (float("nan"), None, float("inf"), 12.345)] == ["-", "-", "-", "12.3 s"]
     assert cli.HELDOUT_TRACKS == len(rbxenv.HELDOUT_TRACK_SEEDS)  # the flag checks know it without the env
+
+
+@pytest.mark.parametrize("script", ["ppo_continuous", "sac_continuous"])
+def test_track_is_a_deprecated_alias_of_wandb(script, monkeypatch, capsys):
+    """--track (W&B logging, CleanRL's name) still works: it turns on --wandb and says so in one line."""
+    module = __import__(script)
+    monkeypatch.setattr(sys, "argv", [module.PROG, "--track"])
+    args = training.parse_args(module.Args, module.PROG, script[:3], module.check_args)
+    assert args.wandb and not args.track
+    assert capsys.readouterr().err.splitlines() == [f"{module.PROG}: warning: --track is deprecated, use --wandb"]
+    monkeypatch.setattr(sys, "argv", [module.PROG, "--wandb"])
+    args = training.parse_args(module.Args, module.PROG, script[:3], module.check_args)
+    assert args.wandb and capsys.readouterr().err == ""

@@ -24,6 +24,7 @@ import yardstick  # noqa: E402
 from netutil import assert_clean_output  # noqa: E402
 
 import ppo_continuous as ppo  # noqa: E402
+from rbxenv import training  # noqa: E402
 
 TINY = ["--num-agents", "2", "--num-venvs", "2", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
 
@@ -67,6 +68,13 @@ def test_end_to_end_run_checkpoint_and_resume(tmp_path):
     assert_clean_output(first.stdout, first.stderr)
     assert "step 64/128" in first.stdout and "eval on 2 held-out tracks" in first.stdout
     run_dir = only_run_dir(tmp_path)
+    introduction = first.stdout.splitlines()[:2]  # what runs where, and where to look
+    assert introduction == [
+        "ppo_continuous.py: PPO on the simulator in this process (kinematic car, lockstep) | 2 cars x 2 venvs"
+        " | generated training tracks, new every 1500 steps | 128 agent-steps",
+        f"run directory runs/{run_dir.name} (watch: tensorboard --logdir runs)",
+    ], introduction
+    assert "expected duration " in first.stdout
     ckpt_path = run_dir / "checkpoint.pt"
     assert f"checkpoint: runs/{run_dir.name}/checkpoint.pt" in first.stdout.splitlines()[-1]
 
@@ -168,6 +176,6 @@ def test_short_run_beats_the_ray_follower_on_heldout_tracks(tmp_path):
     ckpt = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)
     trained = ppo.Agent(52, 3, tuple(ckpt["args"]["hidden_sizes"]))
     trained.load_state_dict(ckpt["model"])
-    ok, figures = yardstick.beats_the_ray_follower(ppo.evaluate, trained, MARGIN)
+    ok, figures = yardstick.beats_the_ray_follower(training.evaluate, trained, MARGIN)
     print(f"{figures} (training {train_seconds:.0f} s)")
     assert ok, f"PPO does not beat the ray follower by {MARGIN} laps: {figures}"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from netutil import assert_clean_output  # noqa: E402
 
 import sac_continuous as sac  # noqa: E402
-from rbxenv import make_vec_env  # noqa: E402
+from rbxenv import make_vec_env, training  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -78,12 +78,17 @@ def test_replay_buffer_wraps_and_keeps_rows_together():
     assert torch.equal(rewards[:, 0], obs[:, 0]) and torch.equal(dones[:, 0], obs[:, 0] % 2)
 
 
-def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch):
+def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     handler = signal.getsignal(signal.SIGINT)
     path = sac.train(sac.Args(exp_name="e2e", seed=3, save_model=True, capture_video=True, **TINY))
     assert signal.getsignal(signal.SIGINT) is handler  # train() gives Ctrl-C back when it returns
     run_dir = Path(path).parent
+    first_line = capsys.readouterr().out.splitlines()[0]  # what runs where
+    assert (
+        first_line.startswith("sac_continuous.py: SAC on the simulator in this process")
+        and "2 cars x 2 venvs" in first_line
+    )
     assert Path(path).exists() and glob.glob(f"{run_dir}/events.out.tfevents.*")
     assert glob.glob(f"{run_dir}/videos/eval_*.gif")
     assert not glob.glob(f"{run_dir}/*.tmp*")  # atomic writes leave no temp files behind
@@ -107,7 +112,7 @@ def test_end_to_end_events_checkpoint_video_and_resume(tmp_path, monkeypatch):
     actor = sac.Actor(52, 3, (32, 32))
     actor.load_state_dict(ckpt["model"]["actor"])
     obs = np.random.default_rng(0).uniform(0, 1, (16, 52)).astype(np.float32)
-    expected = actor.act(torch.as_tensor(obs), deterministic=True).numpy()
+    expected = actor.act_deterministic(torch.as_tensor(obs)).numpy()
     np.testing.assert_allclose(run_policy(policy, obs), expected, atol=1e-5)
 
     # --resume continues the global step in the same run directory and checkpoint
@@ -148,7 +153,7 @@ def mean_progress(actor: sac.Actor, track: int, cars: int = 5, seed: int = 0) ->
     envs = make_vec_env(num_agents=1, num_venvs=cars, track_seeds=[track] * cars, track_change_steps=None,
                         start="random", sim_seed=seed)  # fmt: skip
     try:
-        return sac.evaluate(actor, envs, seed=seed)["progress"]
+        return training.evaluate(actor, envs, seed=seed)["progress"]
     finally:
         envs.close()
 

@@ -11,7 +11,7 @@ the formulas are the pure functions of ``rbxenv.sim.rules``, pinned for the Luau
 (``rbxenv.sim.kernels``, to the same results), since numpy calls on arrays of a few dozen cars
 cost more in overhead than in arithmetic.
 
-## Observation space: ``Box(-1, 1, (num_rays + 3,), float32)``, 13 floats by default
+## Observation space: ``Box(low, high, (num_rays + 3,), float32)``, 13 floats by default (bounds below)
 
 | index | observation | min | max |
 |---|---|---|---|
