@@ -39,7 +39,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from rbxenv import busy_wait, protocol
+from rbxenv import protocol
 from rbxenv.protocol import SEED_GAME, GameSpec, Hello, ObsBatch, ProtocolError
 
 log = logging.getLogger("rbxenv.bridge")
@@ -418,8 +418,6 @@ class TrainingBridge:
             Defaults to the RBXENV_TOKEN environment variable.
         handshake_timeout: seconds to wait for a ``hello`` before treating the game as a seed game.
         obs_timeout: default seconds ``get_observation(s)`` waits before raising TimeoutError.
-        busy_wait: seconds the event loop polls for the game's next frame before it sleeps
-            (``rbxenv.busy_wait``; worth it against a game on this machine, like the simulator).
         ping_interval: a seed game (no hello) closes its socket after 20 s without a message, so
             it gets a PING whenever nothing else went out for this many seconds, from the network
             thread: also while the training thread is busy (updates, evaluation, checkpoints).
@@ -436,7 +434,6 @@ class TrainingBridge:
         *,
         handshake_timeout: float = 1.0,
         obs_timeout: float = 10.0,
-        busy_wait: float = 0.0,
         ping_interval: float = 2.0,
     ):
         token = token if token is not None else os.environ.get("RBXENV_TOKEN") or None
@@ -447,7 +444,6 @@ class TrainingBridge:
             )
         self.host, self.port, self._token = host, port, token
         self.handshake_timeout, self.obs_timeout = handshake_timeout, obs_timeout
-        self.busy_wait = busy_wait
         self.ping_interval = ping_interval
         self.data = DataBridge()
         self.game: GameSpec | None = None
@@ -487,7 +483,7 @@ class TrainingBridge:
         failure: list[BaseException] = []
 
         def run() -> None:
-            loop = busy_wait.new_event_loop(self.busy_wait)
+            loop = asyncio.new_event_loop()
             self._loop = loop
             try:
                 self._servers = loop.run_until_complete(self._serve())

@@ -24,7 +24,6 @@ import numpy as np
 
 from rbxenv import tracks
 from rbxenv.bridge import BridgeClosed, Observations, TrainingBridge
-from rbxenv.busy_wait import default_spin
 from rbxenv.protocol import GameSpec, agent_id
 from rbxenv.sim.rules import sim_config
 from rbxenv.tracks import load_tracks
@@ -92,7 +91,7 @@ class GameSession:
             fastest); ``"subprocess"`` launches it in a child process that connects over a loopback
             WebSocket (the protocol path a game takes; stopped by ``close()``; ``"embedded"`` is its
             old name); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
-            ``host``, ``port``, ``token``, ``wait_timeout``, ``reconnect_timeout`` and ``busy_wait``
+            ``host``, ``port``, ``token``, ``wait_timeout`` and ``reconnect_timeout``
             concern the WebSocket, so not ``"inprocess"``.
         mode: ``"lockstep"`` or ``"realtime"`` for the simulator (a game announces its own). A
             real-time game keeps its own clock, so ``"realtime"`` runs the simulator as a subprocess.
@@ -122,10 +121,6 @@ class GameSession:
             (default), "dynamic" (actuator lag, yaw inertia, tyres that slide past their grip),
             "randomized" (dynamic, its constants drawn per episode), optionally followed by
             SimConfig overrides ("dynamic,max_lateral_accel=56,actuator_lag=0.2").
-        busy_wait: seconds the trainer and the subprocess simulator poll for each other's next
-            message before sleeping (``rbxenv.busy_wait``: ~1.5x the subprocess lockstep rollout).
-            Default: 1 ms with the subprocess simulator on a machine with 2+ cores, else 0 (a game
-            elsewhere, e.g. Roblox Studio, should keep its CPU).
     """
 
     def __init__(
@@ -150,7 +145,6 @@ class GameSession:
         obs_timeout: float = 10.0,
         reconnect_timeout: float = 60.0,
         sim_seed: int = 0,
-        busy_wait: float | None = None,
         dynamics: str = "kinematic",
     ):
         if num_agents < 1 or num_venvs < 1:
@@ -188,13 +182,10 @@ class GameSession:
         self.agent_ids = [agent_id(i, v) for v in self.venv_ids for i in range(num_agents)]
         self.venv_of = np.repeat(np.arange(num_venvs), num_agents)
         self.tracks: dict[str, dict | None] = dict.fromkeys(self.venv_ids)
-        if busy_wait is None:
-            busy_wait = default_spin() if sim == "subprocess" else 0.0
-        self.busy_wait = busy_wait
         # the WebSocket server, for a game in another process (None with the in-process simulator)
         self.bridge: RemoteGame | None = None
         if sim != "inprocess":
-            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout, busy_wait=busy_wait)
+            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout)
         if self.bridge is None:
             from rbxenv.sim.backend import SimBackend  # (loads the simulator's kernels: not for Roblox)
             from rbxenv.sim.world import Sim
@@ -310,7 +301,6 @@ class GameSession:
 
     def _launch_sim(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "rbxenv.sim", "--url", self.bridge.url, "--seed", str(self.sim_seed)]
-        cmd += ["--busy-wait-us", str(round(self.busy_wait * 1e6))]
         if self.dynamics != "kinematic":
             cmd += ["--dynamics", self.dynamics]
         if self.mode == "realtime":

@@ -26,7 +26,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from rbxenv import busy_wait, protocol
+from rbxenv import protocol
 from rbxenv.protocol import ActionRows, Command, GameSpec, ProtocolError
 from rbxenv.sim.rules import SimConfig, sim_config
 from rbxenv.sim.world import Sim, StepResult
@@ -500,13 +500,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-rays", type=int, default=10, help="rays per car: the observation is num_rays + 3 floats (the seed's default car: 16)")  # fmt: skip
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to keep retrying")
     parser.add_argument(
-        "--busy-wait-us",
-        type=int,
-        default=0,
-        help="microseconds to poll for the trainer's next command before sleeping (the trainer "
-        "launches its embedded simulator with 1000 on a multi-core machine: see rbxenv.busy_wait)",
-    )
-    parser.add_argument(
         "--dynamics",
         default="kinematic",
         help='the car: "kinematic", "dynamic" or "randomized" (rbxenv.sim.rules.sim_config), optionally '
@@ -517,7 +510,6 @@ def main(argv: list[str] | None = None) -> None:
         "--url": lambda url: None if url.startswith(("ws://", "wss://")) else "allowed: a ws:// or wss:// URL",
         "--tick-hz": cli.above(0),
         "--connect-timeout": cli.at_least(0),
-        "--busy-wait-us": cli.at_least(0),
         "--num-rays": cli.between(1, 256),
     })  # fmt: skip
     try:
@@ -526,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     logging.basicConfig(level=logging.WARNING, format="rbxenv.sim: %(message)s")
     try:
-        with asyncio.Runner(loop_factory=lambda: busy_wait.new_event_loop(args.busy_wait_us * 1e-6)) as runner:
+        with asyncio.Runner() as runner:
             stats = runner.run(
                 run(
                     args.url,
