@@ -19,7 +19,6 @@ A lost game raises BridgeClosed from whatever call is waiting; it never hangs si
 
 from __future__ import annotations
 
-import _signal
 import asyncio
 import hmac
 import ipaddress
@@ -675,19 +674,18 @@ class TrainingBridge:
         if self.data.ready(rows) or self.data.lost is not None:
             return
         # Ctrl-C raised inside a task (the connection handler decoding a frame) would kill the
-        # handler and drop the game: hold it until the loop stops, then raise it here. (_signal:
-        # signal.signal's enum conversions cost ~6 us a step, a sixtieth of it.)
+        # handler and drop the game: hold it until the loop stops, then raise it here.
         interrupted = False
         restore = None
         if threading.current_thread() is threading.main_thread():
-            if _signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
 
                 def on_sigint(signum, frame) -> None:
                     nonlocal interrupted
                     interrupted = True
                     loop.call_soon_threadsafe(self._notify_progress)
 
-                restore = _signal.signal(signal.SIGINT, on_sigint)
+                restore = signal.signal(signal.SIGINT, on_sigint)
         try:
             while not interrupted and not self.data.ready(rows) and self.data.lost is None:
                 remaining = deadline - time.monotonic()
@@ -702,7 +700,7 @@ class TrainingBridge:
                     timer.cancel()
         finally:
             if restore is not None:
-                _signal.signal(signal.SIGINT, restore)
+                signal.signal(signal.SIGINT, restore)
         if interrupted:
             raise KeyboardInterrupt
 
