@@ -36,7 +36,6 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from rbxenv import protocol
 from rbxenv.protocol import SEED_GAME, GameSpec, Hello, ObsBatch, ProtocolError
@@ -878,8 +877,7 @@ class TrainingBridge:
         if self._lockstep and self._baton.acquire(blocking=False):
             try:  # the loop is not running: this thread may touch the connection itself
                 self._queue_handed()
-                if not self._write_now(outbox, frame):
-                    outbox.put_nowait(frame)  # goes out when the loop runs next
+                outbox.put_nowait(frame)  # goes out when the loop runs next
             finally:
                 self._background()
         else:
@@ -891,25 +889,6 @@ class TrainingBridge:
         while self._handed:
             outbox, frame = self._handed.popleft()
             outbox.put_nowait(frame)
-
-    def _write_now(self, outbox: asyncio.Queue, frame: bytes) -> bool:
-        """Write a frame to the socket at once (baton held, nothing queued before it): what
-        ``conn.send`` does, without a turn of the loop. websockets is pinned, so are these
-        internals. False when the frame must wait for the sender task instead."""
-        conn = self._conn
-        if (
-            conn is None
-            or not outbox.empty()
-            or conn.send_in_progress is not None
-            or conn.protocol.state is not State.OPEN
-            or conn.transport.get_write_buffer_size()  # flow control: let the sender task drain
-        ):
-            return False
-        conn.protocol.send_text(frame)
-        conn.send_data()
-        self._sent_at = time.monotonic()
-        self.data.stats["frames_out"] += 1
-        return True
 
     def _next_tick(self) -> int:
         self._tick += 1
