@@ -13,7 +13,7 @@
    recorded rows): the whole trainer side, without the simulator's work.
 Env, echo and the zero-cost game are measured in turn, ``--rounds`` windows each, so that a slow
 or fast spell of the machine weighs on all; prints the median agent-steps/s of each, their range,
-and the ratios of the medians. Target: env >= 0.5 x echo.
+and the ratios of the medians (information: issue 16 retired the old target env >= 0.5 x echo).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def real_frames(env, rng: np.random.Generator, steps: int = 300) -> tuple[bytes,
 def env_rate(env, rng: np.random.Generator, seconds: float, warm_up: int = 20) -> float:
     """Agent-steps/s of ``make_vec_env`` with a random policy over ``seconds``."""
     shape = env.action_space.shape
-    for _ in range(warm_up):  # (the training thread takes the loop back after the echo's turn)
+    for _ in range(warm_up):
         env.step(rng.uniform(-1, 1, shape).astype(np.float32))
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -167,8 +167,8 @@ def bench_bridge(out_frame: bytes, replies: list[str], seconds: float) -> float:
 
 
 class Echo:
-    """The bare WebSocket round trip of the same payloads, on an asyncio server in this thread (as
-    the bridge's loop runs on the training thread), against the replaying peer in a child process."""
+    """The bare WebSocket round trip of the same payloads, on an asyncio server in this thread,
+    against the replaying peer in a child process."""
 
     def __init__(self, out_frame: bytes, replies: list[str], num_cars: int, obs_size: int):
         from websockets.asyncio.server import serve
@@ -277,7 +277,7 @@ def main() -> None:
     print(f"bridge, echo peer    {bridge:10,.0f} agent-steps/s  (TrainingBridge, no simulator)")
     ratios = env_rates / echo_rates
     print(
-        f"env / echo = {np.median(env_rates) / np.median(echo_rates):.2f}   (target >= 0.5; per window pair "
+        f"env / echo = {np.median(env_rates) / np.median(echo_rates):.2f}   (per window pair "
         f"{ratios.min():.2f} .. {ratios.max():.2f})   env / in-process = {np.median(env_rates) / inproc:.2f}"
     )
     print(

@@ -5,9 +5,9 @@
 Runs ``make_vec_env`` (frame stack 4, random policy, no track changes) against the simulator in a
 child process, both instrumented with time stamps on the same clock (``time.perf_counter`` is
 CLOCK_MONOTONIC on Linux, shared by processes), and prints the median time of each leg of a step:
-the trainer's own work, the bridge's, the wire and the simulator's. (With a lockstep game the
-training thread runs the bridge's event loop itself while it waits, so no leg is a thread
-hand-off.) Steps in which the simulator restarted a car (autoreset, inside the encode leg) or the
+the trainer's own work, the bridge's, the wire and the simulator's. (The bridge's event loop runs
+in its own thread: handing a frame to it and waking the training thread are legs of their own.)
+Steps in which the simulator restarted a car (autoreset, inside the encode leg) or the
 trainer reset one (a second round trip) are left out and counted, so the legs add up to the
 median step.
 """
@@ -62,13 +62,13 @@ finally:
 
 LEGS = [
     ("trainer: clip actions, build ACTION_BATCH", "step start -> send"),
-    ("trainer: write the frame (lockstep: no hand-off)", "send -> sent"),
+    ("trainer: hand the frame to the network thread", "send -> sent"),
     ("wire + simulator's asyncio receive", "sent -> sim has the frame"),
     ("simulator: decode command, Sim.step", "-> stepped"),
     ("simulator: encode the obs batch", "stepped -> sim done"),
     ("simulator's asyncio send + wire + bridge's receive", "sim done -> bridge has the frame"),
     ("bridge: decode, store in slots", "-> stored"),
-    ("bridge: leave the event loop, hand over the slots", "stored -> answer in hand"),
+    ("bridge: wake the training thread", "stored -> answer in hand"),
     ("trainer: read slots, frame stack, infos", "awake -> step end"),
 ]
 

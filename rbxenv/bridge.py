@@ -2,10 +2,8 @@
 
 Threads: the WebSocket server's asyncio loop runs in a background thread; training code calls the
 blocking TrainingBridge methods from its own thread. Observations flow into per-agent slots of the
-DataBridge (guarded by one Condition); commands flow out through an asyncio queue, one frame each.
-With a lockstep game the training thread runs the loop itself while it waits for an answer (the
-background thread takes the loop back once training pauses): a step then costs no thread hand-off
-at all, which is most of what the bridge would otherwise add to a round trip.
+DataBridge, and the training thread blocks on its Condition until they are there; commands flow out
+through an asyncio queue (``loop.call_soon_threadsafe``), one frame each.
 
     bridge = TrainingBridge(port=8000).start()
     game = bridge.wait_for_game(timeout=60)          # the GameSpec from its hello, or seed defaults
@@ -25,10 +23,9 @@ import ipaddress
 import logging
 import os
 import re
-import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlparse
@@ -455,18 +452,8 @@ class TrainingBridge:
         self._tick = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        # Whoever holds the baton runs the loop: the background thread, or the training thread
-        # while it waits for a lockstep answer. ``_yield`` ends the background thread's turn.
-        self._baton = threading.Lock()
-        self._yield: asyncio.Future | None = None
-        self._last_foreground = 0.0  # time.monotonic() when the training thread last gave the loop back
-        self._waiting = False  # the training thread runs the loop until observations arrive or the game leaves
-        self._stopped = False  # the background thread ends its last turn and closes the loop
-        self._wanted = False  # the training thread is waiting for the baton
         self._conn: ServerConnection | None = None
         self._outbox: asyncio.Queue | None = None
-        # frames other threads handed to the loop, not in their outbox yet: a direct write waits for them
-        self._handed: deque[tuple[asyncio.Queue, bytes]] = deque()
         self._attached = threading.Event()
         self._bad = protocol.RateLimitedLog(log, "bad frame from game")
         self._game_errors = protocol.RateLimitedLog(log, "game reported an error")
@@ -493,17 +480,11 @@ class TrainingBridge:
                 return
             self.port = self._servers[0].sockets[0].getsockname()[1]
             ready.set()
-            while self._take_turn():
-                try:
-                    self._yield = loop.create_future()
-                    loop.run_until_complete(self._yield)  # until the training thread wants the loop
-                finally:
-                    self._baton.release()
-            with self._baton:
-                for server in self._servers:
-                    server.close()
-                    loop.run_until_complete(server.wait_closed())
-                loop.close()
+            loop.run_forever()  # until close()
+            for server in self._servers:
+                server.close()
+                loop.run_until_complete(server.wait_closed())
+            loop.close()
 
         self._thread = threading.Thread(target=run, name="rbxenv-bridge", daemon=True)
         self._thread.start()
@@ -586,14 +567,12 @@ class TrainingBridge:
             if self._conn is not None:
                 await self._conn.close(1001, "trainer shutting down")
 
-        self._last_foreground = 0.0  # the background thread takes the loop now, not after the idle pause
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=2)
         except Exception:  # noqa: BLE001 - best effort: the game may be gone already
             pass
-        self._stopped = True
         try:
-            self._loop.call_soon_threadsafe(self._end_turn)
+            self._loop.call_soon_threadsafe(self._loop.stop)
         except RuntimeError:  # the background thread already closed the loop
             pass
         if self._thread is not None:
@@ -607,101 +586,6 @@ class TrainingBridge:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # ---------------------------------------------------------------- who runs the loop
-
-    IDLE_HANDBACK = 0.05  # seconds without a lockstep step before the background thread runs the loop again
-
-    def _take_turn(self) -> bool:
-        """Background thread: wait for the baton (the training thread idle for IDLE_HANDBACK s).
-        False once the bridge is closing."""
-        while not self._stopped:
-            idle = not self._wanted and time.monotonic() - self._last_foreground >= self.IDLE_HANDBACK
-            if idle and self._baton.acquire(timeout=0.01):
-                if not self._stopped:
-                    return True
-                self._baton.release()
-                return False
-            time.sleep(0.01)
-        return False
-
-    def _end_turn(self) -> None:
-        """(On the loop) end the background thread's current turn, if it is taking one."""
-        if self._yield is not None and not self._yield.done():
-            self._yield.set_result(None)
-
-    def _foreground(self) -> bool:
-        """Take the loop for the calling thread (True), or say it must be left to the background
-        thread (False): real-time games keep streaming while training pauses, and a thread that
-        already runs an event loop (a notebook) cannot run a second one."""
-        if not self._lockstep or self._closing:
-            return False
-        try:
-            asyncio.get_running_loop()
-            return False
-        except RuntimeError:
-            pass
-        if not self._baton.acquire(blocking=False):
-            self._wanted = True  # so the background thread does not start another turn meanwhile
-            try:
-                self._loop.call_soon_threadsafe(self._end_turn)
-                self._baton.acquire()
-            finally:
-                self._wanted = False
-        return True
-
-    @property
-    def _lockstep(self) -> bool:
-        return self.game is not None and self.game.mode == "lockstep"
-
-    def _background(self) -> None:
-        """Give the loop back (the background thread takes it once training stays idle)."""
-        self._last_foreground = time.monotonic()
-        self._baton.release()
-
-    def _notify_progress(self) -> None:
-        """(On the loop) observations arrived or the game left: a training thread waiting stops the
-        loop to look (only then: a stop would also end a background turn)."""
-        if self._waiting:
-            self._loop.stop()
-
-    def _run_until_ready(self, agent_ids: Sequence[str], timeout: float) -> None:
-        """Training thread, holding the baton: run the loop until these agents have answers, the
-        game left, or ``timeout`` passed (``DataBridge.wait`` then says which)."""
-        loop, deadline = self._loop, time.monotonic() + timeout
-        rows = self.data.select(agent_ids)
-        if self.data.ready(rows) or self.data.lost is not None:
-            return
-        # Ctrl-C raised inside a task (the connection handler decoding a frame) would kill the
-        # handler and drop the game: hold it until the loop stops, then raise it here.
-        interrupted = False
-        restore = None
-        if threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-
-                def on_sigint(signum, frame) -> None:
-                    nonlocal interrupted
-                    interrupted = True
-                    loop.call_soon_threadsafe(self._notify_progress)
-
-                restore = signal.signal(signal.SIGINT, on_sigint)
-        try:
-            while not interrupted and not self.data.ready(rows) and self.data.lost is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                timer = loop.call_later(remaining, self._notify_progress)
-                self._waiting = True
-                try:
-                    loop.run_forever()  # until _notify_progress (cheaper than run_until_complete)
-                finally:
-                    self._waiting = False
-                    timer.cancel()
-        finally:
-            if restore is not None:
-                signal.signal(signal.SIGINT, restore)
-        if interrupted:
-            raise KeyboardInterrupt
 
     # ---------------------------------------------------------------- network thread
 
@@ -785,7 +669,6 @@ class TrainingBridge:
                     else "the trainer closed the bridge"
                 )
                 self.data.cond.notify_all()
-            self._notify_progress()
             if not self._closing:
                 log.warning("game detached: close code %s (%s)", code, reason)
 
@@ -827,7 +710,6 @@ class TrainingBridge:
                     if self.data.fatal is not None:
                         return
                 unknown = self.data.put_batch(msg)
-                self._notify_progress()
                 if unknown:
                     raise ProtocolError(
                         f"observations for agents this trainer never spawned: {', '.join(unknown[:3])}",
@@ -863,7 +745,6 @@ class TrainingBridge:
         with self.data.cond:
             self.data.fatal = message
             self.data.cond.notify_all()
-        self._notify_progress()
         await conn.close(1003, "observation width changed")
 
     # ---------------------------------------------------------------- sending (training thread)
@@ -874,21 +755,7 @@ class TrainingBridge:
             raise BridgeClosed(lost)
         if loop is None or outbox is None:
             raise BridgeClosed(f"no game is connected to {self.url}")
-        if self._lockstep and self._baton.acquire(blocking=False):
-            try:  # the loop is not running: this thread may touch the connection itself
-                self._queue_handed()
-                outbox.put_nowait(frame)  # goes out when the loop runs next
-            finally:
-                self._background()
-        else:
-            self._handed.append((outbox, frame))
-            loop.call_soon_threadsafe(self._queue_handed)
-
-    def _queue_handed(self) -> None:
-        """(On the loop, or with the baton) queue the frames handed over by other threads, in order."""
-        while self._handed:
-            outbox, frame = self._handed.popleft()
-            outbox.put_nowait(frame)
+        loop.call_soon_threadsafe(outbox.put_nowait, frame)  # (callbacks run in order: so do frames)
 
     def _next_tick(self) -> int:
         self._tick += 1
@@ -1041,15 +908,7 @@ class TrainingBridge:
 
     def get_observations(self, agent_ids: Sequence[str], timeout: float | None = None) -> Observations:
         """The next observations of many agents at once (blocking), as arrays."""
-        timeout = self.obs_timeout if timeout is None else timeout
-        if self._foreground():
-            try:
-                started = time.monotonic()
-                self._run_until_ready(agent_ids, timeout)
-                timeout = max(0.0, timeout - (time.monotonic() - started))
-            finally:
-                self._background()
-        return self.data.wait(agent_ids, timeout)
+        return self.data.wait(agent_ids, self.obs_timeout if timeout is None else timeout)
 
     def clear_observations(self) -> None:
         """Drop pending observations, rewards and flags of every agent."""

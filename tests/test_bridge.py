@@ -779,40 +779,28 @@ def test_port_in_use_is_a_clear_os_error():
         assert time.monotonic() - t0 < 0.5
 
 
-# ------------------------------------------------------------------ who runs the event loop (lockstep)
+# ------------------------------------------------------------------ threads: the network thread runs the loop
 
 
-def training_thread_holds_the_loop(v1, bridge) -> int:
-    """One lockstep step, after which the training thread keeps the loop (the background thread
-    stays out for a minute), then an ACTION_BATCH; returns its tick. The frame reaches the game
-    although nobody runs the loop: the sending thread wrote it itself."""
-    bridge.IDLE_HANDBACK = 60.0
+def test_frames_are_handled_on_the_network_thread_while_training_waits(v1, bridge):
+    """The training thread only waits on the slots' Condition: the answer is decoded and stored by
+    the bridge's own thread, and wakes the waiting one."""
     bridge.spawn_agents("a", ["car_0_env_a"])
-    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
-    bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
-    assert v1.recv()["tick"] == tick
-    return tick
-
-
-def test_lockstep_answers_are_awaited_on_the_training_thread(v1, bridge):
-    """With a lockstep game the training thread runs the loop while it waits: the answer is read on
-    this thread, and a frame sent while the loop is idle is written at once, by the sender."""
-    tick = training_thread_holds_the_loop(v1, bridge)
+    tick = v1.recv()["tick"]
     seen = []
     receive = bridge._receive
 
     async def spy(conn, frame):
-        seen.append(threading.current_thread())
+        seen.append(threading.current_thread().name)
         await receive(conn, frame)
 
     bridge._receive = spy
-    v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
+    threading.Timer(0.05, v1.packet, ({"car_0_env_a": entry(obs_of(0.5), 1.0)},), {"tick": tick}).start()
     got = bridge.get_observations(["car_0_env_a"])
-    assert got.reward.tolist() == [1.0] and seen == [threading.current_thread()]
+    assert got.reward.tolist() == [1.0] and seen == ["rbxenv-bridge"]
 
 
-def test_the_background_thread_takes_the_loop_back_when_training_pauses(v1, bridge):
+def test_the_network_thread_serves_the_game_while_training_pauses(v1, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     tick = v1.recv()["tick"]
     v1.packet({"car_0_env_a": entry()}, tick=tick)
@@ -826,8 +814,8 @@ def test_the_background_thread_takes_the_loop_back_when_training_pauses(v1, brid
         bridge.get_observations(["car_0_env_a"])
 
 
-def test_a_thread_running_an_event_loop_is_served_by_the_background_thread(v1, bridge):
-    """A notebook runs an asyncio loop in its thread; the bridge must not try to run a second one."""
+def test_a_thread_running_an_event_loop_can_wait_for_observations(v1, bridge):
+    """A notebook runs an asyncio loop in its thread; waiting blocks it, the bridge's loop goes on."""
     bridge.spawn_agents("a", ["car_0_env_a"])
     tick = v1.recv()["tick"]
     v1.packet({"car_0_env_a": entry(obs_of(0.25))}, tick=tick)
@@ -848,58 +836,39 @@ def test_lockstep_timeout_still_says_what_is_missing(v1, bridge):
     assert 0.25 < time.monotonic() - started < 2.0
 
 
-def test_ctrl_c_while_the_training_thread_decodes_a_frame_keeps_the_game(v1, bridge):
-    """SIGINT lands in the main thread: with a lockstep game that thread may be inside the
-    connection handler, which a KeyboardInterrupt raised there would kill (and drop the game)."""
-    tick = training_thread_holds_the_loop(v1, bridge)
-    receive = bridge._receive
-
-    async def interrupted(conn, frame):
-        bridge._receive = receive
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C, right here
-        await receive(conn, frame)
-
-    bridge._receive = interrupted
-    v1.packet({"car_0_env_a": entry()}, tick=tick)
+def test_ctrl_c_while_waiting_for_observations_keeps_the_game(v1, bridge):
+    """Ctrl-C interrupts the training thread's wait, never the connection handler (it runs in the
+    network thread): the game stays attached and the run can go on."""
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    tick = v1.recv()["tick"]
+    threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
-        bridge.get_observations(["car_0_env_a"])
+        bridge.get_observations(["car_0_env_a"], timeout=5)
     assert bridge.connected and bridge.data.lost is None
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})  # the run can go on
+    v1.packet({"car_0_env_a": entry()}, tick=tick)
+    bridge.get_observations(["car_0_env_a"])
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
     assert v1.recv()["tick"] == tick
     v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
     assert bridge.get_observations(["car_0_env_a"]).reward.tolist() == [1.0]
 
 
-def test_a_frame_from_another_thread_is_not_overtaken_by_a_direct_write(v1, bridge):
-    """Another thread's frame goes through the loop; if the loop stops before taking it, the
-    training thread's next frame (written directly) must still go out after it."""
-    tick = training_thread_holds_the_loop(v1, bridge)
-    receive = bridge._receive
-
-    def other_thread_sends() -> None:  # runs in the loop's last iteration, baton held
+def test_frames_from_two_threads_go_out_in_the_order_they_were_sent(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.recv()
+    for _ in range(20):
         side = threading.Thread(target=bridge.update_collisions, args=(True,))
         side.start()
         side.join()
-
-    async def answer(conn, frame):
-        bridge._receive = receive
-        await receive(conn, frame)  # the answer: the loop stops after this iteration
-        other_thread_sends()
-
-    bridge._receive = answer
-    v1.packet({"car_0_env_a": entry()}, tick=tick)
-    bridge.get_observations(["car_0_env_a"])
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
-    del bridge.IDLE_HANDBACK  # both may wait for the loop: let the background thread run it
-    assert v1.recv()["command"] == "UPDATE_COLLISIONS"  # sent first, arrives first
-    assert v1.recv()["tick"] == tick
+        bridge.freeze(False)
+    got = [v1.recv()["command"] for _ in range(40)]
+    assert got == ["UPDATE_COLLISIONS", "FREEZE"] * 20
 
 
 def test_close_right_after_a_lockstep_step_is_prompt(v1, bridge):
-    bridge.IDLE_HANDBACK = 60.0  # the background thread would otherwise wait this long for its turn
     bridge.spawn_agents("a", ["car_0_env_a"])
     v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
-    bridge.get_observations(["car_0_env_a"])  # the training thread had the loop last
+    bridge.get_observations(["car_0_env_a"])
     started = time.monotonic()
     bridge.close()
     assert time.monotonic() - started < 1.0
