@@ -152,7 +152,7 @@ def bench_bridge(out_frame: bytes, replies: list[str], seconds: float) -> float:
     with TrainingBridge(port=0) as bridge:
         peer = start_peer(bridge.url, replies, "hello")
         bridge.wait_for_game(10)
-        bridge.data.track(ids, 0)  # as if spawned: the peer only ever sends these cars
+        bridge.data.expect_answers(ids, 0)  # as if spawned: the peer only ever sends these cars
         for _ in range(20):
             bridge.send_action_rows(ids, actions)
             bridge.get_observations(ids)

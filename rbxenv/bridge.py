@@ -6,7 +6,7 @@ DataBridge, and the training thread blocks on its Condition until they are there
 through an asyncio queue (``loop.call_soon_threadsafe``), one frame each.
 
     bridge = TrainingBridge(port=8000).start()
-    game = bridge.wait_for_game(timeout=60)          # the GameSpec from its hello, or seed defaults
+    game = bridge.wait_for_game(timeout=60)          # the GameSpec from its hello, or v0 defaults
     bridge.spawn_agents("a", ["car_0_env_a"])
     first = bridge.get_observation("car_0_env_a")   # {"obs", "reward", "terminated", "truncated", "info"}
     bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
@@ -35,7 +35,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from rbxenv import protocol
-from rbxenv.protocol import SEED_GAME, GameSpec, Hello, ObsBatch, ProtocolError
+from rbxenv.protocol import V0_GAME, GameSpec, Hello, ObsBatch, ProtocolError
 
 log = logging.getLogger("rbxenv.bridge")
 
@@ -50,16 +50,16 @@ _MODEL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def model_id_of(path: str) -> str | None:
-    """The model id of a seed game's URL path ``/ws/<modelId>`` (it names the run), or None."""
+    """The model id of a v0 game's URL path ``/ws/<modelId>`` (it names the run), or None."""
     parts = [unquote(part) for part in urlparse(path).path.split("/") if part]
     if len(parts) == 2 and parts[0] == "ws" and _MODEL_ID.fullmatch(parts[1]) and parts[1] not in (".", ".."):
         return parts[1]
     return None
 
 
-def seed_spec(obs_size: int) -> GameSpec:
-    """A seed game whose packets carry ``obs_size`` floats: rays, nitro, velocity, is-reverse (§2)."""
-    return replace(SEED_GAME, obs_size=obs_size, num_rays=max(obs_size - 3, 0))
+def v0_spec(obs_size: int) -> GameSpec:
+    """A v0 game whose packets carry ``obs_size`` floats: rays, nitro, velocity, is-reverse (§2)."""
+    return replace(V0_GAME, obs_size=obs_size, num_rays=max(obs_size - 3, 0))
 
 
 def is_loopback(host: str) -> bool:
@@ -110,7 +110,7 @@ class DataBridge:
         self._selected: tuple[list[str], np.ndarray | slice] | None = None  # select()'s last answer
         self.lost: str | None = None  # why the game is gone, when it is
         self.fatal: str | None = None  # why the run cannot go on with this game (raised before ``lost``)
-        # A seed game restarts an ended car itself in the same tick: its entry carries the ending
+        # A v0 game restarts an ended car itself in the same tick: its entry carries the ending
         # AND the first observation of the next episode (see put_batch).
         self.self_restart = False
         self.stats: Counter[str] = Counter()
@@ -180,7 +180,7 @@ class DataBridge:
             self._selected = (list(agent_ids), selection)
             return selection
 
-    def track(self, agent_ids: Iterable[str], tick: int, restart: bool = False) -> None:
+    def expect_answers(self, agent_ids: Iterable[str], tick: int, restart: bool = False) -> None:
         """Make agents known and wait for an answer to the command sent with ``tick``.
 
         ``restart`` (spawn, reset): whatever was pending belongs to the episode that just ended.
@@ -258,11 +258,11 @@ class DataBridge:
         return unknown
 
     def _split_restarts(self, batch: ObsBatch, rows: np.ndarray | slice) -> None:
-        """A seed game's entry that says terminated/truncated ends one episode and is the first
+        """A v0 game's entry that says terminated/truncated ends one episode and is the first
         observation of the next (the game restarted the car in that tick): report it as autoreset
         does, the new episode's observation as ``reset_obs`` and as the episode's final observation
         its ``last_observation`` when the game sent one, else the car's previous frame (the best
-        there is: the seed game sent nothing closer to the ending)."""
+        there is: the v0 game sent nothing closer to the ending)."""
         ended = batch.terminated | batch.truncated
         if not ended.any():
             return
@@ -363,10 +363,6 @@ class DataBridge:
             self._drain(rows)
             return out
 
-    def clear(self) -> None:
-        with self.cond:
-            self._drain(list(self.rows.values()))
-
 
 def _rows(rows: np.ndarray | slice) -> np.ndarray:
     return np.arange(rows.start, rows.stop) if type(rows) is slice else rows
@@ -404,16 +400,16 @@ def _rows_of_batch(batch: ObsBatch, keep: np.ndarray) -> ObsBatch:
 
 
 class TrainingBridge:
-    """The seed's TrainingBridge: a WebSocket server plus blocking, documented methods.
+    """The original project's TrainingBridge: a WebSocket server plus blocking, documented methods.
 
     Args:
         host: interface to bind; anything but loopback requires ``token``.
         port: TCP port; 0 picks a free one (see ``port`` after ``start()``).
         token: shared secret the game must present (``hello.token`` or ``?token=`` in the URL).
             Defaults to the RBXENV_TOKEN environment variable.
-        handshake_timeout: seconds to wait for a ``hello`` before treating the game as a seed game.
+        handshake_timeout: seconds to wait for a ``hello`` before treating the game as a v0 game.
         obs_timeout: default seconds ``get_observation(s)`` waits before raising TimeoutError.
-        ping_interval: a seed game (no hello) closes its socket after 20 s without a message, so
+        ping_interval: a v0 game (no hello) closes its socket after 20 s without a message, so
             it gets a PING whenever nothing else went out for this many seconds, from the network
             thread: also while the training thread is busy (updates, evaluation, checkpoints).
 
@@ -442,12 +438,12 @@ class TrainingBridge:
         self.ping_interval = ping_interval
         self.data = DataBridge()
         self.game: GameSpec | None = None
-        # The model id of the game's URL path /ws/<modelId> (the seed's places dial one), or None.
+        # The model id of the game's URL path /ws/<modelId> (the original project's places dial one), or None.
         self.model_id: str | None = None
         # The observation width the trainer's spaces are built on: from the hello, or learned from
-        # a seed game's first agent entry; a game that changes it mid-run cannot go on.
+        # a v0 game's first agent entry; a game that changes it mid-run cannot go on.
         self._obs_width: int | None = None
-        self._sent_at = 0.0  # time.monotonic() of the latest frame written (PING keeps a seed game alive)
+        self._sent_at = 0.0  # time.monotonic() of the latest frame written (PING keeps a v0 game alive)
         self._servers: list = []
         self._tick = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -603,12 +599,12 @@ class TrainingBridge:
             pass
         except ConnectionClosed:
             return
-        game = SEED_GAME
+        game = V0_GAME
         token = (query.get("token") or [None])[0]
         first_is_hello = first is not None and _is_hello(first)
         if first_is_hello:
             try:
-                msg = protocol.decode_game_message(first, SEED_GAME.obs_size)
+                msg = protocol.decode_game_message(first, V0_GAME.obs_size)
             except ProtocolError as err:
                 await conn.send(protocol.encode_error(err.code, str(err)).decode())
                 if err.code == "unsupported_version":
@@ -630,7 +626,7 @@ class TrainingBridge:
             await conn.send(protocol.encode_welcome(game.capabilities).decode())
             self._obs_width = game.obs_size
         elif self._obs_width is not None:
-            game = seed_spec(self._obs_width)  # a seed game coming back: expected to send what it sent
+            game = v0_spec(self._obs_width)  # a v0 game coming back: expected to send what it sent
         # ``data.lost`` stays set: a game that left is only forgotten once the trainer takes the
         # new one with wait_for_game() (and respawns what it had), never silently here.
         self._conn, self.game, self._outbox = conn, game, asyncio.Queue()
@@ -683,9 +679,9 @@ class TrainingBridge:
             pass
 
     async def _keepalive(self, outbox: asyncio.Queue) -> None:
-        """(A seed game) PING whenever nothing went out for ``ping_interval`` s, as the seed's
+        """(A v0 game) PING whenever nothing went out for ``ping_interval`` s, as the original project's
         trainer did every 5 s: the game closes a socket that stays silent for 20 s."""
-        ping = protocol.encode_seed_command("PING")
+        ping = protocol.encode_v0_command("PING")
         while True:
             await asyncio.sleep(max(0.05, self._sent_at + self.ping_interval - time.monotonic()))
             if time.monotonic() - self._sent_at >= self.ping_interval and outbox.empty():
@@ -696,17 +692,17 @@ class TrainingBridge:
     async def _receive(self, conn: ServerConnection, frame: str | bytes) -> None:
         stats = self.data.stats
         stats["frames_in"] += 1
-        game = self.game or SEED_GAME
+        game = self.game or V0_GAME
         try:
             if not isinstance(frame, str):
                 raise ProtocolError("binary frame: send JSON as WebSocket text frames", "bad_message")
-            # decode_game_message also refuses oversized frames; a seed game's width is read off its packets
+            # decode_game_message also refuses oversized frames; a v0 game's width is read off its packets
             msg = protocol.decode_game_message(frame, game.obs_size if game.protocol else None)
             if isinstance(msg, ObsBatch):
-                if not msg.agent_ids:  # a seed game's "[]" (no car active) or only "__" keys
+                if not msg.agent_ids:  # a v0 game's "[]" (no car active) or only "__" keys
                     return
                 if not game.protocol and msg.obs.shape[1] != self._obs_width:
-                    await self._seed_width(conn, msg.obs.shape[1])
+                    await self._v0_width(conn, msg.obs.shape[1])
                     if self.data.fatal is not None:
                         return
                 unknown = self.data.put_batch(msg)
@@ -726,16 +722,16 @@ class TrainingBridge:
             stats["bad_frames"] += 1
             stats[f"bad_frames.{err.code}"] += 1
             self._bad.warn(err.code, str(err))
-            if game.protocol:  # a seed game has no use for error frames: it would only warn about them
+            if game.protocol:  # a v0 game has no use for error frames: it would only warn about them
                 await conn.send(protocol.encode_error(err.code, str(err)[:500]).decode())
 
-    async def _seed_width(self, conn: ServerConnection, width: int) -> None:
-        """A seed game's packet of ``width`` floats per car: the width of the run if none is known
+    async def _v0_width(self, conn: ServerConnection, width: int) -> None:
+        """A v0 game's packet of ``width`` floats per car: the width of the run if none is known
         yet, else (another width) the end of the run, with one clear error."""
         if self._obs_width is None:
             self._obs_width = width
-            self.game = seed_spec(width)
-            log.info("seed game: %d floats per observation (rays, nitro, velocity, is-reverse)", width)
+            self.game = v0_spec(width)
+            log.info("v0 game: %d floats per observation (rays, nitro, velocity, is-reverse)", width)
             return
         message = (
             f"the game's observations changed from {self._obs_width} to {width} floats per car mid-run "
@@ -765,16 +761,16 @@ class TrainingBridge:
         return self.game is not None and self.game.has("tick")
 
     def _command(self, command: str, envid: str | None = None, data: object = None, tick: int | None = None) -> None:
-        """Send a command in the form the game reads: the seed's object form to a game that never
-        said hello (the seed's place), rbxenv's otherwise."""
+        """Send a command in the form the game reads: the original project's object form to a game that never
+        said hello (the original project's place), rbxenv's otherwise."""
         if self.game is not None and not self.game.protocol:
-            self._send(protocol.encode_seed_command(command, envid, data))
+            self._send(protocol.encode_v0_command(command, envid, data))
         else:
             self._send(protocol.encode_command(command, envid, data, tick))
 
     @property
     def width_known(self) -> bool:
-        """The game's observation width is known (from its hello, or a seed game's first packet)."""
+        """The game's observation width is known (from its hello, or a v0 game's first packet)."""
         return self._obs_width is not None
 
     def freeze(self, status: bool) -> None:
@@ -793,7 +789,7 @@ class TrainingBridge:
         """(Re)spawn agents of a venv; creates the venv (and its track) if it is new.
 
         ``track``/``start``/``seed`` are sent only to games that announced ``track_spec`` /
-        ``random_start``; a seed game gets the seed's ``{"agents": [...]}``. ``autoreset``: the
+        ``random_start``; a v0 game gets the original project's ``{"agents": [...]}``. ``autoreset``: the
         game restarts each of these cars in the step its episode ends, and that step's observations
         bring its first observation of the next one (``Observations.restarted``/``reset_obs``), so
         no RESET_AGENTS round trip is needed; asked only of games that announced ``autoreset`` and
@@ -802,8 +798,8 @@ class TrainingBridge:
         protocol.check_envid(env_id)
         agents = list(agents)
         tick = self._next_tick()
-        self.data.track(agents, tick, restart=True)
-        game = self.game or SEED_GAME
+        self.data.expect_answers(agents, tick, restart=True)
+        game = self.game or V0_GAME
         data: object = agents
         if game.has("track_spec") or game.has("random_start") or autoreset and self.autoresets:
             data = {"agents": agents, "start": start if game.has("random_start") else "grid"}
@@ -827,7 +823,7 @@ class TrainingBridge:
         """Respawn agents (their episodes restart); the game answers with their observations."""
         agents = list(agents)
         tick = self._next_tick()
-        self.data.track(agents, tick, restart=True)
+        self.data.expect_answers(agents, tick, restart=True)
         self._command("RESET_AGENTS", env_id, agents, tick if self._ticked() else None)
 
     def remove_agents(self, env_id: str, agents: Sequence[str]) -> None:
@@ -836,13 +832,13 @@ class TrainingBridge:
         self._command("REMOVE_AGENTS", env_id, agents)
 
     def send_actions(self, env_id: str, actions: Mapping[str, Sequence[float]]) -> None:
-        """Actions for the agents of one venv (the seed's per-venv ACTION)."""
+        """Actions for the agents of one venv (the original project's per-venv ACTION)."""
         tick = self._next_tick()
-        self.data.track(actions.keys(), tick)
+        self.data.expect_answers(actions.keys(), tick)
         self._command("ACTION", env_id, dict(actions), tick if self._ticked() else None)
 
     def send_action_batch(self, actions: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
-        """Actions for every venv at once: one ACTION_BATCH frame (per-venv ACTIONs for seed games).
+        """Actions for every venv at once: one ACTION_BATCH frame (per-venv ACTIONs for v0 games).
 
         ``actions`` is ``{envid: {agent_id: [throttle, steering, nitro]}}`` (rows may be numpy arrays).
         Returns the tick id the observations will answer.
@@ -853,7 +849,7 @@ class TrainingBridge:
             actions = {
                 env_id: per_venv if type(per_venv) is dict else dict(per_venv) for env_id, per_venv in actions.items()
             }
-            self.data.track([aid for per_venv in actions.values() for aid in per_venv], tick)
+            self.data.expect_answers([aid for per_venv in actions.values() for aid in per_venv], tick)
             self._send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
             self.action_sent_at = time.monotonic()
             return tick
@@ -869,7 +865,7 @@ class TrainingBridge:
         """
         if self.game is not None and self.game.has("columns"):
             tick = self._next_tick()
-            self.data.track(agent_ids, tick)
+            self.data.expect_answers(agent_ids, tick)
             ids = agent_ids if type(agent_ids) is list else list(agent_ids)
             self._send(protocol.encode_action_rows(ids, np.ascontiguousarray(actions), tick))
             self.action_sent_at = time.monotonic()
@@ -910,14 +906,10 @@ class TrainingBridge:
         """The next observations of many agents at once (blocking), as arrays."""
         return self.data.wait(agent_ids, self.obs_timeout if timeout is None else timeout)
 
-    def clear_observations(self) -> None:
-        """Drop pending observations, rewards and flags of every agent."""
-        self.data.clear()
-
 
 def _is_hello(frame: str | bytes) -> bool:
     """Whether a frame is a JSON object with ``"type": "hello"`` (wherever the key comes: Roblox's
-    JSONEncode orders keys as it likes). The substring test spares parsing seed packets twice."""
+    JSONEncode orders keys as it likes). The substring test spares parsing v0 packets twice."""
     if '"hello"' not in frame if isinstance(frame, str) else b'"hello"' not in frame:
         return False
     try:

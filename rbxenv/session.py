@@ -62,7 +62,7 @@ class GameBackend(Protocol):
 
 
 class RemoteGame(TrainingBridge):
-    """A game over the WebSocket (Roblox, ``python -m rbxenv.sim``, a seed game) as a GameBackend."""
+    """A game over the WebSocket (Roblox, ``python -m rbxenv.sim``, a v0 game) as a GameBackend."""
 
     def step(self, agent_ids: Sequence[str], actions: np.ndarray) -> Observations:
         self.send_action_rows(agent_ids, actions)
@@ -231,7 +231,7 @@ class GameSession:
         return self.game
 
     def _learn_width(self) -> GameSpec:
-        """A seed game (no hello) says how many floats it observes only in its packets, and sends
+        """A v0 game (no hello) says how many floats it observes only in its packets, and sends
         none before it has cars: spawn them now (reset respawns them) and read the first packet."""
         ids: list[str] = []
         for venv in range(self.num_venvs):
@@ -245,7 +245,7 @@ class GameSession:
 
     @property
     def model_id(self) -> str | None:
-        """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the seed's places dial), or None."""
+        """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the original project's places dial), or None."""
         return self.bridge.model_id if self.bridge is not None else None
 
     def _wait_for_child(self, limit: float = 300.0) -> GameSpec:
@@ -284,7 +284,7 @@ class GameSession:
                 _stop_process(self.process)
             self.process = self._launch_sim()
         self.game = self.bridge.wait_for_game(self.reconnect_timeout)
-        # (a seed game is taken to send what it sent before: the bridge ends the run if it does not)
+        # (a v0 game is taken to send what it sent before: the bridge ends the run if it does not)
         if old is not None and (self.game.obs_size, self.game.action_size) != (old.obs_size, old.action_size):
             raise BridgeClosed(
                 f"the game came back with obs_size={self.game.obs_size}, action_size={self.game.action_size} "

@@ -1,8 +1,8 @@
 """TrainingBridge over real loopback WebSockets: a scripted game (websockets' sync client) plays
-the other end, so the handshake, the seed formats, tick ids, stale packets, bad frames, auth and
+the other end, so the handshake, the v0 formats, tick ids, stale packets, bad frames, auth and
 shutdown are exercised exactly as a Roblox place or the simulator would meet them.
 
-Every test binds port 0 on 127.0.0.1; seed games wait a 0.2 s handshake timeout instead of 1 s.
+Every test binds port 0 on 127.0.0.1; v0 games wait a 0.2 s handshake timeout instead of 1 s.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 
 from rbxenv import protocol
 from rbxenv.bridge import BridgeClosed, TrainingBridge, is_loopback
-from rbxenv.protocol import SEED_GAME, GameSpec
+from rbxenv.protocol import V0_GAME, GameSpec
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -80,7 +80,7 @@ class Game:
     def __init__(self, url: str):
         self._client = connect(url, open_timeout=3, close_timeout=1, max_size=None)
         self.ws = self._client.__enter__()
-        self.bridge: TrainingBridge | None = None  # set for a seed game: it gets no error frames to wait for
+        self.bridge: TrainingBridge | None = None  # set for a v0 game: it gets no error frames to wait for
 
     def send(self, msg) -> None:
         self.ws.send(msg if isinstance(msg, str | bytes) else json.dumps(msg))
@@ -95,7 +95,7 @@ class Game:
 
     def barrier(self) -> None:
         """Wait until the trainer has handled everything sent so far (it answers a bad frame in order;
-        a seed game's bad frame it only counts)."""
+        a v0 game's bad frame it only counts)."""
         if self.bridge is not None:
             bridge, count = self.bridge, self.bridge.stats["bad_frames"]
             self.send("barrier")
@@ -150,16 +150,16 @@ def v1(bridge):
 
 @pytest.fixture
 def seed(bridge):
-    """A seed game: no hello, attached after the handshake timeout."""
+    """A v0 game: no hello, attached after the handshake timeout."""
     with game_at(bridge.url) as g:
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         g.bridge = bridge
         yield g
 
 
 @pytest.fixture
 def rt(bridge):
-    """A version-1 real-time game with no capabilities: seed packets, error frames, parked endings."""
+    """A version-1 real-time game with no capabilities: v0 packets, error frames, parked endings."""
     with game_at(bridge.url, hello(mode="realtime", capabilities=[])) as g:
         assert g.recv()["type"] == "welcome"
         bridge.wait_for_game(3)
@@ -200,11 +200,11 @@ def test_unknown_protocol_version_gets_error_and_close_1002(bridge):
     assert not bridge.connected
 
 
-def test_bad_hello_gets_an_error_and_the_game_is_treated_as_a_seed_game(bridge):
+def test_bad_hello_gets_an_error_and_the_game_is_treated_as_a_v0_game(bridge):
     with game_at(bridge.url, hello(obs_size=14)) as g:
         err = g.recv()
         assert err["code"] == "bad_message" and "hello.obs_size" in err["message"]
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
 
 
 def test_hello_after_the_first_frame_is_an_error(v1, bridge):
@@ -223,14 +223,14 @@ def test_wait_for_game_timeout(bridge):
 # Seed games
 
 
-def test_seed_game_defaults_and_spawn_in_the_seed_form(bridge):
+def test_v0_game_defaults_and_spawn_in_the_v0_form(bridge):
     t0 = time.monotonic()
     with game_at(bridge.url) as g:
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         assert time.monotonic() - t0 >= HANDSHAKE * 0.9  # it waited for a hello that never came
         ids = ["car_0_env_a", "car_1_env_a"]
         bridge.spawn_agents("a", ids, track={"ignored": True}, start="random", seed=3)
-        # the seed's object, nothing else: no tick, no track, no start
+        # the original project's object, nothing else: no tick, no track, no start
         assert g.recv() == {"command": "SPAWN_AGENTS", "envid": "a", "data": {"agents": ids}}
         g.packet({ids[0]: entry(obs_of(0.1), 0.0), ids[1]: entry(obs_of(0.2), 0.0)})
         got = bridge.get_observations(ids)
@@ -239,7 +239,7 @@ def test_seed_game_defaults_and_spawn_in_the_seed_form(bridge):
         np.testing.assert_allclose(got.obs[:, 0], [0.1, 0.2])
 
 
-def test_seed_game_gets_per_venv_action_commands(seed, bridge):
+def test_v0_game_gets_per_venv_action_commands(seed, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     bridge.spawn_agents("b", ["car_0_env_b"])
     assert seed.recv()["envid"] == "a" and seed.recv()["envid"] == "b"
@@ -253,14 +253,14 @@ def test_seed_game_gets_per_venv_action_commands(seed, bridge):
     got = bridge.get_observations(["car_0_env_a", "car_0_env_b"])
     assert got.reward.tolist() == [1.5, -10.0]
     assert got.terminated.tolist() == [False, True] and got.truncated.tolist() == [False, False]
-    # the seed game restarted car_0_env_b in that tick: 0.4 is its next episode's first frame, the
+    # the v0 game restarted car_0_env_b in that tick: 0.4 is its next episode's first frame, the
     # ending is reported at its previous frame (the game sent no last_observation)
     assert got.restarted.tolist() == [False, True]
     np.testing.assert_allclose(got.reset_obs[1], obs_of(0.4))
     np.testing.assert_allclose(got.obs[:, 0], [0.3, 0.5])
 
 
-def test_seed_game_restarts_cars_itself(seed, bridge):
+def test_v0_game_restarts_cars_itself(seed, bridge):
     ids = ["car_0_env_a", "car_1_env_a"]
     bridge.spawn_agents("a", ids)
     seed.recv()
@@ -280,7 +280,7 @@ def test_seed_game_restarts_cars_itself(seed, bridge):
     assert bridge.stats["bad_frames"] == 0 and bridge.stats["frames_in"] == 4
 
 
-def test_seed_game_gets_no_error_frames(seed, bridge):
+def test_v0_game_gets_no_error_frames(seed, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     seed.recv()
     for frame in ("{not json", {"car_9_env_a": entry()}, {"car_0_env_a": entry(reward="x")}):
@@ -292,7 +292,7 @@ def test_seed_game_gets_no_error_frames(seed, bridge):
 
 
 @pytest.mark.expect_error_log("observations changed from 19 to 22 floats")
-def test_seed_game_learns_the_width_and_refuses_a_change(seed, bridge):
+def test_v0_game_learns_the_width_and_refuses_a_change(seed, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     seed.recv()
     seed.packet({"car_0_env_a": entry([0.5] * 19)})
@@ -304,7 +304,7 @@ def test_seed_game_learns_the_width_and_refuses_a_change(seed, bridge):
     assert seed.close_code() == 1003
 
 
-def test_seed_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
+def test_v0_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
     bridge.ping_interval = 0.2
     with game_at(bridge.url) as g:
         bridge.wait_for_game(3)
@@ -320,8 +320,8 @@ def test_seed_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
             g.recv(timeout=0.5)
 
 
-def test_seed_game_commands(seed, bridge):
-    # the seed trainer's object forms: data always an object, envid "" where no venv applies
+def test_v0_game_commands(seed, bridge):
+    # the v0 trainer's object forms: data always an object, envid "" where no venv applies
     bridge.freeze(True)
     assert seed.recv() == {"command": "FREEZE", "envid": "", "data": {"status": True}}
     bridge.update_collisions(False)
@@ -338,10 +338,10 @@ def test_seed_game_commands(seed, bridge):
     assert seed.recv() == {"command": "CLOSE_ALL", "envid": "", "data": {}}
 
 
-def test_seed_game_whose_first_frame_is_a_packet(bridge):
-    # not a hello: a seed game, and the frame itself is handled (here: an agent nobody spawned)
+def test_v0_game_whose_first_frame_is_a_packet(bridge):
+    # not a hello: a v0 game, and the frame itself is handled (here: an agent nobody spawned)
     with game_at(bridge.url, {"car_0_env_a": entry()}):
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         assert eventually(lambda: bridge.stats["bad_frames.unknown_agent"] == 1)
 
 
@@ -644,7 +644,7 @@ def test_a_new_game_can_attach_after_the_first_left(bridge):
         bridge.wait_for_game(3)
     assert eventually(lambda: not bridge.connected)
     with game_at(bridge.url) as g:
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         bridge.spawn_agents("a", ["car_0_env_a"])
         g.recv()
         g.packet({"car_0_env_a": entry(reward=3.0)})
@@ -697,7 +697,7 @@ def secured():
         ("", hello(token="wrong")),
         ("", hello(token="")),
         ("?token=wrong", hello()),
-        ("", None),  # seed game without a token
+        ("", None),  # v0 game without a token
         ("?token=wrong", None),
         ("?token=", None),
     ],
@@ -719,7 +719,7 @@ def test_right_token_in_hello_is_accepted(secured):
 
 def test_right_token_in_the_query_is_accepted(secured):
     with game_at(secured.url + "/?token=s3cret") as g:
-        assert secured.wait_for_game(3) == SEED_GAME
+        assert secured.wait_for_game(3) == V0_GAME
         secured.spawn_agents("a", ["car_0_env_a"])
         assert g.recv()["command"] == "SPAWN_AGENTS"
 
@@ -765,7 +765,7 @@ def test_close_without_start_and_context_manager():
     TrainingBridge(port=0).close()
     with TrainingBridge(port=0, handshake_timeout=HANDSHAKE) as b:
         with game_at(b.url):
-            assert b.wait_for_game(3) == SEED_GAME
+            assert b.wait_for_game(3) == V0_GAME
     assert port_is_free(b.port)
 
 
@@ -899,13 +899,13 @@ def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(6)]
-    data.track(ids, 1, restart=True)
+    data.expect_answers(ids, 1, restart=True)
     if reorder:
         data.forget(ids[1:3])  # frees two rows in the middle ...
         late = [protocol.agent_id(i, "b") for i in range(3)]
-        data.track(late, 2, restart=True)  # ... which the next agents take, and one more
+        data.expect_answers(late, 2, restart=True)  # ... which the next agents take, and one more
         ids = [ids[0], *late[::-1], *ids[3:]]
-    data.track(ids, 3)
+    data.expect_answers(ids, 3)
     assert isinstance(data.select(ids), np.ndarray) == reorder
     for tick in (3, 4):
         values = {aid: 10.0 * tick + k for k, aid in enumerate(ids)}
@@ -921,7 +921,7 @@ def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
         assert np.array_equal(got.info["progress"], np.where(told, expected, np.nan), equal_nan=True)
         if tick == 3:
             first = got
-            data.track(ids, 4)
+            data.expect_answers(ids, 4)
     assert np.array_equal(first.obs[:, 0], np.array([30.0 + k for k in range(len(ids))], np.float32))
     assert first.reward[0] == 30.0 and not data.ready(data.select(ids))
 
@@ -931,8 +931,8 @@ def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(3)]
-    data.track(ids, 1, restart=True)
-    data.track(ids, 2)
+    data.expect_answers(ids, 1, restart=True)
+    data.expect_answers(ids, 2)
     batch = obs_batch(ids, 2, dict.fromkeys(ids, 1.0), [True] * 3)
     batch.terminated[1] = True
     batch.restarted = np.array([False, True, False])
@@ -942,7 +942,7 @@ def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
     got = data.wait(ids, 1.0)
     assert got.restarted.tolist() == [False, True, False] and got.terminated.tolist() == [False, True, False]
     assert got.reset_obs[1].tolist() == [7.0] * 13 and not got.reset_obs[[0, 2]].any()
-    data.track(ids, 3)
+    data.expect_answers(ids, 3)
     late = obs_batch([ids[1]], 1, {ids[1]: 5.0}, [True])  # sent before the restart: the old episode's
     data.put_batch(late)
     assert data.stats["old_episode_packets"] == 1
@@ -958,9 +958,9 @@ def test_packets_after_an_unread_restart_are_dropped_and_ids_may_be_any_sequence
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(2)]
-    data.track(ids, 1, restart=True)
-    data.track(ids, 2)
-    data.track(ids, 3)  # stepped again before the answer to 2 came
+    data.expect_answers(ids, 1, restart=True)
+    data.expect_answers(ids, 2)
+    data.expect_answers(ids, 3)  # stepped again before the answer to 2 came
     late = obs_batch(ids, 2, dict.fromkeys(ids, 1.0), [True] * 2)
     late.terminated[0] = True
     late.restarted, late.reset_obs = np.array([True, False]), np.full((2, 13), 7.0, np.float32)
@@ -980,16 +980,16 @@ def test_a_ticked_packet_before_any_spawn_is_only_unknown():
     data = DataBridge()  # no rows at all yet
     ids = ["car_0_env_a", "car_1_env_a"]
     assert data.put_batch(obs_batch(ids, 3, dict.fromkeys(ids, 1.0), [True, True])) == ids
-    data.track(ids[:1], 4, restart=True)
+    data.expect_answers(ids[:1], 4, restart=True)
     assert data.put_batch(obs_batch(ids, 4, dict.fromkeys(ids, 2.0), [True, True])) == ids[1:]
     assert data.wait(ids[:1], 1.0).reward.tolist() == [2.0]
 
 
 # ============================================================================================
-# Where a seed place finds the trainer
+# Where a v0 place finds the trainer
 
 
-def test_model_id_of_a_seed_url():
+def test_model_id_of_a_v0_url():
     from rbxenv.bridge import model_id_of
 
     assert model_id_of("/ws/telsa_new") == "telsa_new"
