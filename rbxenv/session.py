@@ -23,7 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from rbxenv import tracks
-from rbxenv.bridge import BridgeClosed, Observations, TrainingBridge
+from rbxenv.bridge import TrainingBridge
+from rbxenv.observations import BridgeClosed, Observations
 from rbxenv.protocol import GameSpec, agent_id
 from rbxenv.sim.rules import sim_config
 from rbxenv.tracks import load_tracks

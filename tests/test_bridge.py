@@ -895,7 +895,7 @@ def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
     """Agents spawned together get consecutive rows (read as one slice); forgetting and spawning
     others scatters them. Either way each agent gets its own values, and the arrays handed over
     are copies that later packets do not change."""
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(6)]
@@ -927,7 +927,7 @@ def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
 
 
 def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(3)]
@@ -954,7 +954,7 @@ def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
 def test_packets_after_an_unread_restart_are_dropped_and_ids_may_be_any_sequence():
     """A step answered late (the trainer timed out and stepped again): the car restarted in the
     late answer keeps that ending until it is read; the next episode's packet is not mixed in."""
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(2)]
@@ -975,7 +975,7 @@ def test_packets_after_an_unread_restart_are_dropped_and_ids_may_be_any_sequence
 
 
 def test_a_ticked_packet_before_any_spawn_is_only_unknown():
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()  # no rows at all yet
     ids = ["car_0_env_a", "car_1_env_a"]
@@ -990,7 +990,7 @@ def test_a_ticked_packet_before_any_spawn_is_only_unknown():
 
 
 def test_model_id_of_a_v0_url():
-    from rbxenv.bridge import model_id_of
+    from rbxenv.server import model_id_of
 
     assert model_id_of("/ws/telsa_new") == "telsa_new"
     assert model_id_of("/ws/telsa_new?token=x") == "telsa_new"
