@@ -5,9 +5,9 @@
 Runs ``make_vec_env`` (frame stack 4, random policy, no track changes) against the simulator in a
 child process, both instrumented with time stamps on the same clock (``time.perf_counter`` is
 CLOCK_MONOTONIC on Linux, shared by processes), and prints the median time of each leg of a step:
-the trainer's own work, the bridge's, the wire and the simulator's. (With a lockstep game the
-training thread runs the bridge's event loop itself while it waits, so no leg is a thread
-hand-off.) Steps in which the simulator restarted a car (autoreset, inside the encode leg) or the
+the trainer's own work, the bridge's, the wire and the simulator's. (The bridge's event loop runs
+in its own thread: handing a frame to it and waking the training thread are legs of their own.)
+Steps in which the simulator restarted a car (autoreset, inside the encode leg) or the
 trainer reset one (a second round trip) are left out and counted, so the legs add up to the
 median step.
 """
@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the loopback help
 
 from netutil import free_port  # noqa: E402
 
-from rbxenv import busy_wait, cli, make_vec_env  # noqa: E402
+from rbxenv import cli, make_vec_env  # noqa: E402
 from rbxenv.bridge import TrainingBridge  # noqa: E402
 
 # The simulator process, with time stamps around each command it handles and after each Sim.step.
@@ -55,20 +55,20 @@ def timed_restart(self, ids, ended):
     return out
 client.SimGame.receive, Sim.step, client.SimGame._restart = timed_receive, timed_step, timed_restart
 try:
-    client.main(["--url", sys.argv[1], "--busy-wait-us", sys.argv[3]])
+    client.main(["--url", sys.argv[1]])
 finally:
     np.save(sys.argv[2], np.array(stamps))
 """
 
 LEGS = [
     ("trainer: clip actions, build ACTION_BATCH", "step start -> send"),
-    ("trainer: write the frame (lockstep: no hand-off)", "send -> sent"),
+    ("trainer: hand the frame to the network thread", "send -> sent"),
     ("wire + simulator's asyncio receive", "sent -> sim has the frame"),
     ("simulator: decode command, Sim.step", "-> stepped"),
     ("simulator: encode the obs batch", "stepped -> sim done"),
     ("simulator's asyncio send + wire + bridge's receive", "sim done -> bridge has the frame"),
     ("bridge: decode, store in slots", "-> stored"),
-    ("bridge: leave the event loop, hand over the slots", "stored -> answer in hand"),
+    ("bridge: wake the training thread", "stored -> answer in hand"),
     ("trainer: read slots, frame stack, infos", "awake -> step end"),
 ]
 
@@ -78,24 +78,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--num-venvs", type=int, default=5)
     parser.add_argument("--num-agents", type=int, default=5)
-    parser.add_argument("--busy-wait-us", type=int, default=None, help="at both ends (default: make_vec_env's)")
     args = parser.parse_args()
     cli.check(parser.prog, args, {
         "--steps": cli.at_least(1),
         "--num-venvs": cli.at_least(1),
         "--num-agents": cli.at_least(1),
-        "--busy-wait-us": cli.at_least(0),
     })  # fmt: skip
-    spin = busy_wait.default_spin() if args.busy_wait_us is None else args.busy_wait_us * 1e-6
 
     port = free_port()  # for the trainer, known before the simulator starts
     with tempfile.TemporaryDirectory() as tmp:
         sim_stamps = Path(tmp) / "sim.npy"
-        us = str(round(spin * 1e6))
-        sim = subprocess.Popen([sys.executable, "-c", SIM, f"ws://127.0.0.1:{port}", str(sim_stamps), us])
+        sim = subprocess.Popen([sys.executable, "-c", SIM, f"ws://127.0.0.1:{port}", str(sim_stamps)])
         env = make_vec_env(
             args.num_agents, args.num_venvs, 4, sim=None, port=port, wait_timeout=60, track_change_steps=None,
-            busy_wait=spin,
         )  # fmt: skip
         bridge = env.session.bridge
         sends, stored, woke = [], [], []
@@ -151,7 +146,7 @@ def main() -> None:
     legs = np.median(np.array(rows) * 1e6, axis=0)
     cars = args.num_venvs * args.num_agents
     print(
-        f"{cars} cars, busy wait {spin * 1e6:.0f} us, {len(rows)} of {args.steps} steps measured ({restarts} with "
+        f"{cars} cars, {len(rows)} of {args.steps} steps measured ({restarts} with "
         f"cars restarted by the simulator and {resets} with a reset round trip left out); median µs per leg:"
     )
     for (what, span), us in zip(LEGS, legs, strict=True):

@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from pettingzoo import ParallelEnv
 
-from rbxenv.bridge import BridgeClosed, Observations
+from rbxenv.observations import BridgeClosed, Observations
 from rbxenv.protocol import INFO_NUMBERS, GameSpec
 from rbxenv.session import HELDOUT_TRACK_SEEDS, TRAIN_TRACK_SEEDS, GameSession
 

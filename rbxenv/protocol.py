@@ -24,11 +24,11 @@ PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1 << 20  # PROTOCOL.md: frames above 1 MiB are rejected
 MAX_AGENTS = 4096  # bounds a single message: no game runs more cars than this
 MAX_VENVS = 1024
-# The seed's trainer served ws://<host>:8000/ws/<modelId>; its places dial that URL, so a trainer
+# The original project's trainer served ws://<host>:8000/ws/<modelId>; its places dial that URL, so a trainer
 # waiting for an external game listens there too (any path is accepted; /ws/<id> names the run).
 DEFAULT_PORT = 8000
 
-SEED_COMMANDS = frozenset(
+V0_COMMANDS = frozenset(
     {
         "FREEZE",
         "SPAWN_AGENTS",
@@ -40,9 +40,9 @@ SEED_COMMANDS = frozenset(
         "UPDATE_COLLISIONS",
     }
 )
-# PING keeps a seed game's idle timer (20 s) from closing the socket; CREATE_ENV is the seed game's
-# own command (venvs are created by their first spawn); RESET is an older seed trainer's RESET_AGENTS.
-COMMANDS = SEED_COMMANDS | {"ACTION_BATCH", "PING", "CREATE_ENV", "RESET"}
+# PING keeps a v0 game's idle timer (20 s) from closing the socket; CREATE_ENV is the v0 game's
+# own command (venvs are created by their first spawn); RESET is an older v0 trainer's RESET_AGENTS.
+COMMANDS = V0_COMMANDS | {"ACTION_BATCH", "PING", "CREATE_ENV", "RESET"}
 CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns", "autoreset", "game_tracks"})
 ERROR_CODES = frozenset(
     {
@@ -110,15 +110,15 @@ class RateLimitedLog:
 
 @dataclass(frozen=True)
 class GameSpec:
-    """The spaces and abilities a game announced in its ``hello`` (seed defaults without one)."""
+    """The spaces and abilities a game announced in its ``hello`` (protocol version 0's defaults without one)."""
 
-    protocol: int = 0  # 0: a seed game that sent no hello
-    game: str = "seed game"
+    protocol: int = 0  # 0: a v0 game that sent no hello
+    game: str = "v0 game"
     obs_size: int = 13
     num_rays: int = 10
     action_size: int = 3
     tick_hz: float = 15.0
-    mode: str = "realtime"  # seed games tick on their own
+    mode: str = "realtime"  # v0 games tick on their own
     capabilities: frozenset[str] = field(default_factory=frozenset)
     track: dict | None = field(default=None, compare=False)  # the game's own track (capability game_tracks)
 
@@ -126,7 +126,7 @@ class GameSpec:
         return capability in self.capabilities
 
 
-SEED_GAME = GameSpec()
+V0_GAME = GameSpec()
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class ErrorMessage:
 
 @dataclass
 class ObsBatch:
-    """Observations of one packet (seed per-venv packet or v1 ``obs`` batch), as arrays.
+    """Observations of one packet (a v0 per-venv packet or a v1 ``obs`` batch), as arrays.
 
     Row ``k`` of every array belongs to ``agent_ids[k]``. ``info`` holds one column per
     ``INFO_KEYS`` entry (see ``info_columns``); ``has_info[k]`` says whether agent k sent any.
@@ -161,7 +161,7 @@ class ObsBatch:
     has_info: np.ndarray  # (n,) bool
     restarted: np.ndarray | None = None  # (n,) bool
     reset_obs: np.ndarray | None = None  # (n, obs_size) float32, zeros where not restarted
-    # A seed game's ``last_observation`` (the final frame of an episode it ended and restarted in
+    # A v0 game's ``last_observation`` (the final frame of an episode it ended and restarted in
     # this packet): rows where ``has_last`` is True (both None: nobody sent one).
     last_obs: np.ndarray | None = None  # (n, obs_size) float32
     has_last: np.ndarray | None = None  # (n,) bool
@@ -218,7 +218,7 @@ class Command:
 
 
 def agent_id(index: int, envid: str) -> str:
-    """The seed's agent naming: ``car_{i}_env_{envid}``."""
+    """The original project's agent naming: ``car_{i}_env_{envid}``."""
     return f"car_{index}_env_{envid}"
 
 
@@ -411,8 +411,8 @@ def _obs_array(rows: list, n: int, obs_size: int, where: str) -> np.ndarray:
 
 def _decode_agents(agents: dict, obs_size: int | None, tick: int | None, where: str) -> ObsBatch:
     """The per-agent form: ``{agent_id: {"obs", "reward", "terminated", "truncated", "info"?,
-    "last_observation"?}}``. Keys starting with ``__`` are not agents (a seed game's ``__pong``):
-    skipped. ``obs_size`` None: the first entry's observation sets the width (a seed game says it
+    "last_observation"?}}``. Keys starting with ``__`` are not agents (a v0 game's ``__pong``):
+    skipped. ``obs_size`` None: the first entry's observation sets the width (a v0 game says it
     nowhere else) and every other entry must match it."""
     if any(key[:2] == "__" for key in agents):
         agents = {key: entry for key, entry in agents.items() if key[:2] != "__"}
@@ -596,10 +596,10 @@ def _decode_restarts(msg: dict, batch: ObsBatch, obs_size: int) -> tuple[np.ndar
 
 
 def decode_game_message(raw: str | bytes, obs_size: int | None) -> Hello | ObsBatch | ErrorMessage:
-    """Parse and validate one frame sent by a game (hello, obs batch, seed packet or error).
+    """Parse and validate one frame sent by a game (hello, obs batch, v0 packet or error).
 
-    ``obs_size`` None (a seed game whose width is not known yet): a seed packet's first entry sets it.
-    ``[]`` is a seed game's empty packet (Roblox's JSONEncode of an empty table): an ObsBatch of no agents.
+    ``obs_size`` None (a v0 game whose width is not known yet): a v0 packet's first entry sets it.
+    ``[]`` is a v0 game's empty packet (Roblox's JSONEncode of an empty table): an ObsBatch of no agents.
     """
     msg = load_json(raw)
     if msg == []:
@@ -607,10 +607,10 @@ def decode_game_message(raw: str | bytes, obs_size: int | None) -> Hello | ObsBa
     if type(msg) is not dict:
         raise ProtocolError(f"expected a JSON object, got {_type_name(msg)}")
     kind = msg.get("type")
-    if kind is None:  # a seed packet: {agent_id: {...}}
+    if kind is None:  # a v0 packet: {agent_id: {...}}
         return _decode_agents(msg, obs_size, None, "packet")
     if kind == "obs":
-        obs_size = obs_size or SEED_GAME.obs_size
+        obs_size = obs_size or V0_GAME.obs_size
         tick = msg.get("tick")
         if tick is not None:
             _check_int(tick, "obs.tick")
@@ -661,7 +661,7 @@ def encode_obs(
     """An observation message of the given agents, ``info`` as columns (see ``info_columns``).
 
     ``form``: "columns" (v1 ``obs`` batch in column form), "batch" (v1 ``obs`` batch, one entry per
-    agent) or "seed" (the seed's per-venv packet, no type and no tick). ``reset_ids`` and their
+    agent) or "v0" (the per-venv packet of protocol version 0, no type and no tick). ``reset_ids`` and their
     first observations ``reset_obs``: the agents restarted by autoreset (column form only).
     """
     if form == "columns":
@@ -692,7 +692,7 @@ def encode_obs(
         if infos is not None:  # keys not reported are left out (only lap_time and cause may be null)
             entry["info"] = {key: v for key, v in infos[k].items() if v is not None or key in _NULLABLE_INFO}
         agents[aid] = entry
-    if form == "seed":
+    if form == "v0":
         return dumps(agents)
     return dumps({"type": "obs", "tick": tick, "agents": agents})
 
@@ -710,31 +710,31 @@ def encode_welcome(capabilities: frozenset[str]) -> bytes:
 
 
 def encode_command(command: str, envid: str | None = None, data: object = None, tick: int | None = None) -> bytes:
-    """One command frame. The seed's three keys always appear; ``tick`` only when given."""
+    """One command frame. The original project's three keys always appear; ``tick`` only when given."""
     msg: dict = {"command": command, "envid": envid, "data": data}
     if tick is not None:
         msg["tick"] = tick
     return dumps(msg)
 
 
-_SEED_FLAG = {"FREEZE": "status", "UPDATE_COLLISIONS": "enable_collisions"}
+_V0_FLAG = {"FREEZE": "status", "UPDATE_COLLISIONS": "enable_collisions"}
 
 
-def encode_seed_command(command: str, envid: str | None = None, data: object = None) -> bytes:
-    """One command in the seed trainer's own form, for a game that never said hello (the seed's
+def encode_v0_command(command: str, envid: str | None = None, data: object = None) -> bytes:
+    """One command in the v0 trainer's own form, for a game that never said hello (the original project's
     place reads ``data.agents``, ``data.status`` ... and would fail on rbxenv's bare lists and
     booleans): ``data`` is always an object and ``envid`` a string ("" where no venv applies)."""
     if command == "PING":
         return dumps({"command": "PING"})
-    if command in _SEED_FLAG:
-        return dumps({"command": command, "envid": "", "data": {_SEED_FLAG[command]: bool(data)}})
+    if command in _V0_FLAG:
+        return dumps({"command": command, "envid": "", "data": {_V0_FLAG[command]: bool(data)}})
     if command in ("SPAWN_AGENTS", "RESET_AGENTS", "REMOVE_AGENTS"):
         data = {"agents": data} if type(data) is list else data
     return dumps({"command": command, "envid": envid or "", "data": {} if data is None else data})
 
 
 def encode_pong(t: float) -> bytes:
-    """A game's answer to a PING that carried a time (the seed's later trainers measure with it)."""
+    """A game's answer to a PING that carried a time (the original project's later trainers measure with it)."""
     return dumps({"__pong": {"t": t}})
 
 
@@ -889,8 +889,8 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     """Parse and validate one frame sent by the trainer (the game side of the protocol).
 
     ``data`` comes out normalised, whichever form it came in (rbxenv's bare list / bool, or the
-    seed trainer's object): FREEZE/UPDATE_COLLISIONS -> bool, RESET/REMOVE -> list of ids (an older
-    seed trainer's RESET comes out as RESET_AGENTS), SPAWN_AGENTS -> spawn dict, ACTION ->
+    v0 trainer's object): FREEZE/UPDATE_COLLISIONS -> bool, RESET/REMOVE -> list of ids (an older
+    v0 trainer's RESET comes out as RESET_AGENTS), SPAWN_AGENTS -> spawn dict, ACTION ->
     {aid: action}, ACTION_BATCH -> {envid: {aid: action}} (``ActionRows`` in the column form),
     PING -> the time to echo or None, CREATE_ENV / CLOSE -> None.
     Frames the trainer sends that are not commands (``welcome``, ``error``) come back as
@@ -912,13 +912,13 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     data = msg.get("data")
     envid = msg.get("envid")
     if name in ("FREEZE", "UPDATE_COLLISIONS"):
-        if type(data) is dict:  # the seed's form: {"status": b} / {"enable_collisions": b}
-            key = _SEED_FLAG[name]
+        if type(data) is dict:  # the original project's form: {"status": b} / {"enable_collisions": b}
+            key = _V0_FLAG[name]
             return Command(name, None, _check_bool(data.get(key), f"{name}.data.{key}"), tick)
         return Command(name, None, _check_bool(data, f"{name}.data"), tick)
     if name in ("CLOSE_ALL",):
         return Command(name, None, None, tick)
-    if name == "PING":  # the seed's keep-alive: no envid, no data, or {"t": time} to be echoed in __pong
+    if name == "PING":  # the original project's keep-alive: no envid, no data, or {"t": time} to be echoed in __pong
         t = data.get("t") if type(data) is dict else None
         return Command(name, None, None if t is None else _check_number(t, "PING.data.t"), tick)
     if name == "ACTION_BATCH":
@@ -948,6 +948,6 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
         return Command(name, envid, _check_actions(data, envid, action_size, "ACTION.data"), tick)
     if name == "RESET":
         name = "RESET_AGENTS"
-    if type(data) is dict:  # the seed's form: {"agents": [...]}
+    if type(data) is dict:  # the original project's form: {"agents": [...]}
         return Command(name, envid, _check_agent_list(data.get("agents"), envid, f"{name}.data.agents"), tick)
     return Command(name, envid, _check_agent_list(data, envid, f"{name}.data"), tick)  # RESET / REMOVE

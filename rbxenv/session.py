@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from rbxenv import tracks
-from rbxenv.bridge import BridgeClosed, Observations, TrainingBridge
-from rbxenv.busy_wait import default_spin
+from rbxenv.bridge import TrainingBridge
+from rbxenv.observations import BridgeClosed, Observations
 from rbxenv.protocol import GameSpec, agent_id
 from rbxenv.sim.rules import sim_config
 from rbxenv.tracks import load_tracks
@@ -63,7 +63,7 @@ class GameBackend(Protocol):
 
 
 class RemoteGame(TrainingBridge):
-    """A game over the WebSocket (Roblox, ``python -m rbxenv.sim``, a seed game) as a GameBackend."""
+    """A game over the WebSocket (Roblox, ``python -m rbxenv.sim``, a v0 game) as a GameBackend."""
 
     def step(self, agent_ids: Sequence[str], actions: np.ndarray) -> Observations:
         self.send_action_rows(agent_ids, actions)
@@ -92,7 +92,7 @@ class GameSession:
             fastest); ``"subprocess"`` launches it in a child process that connects over a loopback
             WebSocket (the protocol path a game takes; stopped by ``close()``; ``"embedded"`` is its
             old name); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
-            ``host``, ``port``, ``token``, ``wait_timeout``, ``reconnect_timeout`` and ``busy_wait``
+            ``host``, ``port``, ``token``, ``wait_timeout`` and ``reconnect_timeout``
             concern the WebSocket, so not ``"inprocess"``.
         mode: ``"lockstep"`` or ``"realtime"`` for the simulator (a game announces its own). A
             real-time game keeps its own clock, so ``"realtime"`` runs the simulator as a subprocess.
@@ -122,10 +122,6 @@ class GameSession:
             (default), "dynamic" (actuator lag, yaw inertia, tyres that slide past their grip),
             "randomized" (dynamic, its constants drawn per episode), optionally followed by
             SimConfig overrides ("dynamic,max_lateral_accel=56,actuator_lag=0.2").
-        busy_wait: seconds the trainer and the subprocess simulator poll for each other's next
-            message before sleeping (``rbxenv.busy_wait``: ~1.5x the subprocess lockstep rollout).
-            Default: 1 ms with the subprocess simulator on a machine with 2+ cores, else 0 (a game
-            elsewhere, e.g. Roblox Studio, should keep its CPU).
     """
 
     def __init__(
@@ -150,7 +146,6 @@ class GameSession:
         obs_timeout: float = 10.0,
         reconnect_timeout: float = 60.0,
         sim_seed: int = 0,
-        busy_wait: float | None = None,
         dynamics: str = "kinematic",
     ):
         if num_agents < 1 or num_venvs < 1:
@@ -188,13 +183,10 @@ class GameSession:
         self.agent_ids = [agent_id(i, v) for v in self.venv_ids for i in range(num_agents)]
         self.venv_of = np.repeat(np.arange(num_venvs), num_agents)
         self.tracks: dict[str, dict | None] = dict.fromkeys(self.venv_ids)
-        if busy_wait is None:
-            busy_wait = default_spin() if sim == "subprocess" else 0.0
-        self.busy_wait = busy_wait
         # the WebSocket server, for a game in another process (None with the in-process simulator)
         self.bridge: RemoteGame | None = None
         if sim != "inprocess":
-            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout, busy_wait=busy_wait)
+            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout)
         if self.bridge is None:
             from rbxenv.sim.backend import SimBackend  # (loads the simulator's kernels: not for Roblox)
             from rbxenv.sim.world import Sim
@@ -240,7 +232,7 @@ class GameSession:
         return self.game
 
     def _learn_width(self) -> GameSpec:
-        """A seed game (no hello) says how many floats it observes only in its packets, and sends
+        """A v0 game (no hello) says how many floats it observes only in its packets, and sends
         none before it has cars: spawn them now (reset respawns them) and read the first packet."""
         ids: list[str] = []
         for venv in range(self.num_venvs):
@@ -254,7 +246,7 @@ class GameSession:
 
     @property
     def model_id(self) -> str | None:
-        """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the seed's places dial), or None."""
+        """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the original project's places dial), or None."""
         return self.bridge.model_id if self.bridge is not None else None
 
     def _wait_for_child(self, limit: float = 300.0) -> GameSpec:
@@ -293,7 +285,7 @@ class GameSession:
                 _stop_process(self.process)
             self.process = self._launch_sim()
         self.game = self.bridge.wait_for_game(self.reconnect_timeout)
-        # (a seed game is taken to send what it sent before: the bridge ends the run if it does not)
+        # (a v0 game is taken to send what it sent before: the bridge ends the run if it does not)
         if old is not None and (self.game.obs_size, self.game.action_size) != (old.obs_size, old.action_size):
             raise BridgeClosed(
                 f"the game came back with obs_size={self.game.obs_size}, action_size={self.game.action_size} "
@@ -310,7 +302,6 @@ class GameSession:
 
     def _launch_sim(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "rbxenv.sim", "--url", self.bridge.url, "--seed", str(self.sim_seed)]
-        cmd += ["--busy-wait-us", str(round(self.busy_wait * 1e6))]
         if self.dynamics != "kinematic":
             cmd += ["--dynamics", self.dynamics]
         if self.mode == "realtime":

@@ -77,7 +77,7 @@ MUTATIONS = {
     # The bridge's connection handler raises on every 40th frame (websockets would close the
     # connection and the env reconnect: healed, unless counted).
     "bridge_handler_crashes": Mutation(
-        "rbxenv/bridge.py",
+        "rbxenv/server.py",
         "            async for frame in conn:\n                await self._receive(conn, frame)\n",
         "            async for frame in conn:\n"
         '                if self.data.stats["frames_in"] % 40 == 39:\n'

@@ -1,8 +1,8 @@
 """TrainingBridge over real loopback WebSockets: a scripted game (websockets' sync client) plays
-the other end, so the handshake, the seed formats, tick ids, stale packets, bad frames, auth and
+the other end, so the handshake, the v0 formats, tick ids, stale packets, bad frames, auth and
 shutdown are exercised exactly as a Roblox place or the simulator would meet them.
 
-Every test binds port 0 on 127.0.0.1; seed games wait a 0.2 s handshake timeout instead of 1 s.
+Every test binds port 0 on 127.0.0.1; v0 games wait a 0.2 s handshake timeout instead of 1 s.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 
 from rbxenv import protocol
 from rbxenv.bridge import BridgeClosed, TrainingBridge, is_loopback
-from rbxenv.protocol import SEED_GAME, GameSpec
+from rbxenv.protocol import V0_GAME, GameSpec
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -80,7 +80,7 @@ class Game:
     def __init__(self, url: str):
         self._client = connect(url, open_timeout=3, close_timeout=1, max_size=None)
         self.ws = self._client.__enter__()
-        self.bridge: TrainingBridge | None = None  # set for a seed game: it gets no error frames to wait for
+        self.bridge: TrainingBridge | None = None  # set for a v0 game: it gets no error frames to wait for
 
     def send(self, msg) -> None:
         self.ws.send(msg if isinstance(msg, str | bytes) else json.dumps(msg))
@@ -95,7 +95,7 @@ class Game:
 
     def barrier(self) -> None:
         """Wait until the trainer has handled everything sent so far (it answers a bad frame in order;
-        a seed game's bad frame it only counts)."""
+        a v0 game's bad frame it only counts)."""
         if self.bridge is not None:
             bridge, count = self.bridge, self.bridge.stats["bad_frames"]
             self.send("barrier")
@@ -150,16 +150,16 @@ def v1(bridge):
 
 @pytest.fixture
 def seed(bridge):
-    """A seed game: no hello, attached after the handshake timeout."""
+    """A v0 game: no hello, attached after the handshake timeout."""
     with game_at(bridge.url) as g:
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         g.bridge = bridge
         yield g
 
 
 @pytest.fixture
 def rt(bridge):
-    """A version-1 real-time game with no capabilities: seed packets, error frames, parked endings."""
+    """A version-1 real-time game with no capabilities: v0 packets, error frames, parked endings."""
     with game_at(bridge.url, hello(mode="realtime", capabilities=[])) as g:
         assert g.recv()["type"] == "welcome"
         bridge.wait_for_game(3)
@@ -200,11 +200,11 @@ def test_unknown_protocol_version_gets_error_and_close_1002(bridge):
     assert not bridge.connected
 
 
-def test_bad_hello_gets_an_error_and_the_game_is_treated_as_a_seed_game(bridge):
+def test_bad_hello_gets_an_error_and_the_game_is_treated_as_a_v0_game(bridge):
     with game_at(bridge.url, hello(obs_size=14)) as g:
         err = g.recv()
         assert err["code"] == "bad_message" and "hello.obs_size" in err["message"]
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
 
 
 def test_hello_after_the_first_frame_is_an_error(v1, bridge):
@@ -223,14 +223,14 @@ def test_wait_for_game_timeout(bridge):
 # Seed games
 
 
-def test_seed_game_defaults_and_spawn_in_the_seed_form(bridge):
+def test_v0_game_defaults_and_spawn_in_the_v0_form(bridge):
     t0 = time.monotonic()
     with game_at(bridge.url) as g:
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         assert time.monotonic() - t0 >= HANDSHAKE * 0.9  # it waited for a hello that never came
         ids = ["car_0_env_a", "car_1_env_a"]
         bridge.spawn_agents("a", ids, track={"ignored": True}, start="random", seed=3)
-        # the seed's object, nothing else: no tick, no track, no start
+        # the original project's object, nothing else: no tick, no track, no start
         assert g.recv() == {"command": "SPAWN_AGENTS", "envid": "a", "data": {"agents": ids}}
         g.packet({ids[0]: entry(obs_of(0.1), 0.0), ids[1]: entry(obs_of(0.2), 0.0)})
         got = bridge.get_observations(ids)
@@ -239,7 +239,7 @@ def test_seed_game_defaults_and_spawn_in_the_seed_form(bridge):
         np.testing.assert_allclose(got.obs[:, 0], [0.1, 0.2])
 
 
-def test_seed_game_gets_per_venv_action_commands(seed, bridge):
+def test_v0_game_gets_per_venv_action_commands(seed, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     bridge.spawn_agents("b", ["car_0_env_b"])
     assert seed.recv()["envid"] == "a" and seed.recv()["envid"] == "b"
@@ -253,14 +253,14 @@ def test_seed_game_gets_per_venv_action_commands(seed, bridge):
     got = bridge.get_observations(["car_0_env_a", "car_0_env_b"])
     assert got.reward.tolist() == [1.5, -10.0]
     assert got.terminated.tolist() == [False, True] and got.truncated.tolist() == [False, False]
-    # the seed game restarted car_0_env_b in that tick: 0.4 is its next episode's first frame, the
+    # the v0 game restarted car_0_env_b in that tick: 0.4 is its next episode's first frame, the
     # ending is reported at its previous frame (the game sent no last_observation)
     assert got.restarted.tolist() == [False, True]
     np.testing.assert_allclose(got.reset_obs[1], obs_of(0.4))
     np.testing.assert_allclose(got.obs[:, 0], [0.3, 0.5])
 
 
-def test_seed_game_restarts_cars_itself(seed, bridge):
+def test_v0_game_restarts_cars_itself(seed, bridge):
     ids = ["car_0_env_a", "car_1_env_a"]
     bridge.spawn_agents("a", ids)
     seed.recv()
@@ -280,7 +280,7 @@ def test_seed_game_restarts_cars_itself(seed, bridge):
     assert bridge.stats["bad_frames"] == 0 and bridge.stats["frames_in"] == 4
 
 
-def test_seed_game_gets_no_error_frames(seed, bridge):
+def test_v0_game_gets_no_error_frames(seed, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     seed.recv()
     for frame in ("{not json", {"car_9_env_a": entry()}, {"car_0_env_a": entry(reward="x")}):
@@ -292,7 +292,7 @@ def test_seed_game_gets_no_error_frames(seed, bridge):
 
 
 @pytest.mark.expect_error_log("observations changed from 19 to 22 floats")
-def test_seed_game_learns_the_width_and_refuses_a_change(seed, bridge):
+def test_v0_game_learns_the_width_and_refuses_a_change(seed, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     seed.recv()
     seed.packet({"car_0_env_a": entry([0.5] * 19)})
@@ -304,7 +304,7 @@ def test_seed_game_learns_the_width_and_refuses_a_change(seed, bridge):
     assert seed.close_code() == 1003
 
 
-def test_seed_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
+def test_v0_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
     bridge.ping_interval = 0.2
     with game_at(bridge.url) as g:
         bridge.wait_for_game(3)
@@ -320,8 +320,8 @@ def test_seed_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
             g.recv(timeout=0.5)
 
 
-def test_seed_game_commands(seed, bridge):
-    # the seed trainer's object forms: data always an object, envid "" where no venv applies
+def test_v0_game_commands(seed, bridge):
+    # the v0 trainer's object forms: data always an object, envid "" where no venv applies
     bridge.freeze(True)
     assert seed.recv() == {"command": "FREEZE", "envid": "", "data": {"status": True}}
     bridge.update_collisions(False)
@@ -338,10 +338,10 @@ def test_seed_game_commands(seed, bridge):
     assert seed.recv() == {"command": "CLOSE_ALL", "envid": "", "data": {}}
 
 
-def test_seed_game_whose_first_frame_is_a_packet(bridge):
-    # not a hello: a seed game, and the frame itself is handled (here: an agent nobody spawned)
+def test_v0_game_whose_first_frame_is_a_packet(bridge):
+    # not a hello: a v0 game, and the frame itself is handled (here: an agent nobody spawned)
     with game_at(bridge.url, {"car_0_env_a": entry()}):
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         assert eventually(lambda: bridge.stats["bad_frames.unknown_agent"] == 1)
 
 
@@ -644,7 +644,7 @@ def test_a_new_game_can_attach_after_the_first_left(bridge):
         bridge.wait_for_game(3)
     assert eventually(lambda: not bridge.connected)
     with game_at(bridge.url) as g:
-        assert bridge.wait_for_game(3) == SEED_GAME
+        assert bridge.wait_for_game(3) == V0_GAME
         bridge.spawn_agents("a", ["car_0_env_a"])
         g.recv()
         g.packet({"car_0_env_a": entry(reward=3.0)})
@@ -697,7 +697,7 @@ def secured():
         ("", hello(token="wrong")),
         ("", hello(token="")),
         ("?token=wrong", hello()),
-        ("", None),  # seed game without a token
+        ("", None),  # v0 game without a token
         ("?token=wrong", None),
         ("?token=", None),
     ],
@@ -719,7 +719,7 @@ def test_right_token_in_hello_is_accepted(secured):
 
 def test_right_token_in_the_query_is_accepted(secured):
     with game_at(secured.url + "/?token=s3cret") as g:
-        assert secured.wait_for_game(3) == SEED_GAME
+        assert secured.wait_for_game(3) == V0_GAME
         secured.spawn_agents("a", ["car_0_env_a"])
         assert g.recv()["command"] == "SPAWN_AGENTS"
 
@@ -765,7 +765,7 @@ def test_close_without_start_and_context_manager():
     TrainingBridge(port=0).close()
     with TrainingBridge(port=0, handshake_timeout=HANDSHAKE) as b:
         with game_at(b.url):
-            assert b.wait_for_game(3) == SEED_GAME
+            assert b.wait_for_game(3) == V0_GAME
     assert port_is_free(b.port)
 
 
@@ -779,40 +779,28 @@ def test_port_in_use_is_a_clear_os_error():
         assert time.monotonic() - t0 < 0.5
 
 
-# ------------------------------------------------------------------ who runs the event loop (lockstep)
+# ------------------------------------------------------------------ threads: the network thread runs the loop
 
 
-def training_thread_holds_the_loop(v1, bridge) -> int:
-    """One lockstep step, after which the training thread keeps the loop (the background thread
-    stays out for a minute), then an ACTION_BATCH; returns its tick. The frame reaches the game
-    although nobody runs the loop: the sending thread wrote it itself."""
-    bridge.IDLE_HANDBACK = 60.0
+def test_frames_are_handled_on_the_network_thread_while_training_waits(v1, bridge):
+    """The training thread only waits on the slots' Condition: the answer is decoded and stored by
+    the bridge's own thread, and wakes the waiting one."""
     bridge.spawn_agents("a", ["car_0_env_a"])
-    v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
-    bridge.get_observations(["car_0_env_a"])  # the training thread takes the loop
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
-    assert v1.recv()["tick"] == tick
-    return tick
-
-
-def test_lockstep_answers_are_awaited_on_the_training_thread(v1, bridge):
-    """With a lockstep game the training thread runs the loop while it waits: the answer is read on
-    this thread, and a frame sent while the loop is idle is written at once, by the sender."""
-    tick = training_thread_holds_the_loop(v1, bridge)
+    tick = v1.recv()["tick"]
     seen = []
     receive = bridge._receive
 
     async def spy(conn, frame):
-        seen.append(threading.current_thread())
+        seen.append(threading.current_thread().name)
         await receive(conn, frame)
 
     bridge._receive = spy
-    v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
+    threading.Timer(0.05, v1.packet, ({"car_0_env_a": entry(obs_of(0.5), 1.0)},), {"tick": tick}).start()
     got = bridge.get_observations(["car_0_env_a"])
-    assert got.reward.tolist() == [1.0] and seen == [threading.current_thread()]
+    assert got.reward.tolist() == [1.0] and seen == ["rbxenv-bridge"]
 
 
-def test_the_background_thread_takes_the_loop_back_when_training_pauses(v1, bridge):
+def test_the_network_thread_serves_the_game_while_training_pauses(v1, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     tick = v1.recv()["tick"]
     v1.packet({"car_0_env_a": entry()}, tick=tick)
@@ -826,8 +814,8 @@ def test_the_background_thread_takes_the_loop_back_when_training_pauses(v1, brid
         bridge.get_observations(["car_0_env_a"])
 
 
-def test_a_thread_running_an_event_loop_is_served_by_the_background_thread(v1, bridge):
-    """A notebook runs an asyncio loop in its thread; the bridge must not try to run a second one."""
+def test_a_thread_running_an_event_loop_can_wait_for_observations(v1, bridge):
+    """A notebook runs an asyncio loop in its thread; waiting blocks it, the bridge's loop goes on."""
     bridge.spawn_agents("a", ["car_0_env_a"])
     tick = v1.recv()["tick"]
     v1.packet({"car_0_env_a": entry(obs_of(0.25))}, tick=tick)
@@ -848,58 +836,39 @@ def test_lockstep_timeout_still_says_what_is_missing(v1, bridge):
     assert 0.25 < time.monotonic() - started < 2.0
 
 
-def test_ctrl_c_while_the_training_thread_decodes_a_frame_keeps_the_game(v1, bridge):
-    """SIGINT lands in the main thread: with a lockstep game that thread may be inside the
-    connection handler, which a KeyboardInterrupt raised there would kill (and drop the game)."""
-    tick = training_thread_holds_the_loop(v1, bridge)
-    receive = bridge._receive
-
-    async def interrupted(conn, frame):
-        bridge._receive = receive
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C, right here
-        await receive(conn, frame)
-
-    bridge._receive = interrupted
-    v1.packet({"car_0_env_a": entry()}, tick=tick)
+def test_ctrl_c_while_waiting_for_observations_keeps_the_game(v1, bridge):
+    """Ctrl-C interrupts the training thread's wait, never the connection handler (it runs in the
+    network thread): the game stays attached and the run can go on."""
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    tick = v1.recv()["tick"]
+    threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
-        bridge.get_observations(["car_0_env_a"])
+        bridge.get_observations(["car_0_env_a"], timeout=5)
     assert bridge.connected and bridge.data.lost is None
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})  # the run can go on
+    v1.packet({"car_0_env_a": entry()}, tick=tick)
+    bridge.get_observations(["car_0_env_a"])
+    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
     assert v1.recv()["tick"] == tick
     v1.packet({"car_0_env_a": entry(obs_of(0.5), 1.0)}, tick=tick)
     assert bridge.get_observations(["car_0_env_a"]).reward.tolist() == [1.0]
 
 
-def test_a_frame_from_another_thread_is_not_overtaken_by_a_direct_write(v1, bridge):
-    """Another thread's frame goes through the loop; if the loop stops before taking it, the
-    training thread's next frame (written directly) must still go out after it."""
-    tick = training_thread_holds_the_loop(v1, bridge)
-    receive = bridge._receive
-
-    def other_thread_sends() -> None:  # runs in the loop's last iteration, baton held
+def test_frames_from_two_threads_go_out_in_the_order_they_were_sent(v1, bridge):
+    bridge.spawn_agents("a", ["car_0_env_a"])
+    v1.recv()
+    for _ in range(20):
         side = threading.Thread(target=bridge.update_collisions, args=(True,))
         side.start()
         side.join()
-
-    async def answer(conn, frame):
-        bridge._receive = receive
-        await receive(conn, frame)  # the answer: the loop stops after this iteration
-        other_thread_sends()
-
-    bridge._receive = answer
-    v1.packet({"car_0_env_a": entry()}, tick=tick)
-    bridge.get_observations(["car_0_env_a"])
-    tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
-    del bridge.IDLE_HANDBACK  # both may wait for the loop: let the background thread run it
-    assert v1.recv()["command"] == "UPDATE_COLLISIONS"  # sent first, arrives first
-    assert v1.recv()["tick"] == tick
+        bridge.freeze(False)
+    got = [v1.recv()["command"] for _ in range(40)]
+    assert got == ["UPDATE_COLLISIONS", "FREEZE"] * 20
 
 
 def test_close_right_after_a_lockstep_step_is_prompt(v1, bridge):
-    bridge.IDLE_HANDBACK = 60.0  # the background thread would otherwise wait this long for its turn
     bridge.spawn_agents("a", ["car_0_env_a"])
     v1.packet({"car_0_env_a": entry()}, tick=v1.recv()["tick"])
-    bridge.get_observations(["car_0_env_a"])  # the training thread had the loop last
+    bridge.get_observations(["car_0_env_a"])
     started = time.monotonic()
     bridge.close()
     assert time.monotonic() - started < 1.0
@@ -926,17 +895,17 @@ def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
     """Agents spawned together get consecutive rows (read as one slice); forgetting and spawning
     others scatters them. Either way each agent gets its own values, and the arrays handed over
     are copies that later packets do not change."""
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(6)]
-    data.track(ids, 1, restart=True)
+    data.expect_answers(ids, 1, restart=True)
     if reorder:
         data.forget(ids[1:3])  # frees two rows in the middle ...
         late = [protocol.agent_id(i, "b") for i in range(3)]
-        data.track(late, 2, restart=True)  # ... which the next agents take, and one more
+        data.expect_answers(late, 2, restart=True)  # ... which the next agents take, and one more
         ids = [ids[0], *late[::-1], *ids[3:]]
-    data.track(ids, 3)
+    data.expect_answers(ids, 3)
     assert isinstance(data.select(ids), np.ndarray) == reorder
     for tick in (3, 4):
         values = {aid: 10.0 * tick + k for k, aid in enumerate(ids)}
@@ -952,18 +921,18 @@ def test_slots_give_each_agent_its_own_values_whatever_the_row_order(reorder):
         assert np.array_equal(got.info["progress"], np.where(told, expected, np.nan), equal_nan=True)
         if tick == 3:
             first = got
-            data.track(ids, 4)
+            data.expect_answers(ids, 4)
     assert np.array_equal(first.obs[:, 0], np.array([30.0 + k for k in range(len(ids))], np.float32))
     assert first.reward[0] == 30.0 and not data.ready(data.select(ids))
 
 
 def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(3)]
-    data.track(ids, 1, restart=True)
-    data.track(ids, 2)
+    data.expect_answers(ids, 1, restart=True)
+    data.expect_answers(ids, 2)
     batch = obs_batch(ids, 2, dict.fromkeys(ids, 1.0), [True] * 3)
     batch.terminated[1] = True
     batch.restarted = np.array([False, True, False])
@@ -973,7 +942,7 @@ def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
     got = data.wait(ids, 1.0)
     assert got.restarted.tolist() == [False, True, False] and got.terminated.tolist() == [False, True, False]
     assert got.reset_obs[1].tolist() == [7.0] * 13 and not got.reset_obs[[0, 2]].any()
-    data.track(ids, 3)
+    data.expect_answers(ids, 3)
     late = obs_batch([ids[1]], 1, {ids[1]: 5.0}, [True])  # sent before the restart: the old episode's
     data.put_batch(late)
     assert data.stats["old_episode_packets"] == 1
@@ -985,13 +954,13 @@ def test_slots_hand_over_a_restart_and_drop_packets_of_the_episode_it_ended():
 def test_packets_after_an_unread_restart_are_dropped_and_ids_may_be_any_sequence():
     """A step answered late (the trainer timed out and stepped again): the car restarted in the
     late answer keeps that ending until it is read; the next episode's packet is not mixed in."""
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()
     ids = [protocol.agent_id(i, "a") for i in range(2)]
-    data.track(ids, 1, restart=True)
-    data.track(ids, 2)
-    data.track(ids, 3)  # stepped again before the answer to 2 came
+    data.expect_answers(ids, 1, restart=True)
+    data.expect_answers(ids, 2)
+    data.expect_answers(ids, 3)  # stepped again before the answer to 2 came
     late = obs_batch(ids, 2, dict.fromkeys(ids, 1.0), [True] * 2)
     late.terminated[0] = True
     late.restarted, late.reset_obs = np.array([True, False]), np.full((2, 13), 7.0, np.float32)
@@ -1006,22 +975,22 @@ def test_packets_after_an_unread_restart_are_dropped_and_ids_may_be_any_sequence
 
 
 def test_a_ticked_packet_before_any_spawn_is_only_unknown():
-    from rbxenv.bridge import DataBridge
+    from rbxenv.observations import DataBridge
 
     data = DataBridge()  # no rows at all yet
     ids = ["car_0_env_a", "car_1_env_a"]
     assert data.put_batch(obs_batch(ids, 3, dict.fromkeys(ids, 1.0), [True, True])) == ids
-    data.track(ids[:1], 4, restart=True)
+    data.expect_answers(ids[:1], 4, restart=True)
     assert data.put_batch(obs_batch(ids, 4, dict.fromkeys(ids, 2.0), [True, True])) == ids[1:]
     assert data.wait(ids[:1], 1.0).reward.tolist() == [2.0]
 
 
 # ============================================================================================
-# Where a seed place finds the trainer
+# Where a v0 place finds the trainer
 
 
-def test_model_id_of_a_seed_url():
-    from rbxenv.bridge import model_id_of
+def test_model_id_of_a_v0_url():
+    from rbxenv.server import model_id_of
 
     assert model_id_of("/ws/telsa_new") == "telsa_new"
     assert model_id_of("/ws/telsa_new?token=x") == "telsa_new"

@@ -181,7 +181,7 @@ def test_seed_format_game_drives_the_env():
     autoresets, with the ended episode's last_observation as final_obs."""
     port = free_port()
     game = subprocess.Popen(
-        [sys.executable, "-m", "rbxenv.sim", "--url", f"ws://127.0.0.1:{port}", "--seed-protocol", "--tick-hz", "60"],
+        [sys.executable, "-m", "rbxenv.sim", "--url", f"ws://127.0.0.1:{port}", "--v0", "--tick-hz", "60"],
         stdin=subprocess.DEVNULL,
     )
     try:

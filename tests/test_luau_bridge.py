@@ -123,18 +123,18 @@ class GameThread:
             sockets.close()
 
 
-@pytest.mark.parametrize("mode", ["lockstep", "realtime", "seed"])
+@pytest.mark.parametrize("mode", ["lockstep", "realtime", "v0"])
 def test_luau_game_plays_an_episode_with_the_real_bridge(mode: str) -> None:
     """Handshake, spawn with a track spec, ACTION_BATCH ticks, observations back, reset, remove,
-    close; "seed" is a game without hello (seed formats: per-venv ACTIONs and seed packets)."""
+    close; "v0" is a game without hello (v0 formats: per-venv ACTIONs and v0 packets)."""
     from rbxenv import tracks
 
-    seed = mode == "seed"
+    v0 = mode == "v0"
     bridge = bridge_mod.TrainingBridge(port=0, obs_timeout=10, handshake_timeout=0.3).start()
     try:
-        with GameThread(bridge.url, "realtime" if seed else mode, handshake=not seed) as game:
+        with GameThread(bridge.url, "realtime" if v0 else mode, handshake=not v0) as game:
             spec = bridge.wait_for_game(timeout=10)
-            if seed:
+            if v0:
                 assert spec.protocol == 0 and not spec.capabilities
             else:
                 assert spec.protocol == 1 and spec.obs_size == 13 and spec.num_rays == 10
@@ -157,7 +157,7 @@ def test_luau_game_plays_an_episode_with_the_real_bridge(mode: str) -> None:
                 assert got.obs.shape == (2, 13)
                 total += got.reward
             assert np.all(total > 0.5), f"driving forward earns progress reward, got {total}"
-            if not seed:  # seed packets carry no info
+            if not v0:  # v0 packets carry no info
                 info = got.infos[0]
                 assert info["speed"] > 5 and 0 < info["progress"] < 1 and info["lap"] == 0
             assert got.obs[1, 10] < 1.0, "car 1 burnt nitro"
@@ -204,17 +204,17 @@ def test_luau_game_restarts_crashed_cars_for_the_vector_env_as_reset_agents_woul
 
 
 @pytest.mark.timeout(120)
-def test_seed_trainer_drives_the_luau_game() -> None:
-    """The seed project's trainer (emulated: tests/seed_emulation.py) drives the Luau GameClient as
-    configured by default (hello sent, Mode lockstep, which a seed trainer turns into real time):
+def test_v0_trainer_drives_the_luau_game() -> None:
+    """The original project's trainer (emulated: tests/v0_emulation.py) drives the Luau GameClient as
+    configured by default (hello sent, Mode lockstep, which a v0 trainer turns into real time):
     per-venv ACTIONs, object data, PING, FREEZE'd updates; several episodes, nothing refused, no car
     left waiting, ended cars restarted in their tick with last_observation."""
     import asyncio
 
-    from seed_emulation import SeedTrainer, drive
+    from v0_emulation import V0Trainer, drive
 
-    async def main() -> tuple[dict, SeedTrainer, dict, list[str]]:
-        trainer = SeedTrainer(ping_every=0.5)
+    async def main() -> tuple[dict, V0Trainer, dict, list[str]]:
+        trainer = V0Trainer(ping_every=0.5)
         await trainer.serve()
         with GameThread(f"ws://127.0.0.1:{trainer.port}/ws/seedcar", "lockstep") as game:
             try:

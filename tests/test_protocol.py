@@ -25,7 +25,7 @@ from rbxenv.protocol import (
     MAX_FRAME_BYTES,
     MAX_VENVS,
     PROTOCOL_VERSION,
-    SEED_GAME,
+    V0_GAME,
     Command,
     ErrorMessage,
     GameSpec,
@@ -86,7 +86,7 @@ def game(frame, obs_size: int = 13):
 # Seed commands, trainer -> game (§1)
 
 
-def test_seed_spawn_example_from_the_page():
+def test_v0_spawn_example_from_the_page():
     cmd = decode_command('{"command": "SPAWN_AGENTS", "envid": "3f2a", "data": ["car_0_env_3f2a", "car_1_env_3f2a"]}')
     assert cmd == Command(
         "SPAWN_AGENTS",
@@ -132,7 +132,7 @@ def test_close_and_close_all():
     assert decode_command('{"command": "CLOSE_ALL"}') == Command("CLOSE_ALL", None, None)
 
 
-def test_encode_command_always_has_the_seed_keys_and_tick_only_when_given():
+def test_encode_command_always_has_the_v0_keys_and_tick_only_when_given():
     assert orjson.loads(p.encode_command("CLOSE", "a")) == {"command": "CLOSE", "envid": "a", "data": None}
     assert orjson.loads(p.encode_command("CLOSE", "a", tick=0))["tick"] == 0
 
@@ -520,10 +520,10 @@ def test_unknown_keys_are_ignored():
 
 
 # ============================================================================================
-# Game -> trainer: seed packets and obs batches
+# Game -> trainer: v0 packets and obs batches
 
 
-def test_seed_packet_example_from_the_page():
+def test_v0_packet_example_from_the_page():
     frame = raw(
         {
             "car_0_env_3f2a": {"obs": OBS13, "reward": 0.35, "terminated": False, "truncated": False},
@@ -584,7 +584,7 @@ def full_info(**reported) -> dict:
     return dict.fromkeys(p.INFO_NUMBERS) | {"collided": False, "cause": None} | reported
 
 
-@pytest.mark.parametrize("form", ["columns", "batch", "seed"])
+@pytest.mark.parametrize("form", ["columns", "batch", "v0"])
 def test_encode_obs_round_trip(form):
     ids = ["car_0_env_a", "car_1_env_a"]
     obs = np.arange(26, dtype=np.float32).reshape(2, 13) / 7
@@ -594,7 +594,7 @@ def test_encode_obs_round_trip(form):
     info["cause"][1], info["collided"][1] = "wall", True
     frame = p.encode_obs(ids, obs, reward, np.array([False, True]), np.array([False, False]), info, 9, form)
     out = game(frame)
-    assert out.tick == (None if form == "seed" else 9)
+    assert out.tick == (None if form == "v0" else 9)
     assert out.agent_ids == ids
     np.testing.assert_array_equal(out.obs, obs)  # float32 survives the trip exactly
     assert out.reward.tolist() == reward.tolist()
@@ -604,7 +604,7 @@ def test_encode_obs_round_trip(form):
         full_info(speed=0.0, collided=True, cause="wall"),
     ]
     sent = orjson.loads(frame)
-    assert ("type" in sent, "ids" in sent) == (form != "seed", form == "columns")
+    assert ("type" in sent, "ids" in sent) == (form != "v0", form == "columns")
 
 
 def test_encode_obs_without_infos():
@@ -616,7 +616,7 @@ def test_encode_obs_without_infos():
 
 
 BAD_PACKETS = [
-    # (agents (placed in a seed packet and in an obs batch), code, fragments)
+    # (agents (placed in a v0 packet and in an obs batch), code, fragments)
     ({"car_0_env_a": entry(obs=OBS13[:12])}, "bad_message", ["car_0_env_a.obs", "expected 13 numbers, got 12"]),
     ({"car_0_env_a": entry(obs=OBS13 + [0])}, "bad_message", ["car_0_env_a.obs", "expected 13 numbers, got 14"]),
     ({"car_0_env_a": entry(obs={"0": 1})}, "bad_message", ["car_0_env_a.obs", "array of 13 numbers", "object"]),
@@ -670,7 +670,7 @@ BAD_PACKETS = [
 
 @pytest.mark.parametrize(("agents", "code", "fragments"), BAD_PACKETS)
 def test_bad_agent_entries(agents, code, fragments):
-    fails(game, raw(agents), code, *fragments)  # seed packet
+    fails(game, raw(agents), code, *fragments)  # v0 packet
     fails(game, raw({"type": "obs", "tick": 1, "agents": agents}), code, *fragments)  # v1 batch
 
 
@@ -864,7 +864,7 @@ def test_hello_example_from_the_page():
         mode="lockstep",
         capabilities=frozenset({"batch", "tick", "info", "track_spec", "random_start"}),
     )
-    assert out.spec.has("batch") and not SEED_GAME.has("batch")
+    assert out.spec.has("batch") and not V0_GAME.has("batch")
 
 
 def test_hello_defaults_and_unknown_capabilities():
@@ -887,9 +887,9 @@ def test_hello_round_trip():
     assert "token" not in orjson.loads(p.encode_hello(spec))
 
 
-def test_seed_game_defaults_match_the_page():
-    assert (SEED_GAME.protocol, SEED_GAME.obs_size, SEED_GAME.num_rays, SEED_GAME.action_size) == (0, 13, 10, 3)
-    assert SEED_GAME.mode == "realtime" and SEED_GAME.capabilities == frozenset()
+def test_v0_game_defaults_match_the_page():
+    assert (V0_GAME.protocol, V0_GAME.obs_size, V0_GAME.num_rays, V0_GAME.action_size) == (0, 13, 10, 3)
+    assert V0_GAME.mode == "realtime" and V0_GAME.capabilities == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -1163,7 +1163,7 @@ def test_fuzz_round_trip_of_valid_observations(num_rays, n, tick, form, data):
     term = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
     trunc = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
     out = game(p.encode_obs(ids, obs, reward, term, trunc, None, tick, form), size)
-    assert out.agent_ids == ids and out.tick == (None if form == "seed" else tick)
+    assert out.agent_ids == ids and out.tick == (None if form == "v0" else tick)
     np.testing.assert_array_equal(out.obs, obs)
     np.testing.assert_array_equal(out.reward, reward)
     np.testing.assert_array_equal(out.terminated, term)

@@ -1,4 +1,4 @@
-"""The simulator's WebSocket client against the real bridge, driven through the seed's TrainingBridge API."""
+"""The simulator's WebSocket client against the real bridge, driven through the original project's TrainingBridge API."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def game(request):
         proc.wait(timeout=10)
 
 
-def test_seed_methods_drive_the_sim(game: TrainingBridge):
+def test_training_bridge_methods_drive_the_sim(game: TrainingBridge):
     bridge = game
     assert bridge.game.protocol == 1 and {"batch", "tick", "info", "track_spec"} <= bridge.game.capabilities
     ids = [f"car_{i}_env_a" for i in range(3)]
@@ -50,7 +50,7 @@ def test_seed_methods_drive_the_sim(game: TrainingBridge):
 
     speeds = []
     for _ in range(30):
-        bridge.send_actions("a", {aid: [1.0, 0.0, 0.0] for aid in ids})  # the seed's per-venv ACTION
+        bridge.send_actions("a", {aid: [1.0, 0.0, 0.0] for aid in ids})  # the original project's per-venv ACTION
         got = bridge.get_observations(ids)
         speeds.append(np.array([info["speed"] for info in got.infos]))
         assert not got.terminated.any()
@@ -177,3 +177,22 @@ def test_autoreset_restarts_an_ended_car_as_reset_agents_would():
     auto.receive(protocol.encode_command("SPAWN_AGENTS", "a", {"agents": [ids[1]]}, 6).decode())
     auto.sim.teleport(ids[1], x + 100.0, y + 100.0, 0.0)
     assert "reset_ids" not in json.loads(auto.receive(rows_frame(drive, 7))[0]) and not auto.sim.live[1]
+
+
+@pytest.mark.parametrize("flag", ["--v0", "--seed-protocol"])
+def test_v0_flag_and_its_deprecated_alias_speak_protocol_version_0(flag, capsys):
+    """``--v0`` sends no hello; ``--seed-protocol``, its old name, does the same and says so in one line."""
+    import threading
+
+    from rbxenv.sim import client
+
+    with TrainingBridge(port=0, handshake_timeout=0.3) as bridge:
+        sim = threading.Thread(target=client.main, args=([flag, "--url", bridge.url],))
+        sim.start()
+        assert bridge.wait_for_game(30).protocol == 0
+    sim.join(timeout=10)
+    assert not sim.is_alive(), "the simulator ends when the trainer closes"
+    warned = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert warned == (
+        ["rbxenv.sim: --seed-protocol is deprecated and will go: use --v0 (the same)"] if flag != "--v0" else []
+    )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rbxenv.bridge import Observations
+from rbxenv.observations import Observations
 from rbxenv.protocol import INFO_NUMBERS, GameSpec
 from rbxenv.sim.client import check_buildable_track, game_spec
 from rbxenv.sim.world import Sim

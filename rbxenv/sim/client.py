@@ -2,11 +2,11 @@
 
 ``SimGame`` turns commands into Sim calls and observation frames (no sockets: easy to test and to
 fuzz); ``run`` connects it to a trainer, in lockstep (one decision step per ACTION_BATCH) or in real
-time (ticking at ``tick_hz`` with the latest actions, as Roblox does). Against a seed trainer (its
-first frame is not a ``welcome``) it behaves like the seed's Roblox place: real time, one packet per
+time (ticking at ``tick_hz`` with the latest actions, as Roblox does). Against a v0 trainer (its
+first frame is not a ``welcome``) it behaves like the original project's Roblox place: real time, one packet per
 tick with every car (``[]`` while none is live), ended cars restarted in the same tick (the entry
 brings the next episode's first observation and the ended one's ``last_observation``), no packet
-answering a spawn, no error frames (a seed trainer would take them for agents), PING answered with
+answering a spawn, no error frames (a v0 trainer would take them for agents), PING answered with
 ``__pong`` when it carries a time.
 
     python -m rbxenv.sim --url ws://127.0.0.1:8000/ws/<modelId> [--realtime --tick-hz 15] [--num-rays 16]
@@ -14,10 +14,12 @@ answering a spawn, no error frames (a seed trainer would take them for agents), 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable
 from itertools import chain
@@ -26,14 +28,13 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from rbxenv import busy_wait, protocol
+from rbxenv import protocol
 from rbxenv.protocol import ActionRows, Command, GameSpec, ProtocolError
 from rbxenv.sim.rules import SimConfig, sim_config
 from rbxenv.sim.world import Sim, StepResult
 
 log = logging.getLogger("rbxenv.sim")
 
-CAPABILITIES = frozenset({"batch", "tick", "info", "track_spec", "random_start", "columns", "autoreset"})
 
 # What one simulator seats: a trainer (or anything that reaches its socket) cannot make it
 # allocate without bound. Car indices above MAX_CARS_PER_VENV would build that many grid slots.
@@ -59,7 +60,7 @@ def game_spec(sim: Sim, realtime: bool, tick_hz: float) -> GameSpec:
         action_size=3,
         tick_hz=tick_hz,
         mode="realtime" if realtime else "lockstep",
-        capabilities=CAPABILITIES,
+        capabilities=protocol.CAPABILITIES - {"game_tracks"},  # it builds the tracks it is sent
     )
 
 
@@ -69,9 +70,9 @@ class SimGame:
     def __init__(self, sim: Sim, realtime: bool = False):
         self.sim = sim
         self.realtime = realtime
-        # The trainer is the seed's (its first frame is not a welcome): see the module docstring.
+        # The trainer is the original project's (its first frame is not a welcome): see the module docstring.
         # None until the first command says.
-        self.seed_trainer: bool | None = None
+        self.v0_trainer: bool | None = None
         self.batch = False  # until the trainer's welcome says it takes obs batches
         self.columns = False  # ... and obs batches in column form
         self.ticked = False
@@ -101,7 +102,7 @@ class SimGame:
         self.tick = tick  # a refused command does not move the tick
         self.stats["bad_commands"] += 1
         self._bad.warn(code, message)
-        if self.seed_trainer:  # the seed's trainer reads every key of a frame as an agent: log only
+        if self.v0_trainer:  # the original project's trainer reads every key of a frame as an agent: log only
             return []
         return [protocol.encode_error(code, message[:500])]
 
@@ -116,16 +117,16 @@ class SimGame:
     # ------------------------------------------------------------------ commands
 
     def welcome(self, capabilities: list[str]) -> None:
-        self.seed_trainer = False
+        self.v0_trainer = False
         self.batch = "batch" in capabilities
         self.columns = self.batch and "columns" in capabilities
         self.ticked = "tick" in capabilities
 
     def handle(self, cmd: Command) -> list[bytes]:
-        if self.seed_trainer is None:
-            self.seed_trainer = cmd.name != "WELCOME"
-            if self.seed_trainer:
-                self.realtime = True  # the seed's place ticks on its own
+        if self.v0_trainer is None:
+            self.v0_trainer = cmd.name != "WELCOME"
+            if self.v0_trainer:
+                self.realtime = True  # the original project's place ticks on its own
         if cmd.tick is not None:
             self.tick = max(self.tick, cmd.tick)
         sim = self.sim
@@ -177,13 +178,13 @@ class SimGame:
                 self.autoreset.update(spawn["agents"])
             else:
                 self.autoreset.difference_update(spawn["agents"])
-            return [] if self.seed_trainer else [self._report(spawn["agents"], envid=cmd.envid)]
+            return [] if self.v0_trainer else [self._report(spawn["agents"], envid=cmd.envid)]
         if name == "RESET_AGENTS":
             ids = self._known(cmd.data)
             sim.reset_agents(ids)
             for aid in ids:
                 self.actions[aid] = [0.0, 0.0, 0.0]
-            return [] if self.seed_trainer else [self._report(ids, envid=cmd.envid)]
+            return [] if self.v0_trainer else [self._report(ids, envid=cmd.envid)]
         if name == "REMOVE_AGENTS":
             ids = self._known(cmd.data)
             sim.remove_agents(ids)
@@ -196,7 +197,7 @@ class SimGame:
             self.actions.update(cmd.data)
             if self.realtime:
                 return []
-            # Lockstep with a seed trainer: step once every venv with live cars has its actions.
+            # Lockstep with a v0 trainer: step once every venv with live cars has its actions.
             self.acted_venvs.add(cmd.envid)
             envids = sim.envids
             if not {envids[v] for v in np.unique(sim.venv[sim.live])} <= self.acted_venvs:
@@ -268,7 +269,7 @@ class SimGame:
         sim = self.sim
         ids = sim.agent_ids
         if not ids or sim.frozen:
-            return [b"[]"] if self.seed_trainer else []  # the seed's place: JSONEncode of no cars
+            return [b"[]"] if self.v0_trainer else []  # the original project's place: JSONEncode of no cars
         result = sim.step(self._action_array(ids) if actions is None else actions)
         self.stats["steps"] += 1
         self.acted_venvs.clear()
@@ -276,7 +277,7 @@ class SimGame:
         if reported == len(ids):  # every car was live (the usual lockstep step): no rows to pick
             return self._frames(ids, result, slice(None))
         if reported == 0:
-            return [b"[]"] if self.seed_trainer else []
+            return [b"[]"] if self.v0_trainer else []
         live = np.flatnonzero(result.live)
         return self._frames([ids[k] for k in live], result, live)
 
@@ -313,8 +314,8 @@ class SimGame:
             ]
         if self.batch:
             return [protocol.encode_obs(ids, obs, reward, term, trunc, info, self._tick(), self._form)]
-        if self.seed_trainer:
-            return [self._seed_packet(ids, obs, reward, term, trunc)]
+        if self.v0_trainer:
+            return [self._v0_packet(ids, obs, reward, term, trunc)]
         # A v1 trainer without batch: one packet per venv.
         frames = []
         by_venv: dict[str, list[int]] = {}
@@ -325,12 +326,12 @@ class SimGame:
             venv_info = {key: column[sel] for key, column in info.items()}
             frames.append(
                 protocol.encode_obs([ids[k] for k in ks], obs[sel], reward[sel], term[sel], trunc[sel], venv_info,
-                                    form="seed")
+                                    form="v0")
             )  # fmt: skip
         return frames
 
-    def _seed_packet(self, ids: list[str], obs, reward, term, trunc) -> bytes:
-        """The seed place's packet: every car in one object; a car whose episode ended is restarted
+    def _v0_packet(self, ids: list[str], obs, reward, term, trunc) -> bytes:
+        """The v0 place's packet: every car in one object; a car whose episode ended is restarted
         now, its entry the ending (reward, flags) with the new episode's first ``obs`` and the ended
         one's final frame as ``last_observation``."""
         ended = term | trunc
@@ -427,7 +428,7 @@ async def run(
     realtime: bool = False,
     tick_hz: float = 15.0,
     seed: int = 0,
-    seed_protocol: bool = False,
+    v0: bool = False,
     token: str | None = None,
     connect_timeout: float = 30.0,
     sim: Sim | None = None,
@@ -435,7 +436,7 @@ async def run(
 ) -> dict:
     """Connect to a trainer and serve it until it closes the connection. Returns the game's stats.
 
-    ``seed_protocol``: send no hello (a game that speaks only the seed formats)."""
+    ``v0``: send no hello (a game that speaks only the v0 formats)."""
     sim = sim or Sim(SimConfig(num_rays=num_rays), seed=seed)
     game = SimGame(sim, realtime=realtime)
     deadline = time.monotonic() + connect_timeout
@@ -452,14 +453,14 @@ async def run(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)  # back off, as the Roblox client does
     async with ws:
-        if not seed_protocol:
+        if not v0:
             await ws.send(protocol.encode_hello(game_spec(sim, realtime, tick_hz), token).decode())
         ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz)) if realtime else None
         try:
             async for frame in ws:
                 for out in game.receive(frame):
                     await ws.send(out, text=True)
-                if ticker is None and game.realtime:  # a seed trainer: tick like the seed's place
+                if ticker is None and game.realtime:  # a v0 trainer: tick like the original project's place
                     ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz))
         except ConnectionClosed:
             pass
@@ -492,20 +493,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.ArgumentParser(
         prog="python -m rbxenv.sim", description="Headless racing simulator: a game that connects to a trainer."
     )
-    parser.add_argument("--url", default=f"ws://127.0.0.1:{protocol.DEFAULT_PORT}", help="trainer WebSocket URL (any path; a seed trainer serves /ws/<modelId>)")  # fmt: skip
+    parser.add_argument("--url", default=f"ws://127.0.0.1:{protocol.DEFAULT_PORT}", help="trainer WebSocket URL (any path; a v0 trainer serves /ws/<modelId>)")  # fmt: skip
     parser.add_argument("--realtime", action="store_true", help="tick on our own at --tick-hz (like Roblox)")
     parser.add_argument("--tick-hz", type=float, default=15.0, help="decisions per second in real-time mode")
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (own tracks, random starts)")
-    parser.add_argument("--seed-protocol", action="store_true", help="speak only the seed formats (no hello)")
-    parser.add_argument("--num-rays", type=int, default=10, help="rays per car: the observation is num_rays + 3 floats (the seed's default car: 16)")  # fmt: skip
-    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to keep retrying")
     parser.add_argument(
-        "--busy-wait-us",
-        type=int,
-        default=0,
-        help="microseconds to poll for the trainer's next command before sleeping (the trainer "
-        "launches its embedded simulator with 1000 on a multi-core machine: see rbxenv.busy_wait)",
+        "--v0", action="store_true", help="speak only protocol version 0, the original project's (no hello)"
     )
+    parser.add_argument("--seed-protocol", action="store_true", help=argparse.SUPPRESS)  # --v0's old name
+    parser.add_argument("--num-rays", type=int, default=10, help="rays per car: the observation is num_rays + 3 floats (the original project's default car: 16)")  # fmt: skip
+    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to keep retrying")
     parser.add_argument(
         "--dynamics",
         default="kinematic",
@@ -513,11 +510,13 @@ def main(argv: list[str] | None = None) -> None:
         'with SimConfig overrides, e.g. "dynamic,max_lateral_accel=56,actuator_lag=0.2"',
     )
     args = parser.parse_args(argv)
+    if args.seed_protocol:
+        print("rbxenv.sim: --seed-protocol is deprecated and will go: use --v0 (the same)", file=sys.stderr)
+        args.v0 = True
     cli.check("rbxenv.sim", args, {
         "--url": lambda url: None if url.startswith(("ws://", "wss://")) else "allowed: a ws:// or wss:// URL",
         "--tick-hz": cli.above(0),
         "--connect-timeout": cli.at_least(0),
-        "--busy-wait-us": cli.at_least(0),
         "--num-rays": cli.between(1, 256),
     })  # fmt: skip
     try:
@@ -526,14 +525,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     logging.basicConfig(level=logging.WARNING, format="rbxenv.sim: %(message)s")
     try:
-        with asyncio.Runner(loop_factory=lambda: busy_wait.new_event_loop(args.busy_wait_us * 1e-6)) as runner:
+        with asyncio.Runner() as runner:
             stats = runner.run(
                 run(
                     args.url,
                     realtime=args.realtime,
                     tick_hz=args.tick_hz,
                     seed=args.seed,
-                    seed_protocol=args.seed_protocol,
+                    v0=args.v0,
                     token=os.environ.get("RBXENV_TOKEN") or None,
                     connect_timeout=args.connect_timeout,
                     sim=Sim(config, seed=args.seed),

@@ -1,8 +1,8 @@
-"""The two halves of the seed project (GitHub kpustelnik/smart_racing_sim_ai) on the wire, written
-from its facts (issue 14, PROTOCOL.md §1), not from its code: ``SeedGame`` behaves like its Roblox
-place, ``SeedTrainer`` like its FastAPI/SB3 trainer. Tests run rbxenv against each over real sockets.
+"""The two halves of the original project (GitHub kpustelnik/smart_racing_sim_ai) on the wire, written
+from its facts (issue 14, PROTOCOL.md §1), not from its code: ``V0Game`` behaves like its Roblox
+place, ``V0Trainer`` like its FastAPI/SB3 trainer. Tests run rbxenv against each over real sockets.
 
-SeedGame: dials ``ws://host:port/ws/<modelId>``; takes commands ``{"command", "envid", "data"}``
+V0Game: dials ``ws://host:port/ws/<modelId>``; takes commands ``{"command", "envid", "data"}``
 with object data (``{"agents": [...]}``, ``{"status": b}``, ``{"enable_collisions": b}``) and warns
 about anything it cannot decode or handle; every 1/15 s sends one JSON object with every unfrozen
 car (``[]`` when none is active); restarts an ended car in the same tick (reward -20, the new
@@ -10,7 +10,7 @@ episode's first observation); closes after ``idle_close`` s without a message an
 venvs after 250 ticks in which active cars got no ACTION. Observations: 16 rays + nitro +
 velocity + is-reverse = 19 floats (its default car).
 
-SeedTrainer: serves ``/ws/<modelId>``; sends SPAWN_AGENTS / RESET_AGENTS / ACTION per venv with
+V0Trainer: serves ``/ws/<modelId>``; sends SPAWN_AGENTS / RESET_AGENTS / ACTION per venv with
 object data, FREEZE ``{"status"}`` with envid "" around its updates, PING after ``ping_every`` s
 without a command; a step sends every venv's ACTION and then takes the latest packet of each agent
 (waiting up to 10 s for one that has none).
@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 
 class Car:
     """A car in a straight corridor (walls at lateral offset ±WALL): enough to learn from, and
-    every ending the seed's place has (a crash: terminated; no progress for 4 s: truncated)."""
+    every ending the original project's place has (a crash: terminated; no progress for 4 s: truncated)."""
 
     WALL, RAY_LENGTH, TOP_SPEED = 8.0, 50.0, 40.0
 
@@ -80,8 +80,8 @@ class Car:
         return reward, False, False
 
 
-class SeedGame:
-    """The seed's place: see the module docstring. ``warnings`` lists what it warned about."""
+class V0Game:
+    """The original project's place: see the module docstring. ``warnings`` lists what it warned about."""
 
     def __init__(
         self,
@@ -275,12 +275,12 @@ class SeedGame:
 # ---------------------------------------------------------------------------------------------- the trainer
 
 
-class SeedTrainer:
-    """The seed's trainer on the wire (one game, one model id): see the module docstring.
+class V0Trainer:
+    """The original project's trainer on the wire (one game, one model id): see the module docstring.
 
     ``await trainer.serve()`` starts listening; the test drives it with ``spawn`` / ``step`` /
     ``update`` and reads ``packets`` (every frame the game sent), ``refused`` (error frames: the
-    seed trainer would store them as agents named "type", "code" ...) and ``missing`` (agents a
+    v0 trainer would store them as agents named "type", "code" ...) and ``missing`` (agents a
     step got no packet for within ``obs_timeout``).
     """
 
@@ -321,7 +321,7 @@ class SeedTrainer:
             async for raw in ws:
                 msg = json.loads(raw)
                 self.packets.append(msg)
-                if isinstance(msg, dict):  # the seed's receiver: every key is an agent
+                if isinstance(msg, dict):  # the original project's receiver: every key is an agent
                     if msg.get("type") == "error":
                         self.refused.append(msg)
                     for aid, entry in msg.items():
@@ -350,7 +350,7 @@ class SeedTrainer:
         await self.send({"command": command, "data": data if data else {}, "envid": envid})
 
     async def latest_of(self, agents: list[str]) -> dict[str, dict]:
-        """The seed's get_latest_obs for each agent: the newest packet entry, or wait up to
+        """The original project's get_latest_obs for each agent: the newest packet entry, or wait up to
         ``obs_timeout`` for one (an agent that never answers is recorded in ``missing``)."""
         out: dict[str, dict] = {}
         for aid in agents:
@@ -389,11 +389,13 @@ class SeedTrainer:
         await self.command("FREEZE", "", {"status": False})
 
 
-async def drive(trainer: SeedTrainer, num_venvs: int, cars: int, episodes: int) -> dict:
-    """The seed trainer's loop: spawn, reset, then steps with random actions and a FREEZE'd
+async def drive(trainer: V0Trainer, num_venvs: int, cars: int, episodes: int) -> dict:
+    """The v0 trainer's loop: spawn, reset, then steps with random actions and a FREEZE'd
     "update" every 20 steps, until ``episodes`` episodes ended and one update was made. Returns what it saw."""
     rng = random.Random(0)
-    venvs = {str(uuid.UUID(int=rng.getrandbits(128))): [] for _ in range(num_venvs)}  # the seed's uuid4 venv ids
+    venvs = {
+        str(uuid.UUID(int=rng.getrandbits(128))): [] for _ in range(num_venvs)
+    }  # the original project's uuid4 venv ids
     for envid in venvs:
         venvs[envid] = [f"car_{i}_env_{envid}" for i in range(cars)]
     agents = [aid for ids in venvs.values() for aid in ids]

@@ -1,4 +1,4 @@
-"""The seed project's own halves (emulated from its facts: tests/seed_emulation.py) with rbxenv,
+"""The original project's own halves (emulated from its facts: tests/v0_emulation.py) with rbxenv,
 over real loopback sockets: its place trained by ppo_continuous.py --no-sim, and its trainer
 driving rbxenv's games (the simulator here; the Luau GameClient in test_luau_bridge.py)."""
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 from netutil import free_port
-from seed_emulation import SeedGame, SeedTrainer, drive
+from v0_emulation import V0Game, V0Trainer, drive
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class GameInThread:
-    """A SeedGame run on its own event loop thread (the trainer under test is another process)."""
+    """A V0Game run on its own event loop thread (the trainer under test is another process)."""
 
-    def __init__(self, game: SeedGame):
+    def __init__(self, game: V0Game):
         self.game = game
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="seed-game", daemon=True)
@@ -36,18 +36,18 @@ class GameInThread:
 
     def join(self, timeout: float) -> None:
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the seed game is still connected after the trainer finished"
+        assert not self.thread.is_alive(), "the v0 game is still connected after the trainer finished"
         if self.error is not None:
             raise self.error
 
 
 @pytest.mark.timeout(180)
-def test_ppo_trains_against_the_seed_place_with_zero_warnings(tmp_path):
-    """5 venvs x 5 cars of a seed place (19 floats, 15 Hz real time, self-restarting cars, 20 s idle
+def test_ppo_trains_against_the_v0_place_with_zero_warnings(tmp_path):
+    """5 venvs x 5 cars of a v0 place (19 floats, 15 Hz real time, self-restarting cars, 20 s idle
     close) dialing ws://localhost:<port>/ws/<modelId>: PPO trains a few thousand steps, the place
     warns about nothing, the run is named after the model id."""
     port = free_port()
-    game = GameInThread(SeedGame(f"ws://localhost:{port}/ws/seedcar", seed=1))
+    game = GameInThread(V0Game(f"ws://localhost:{port}/ws/seedcar", seed=1))
     flags = ["--no-sim", "--port", str(port), "--num-agents", "5", "--num-venvs", "5", "--num-steps", "24"]
     flags += ["--total-timesteps", "3000", "--eval-every", "0", "--wait-timeout", "60"]
     run = subprocess.run(
@@ -69,7 +69,7 @@ def test_ppo_trains_against_the_seed_place_with_zero_warnings(tmp_path):
     assert seed.commands["SPAWN_AGENTS"] == 2 * 5  # the width probe, then reset(): one per venv each
     assert seed.commands["ACTION"] >= 120 * 5  # 120 steps of 25 cars, one ACTION per venv
     # FREEZE around updates depends on how long an update takes (the env freezes a game idle for
-    # 0.25 s): test_a_pause_freezes_the_seed_place checks it with a pause of known length.
+    # 0.25 s): test_a_pause_freezes_the_v0_place checks it with a pause of known length.
     assert seed.max_silence < 5.0  # PINGs whenever the trainer had nothing else to say
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("seedcar__ppo_continuous__1__"), runs
@@ -77,13 +77,13 @@ def test_ppo_trains_against_the_seed_place_with_zero_warnings(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_pause_freezes_the_seed_place():
+def test_a_pause_freezes_the_v0_place():
     """A trainer that stops stepping (an update, an evaluation) freezes the place and thaws it at the
-    next step, as the seed's trainer did around its updates: FREEZE {"status": true}, then false."""
+    next step, as the original project's trainer did around its updates: FREEZE {"status": true}, then false."""
     import rbxenv
 
     port = free_port()
-    game = GameInThread(SeedGame(f"ws://localhost:{port}/ws/pause", seed=2))
+    game = GameInThread(V0Game(f"ws://localhost:{port}/ws/pause", seed=2))
     envs = rbxenv.make_vec_env(num_agents=2, num_venvs=1, sim=None, port=port, wait_timeout=60)
     try:
         envs.reset(seed=0)
@@ -99,7 +99,7 @@ def test_a_pause_freezes_the_seed_place():
     assert game.game.warnings == []
 
 
-def test_ppo_without_a_seed_game_is_one_line_and_exit_1(tmp_path):
+def test_ppo_without_a_v0_game_is_one_line_and_exit_1(tmp_path):
     run = subprocess.run(
         [
             sys.executable,
@@ -125,13 +125,13 @@ def test_ppo_without_a_seed_game_is_one_line_and_exit_1(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_seed_trainer_drives_the_simulator():
-    """The seed's trainer (per-venv ACTIONs, object data, PING, FREEZE around updates, latest packet
+def test_v0_trainer_drives_the_simulator():
+    """The original project's trainer (per-venv ACTIONs, object data, PING, FREEZE around updates, latest packet
     per agent) drives python -m rbxenv.sim with 16 rays for several episodes: nothing refused, no
     car left waiting, ended cars restarted in their tick with last_observation."""
 
-    async def main() -> tuple[dict, SeedTrainer, subprocess.CompletedProcess]:
-        trainer = SeedTrainer(ping_every=0.5)
+    async def main() -> tuple[dict, V0Trainer, subprocess.CompletedProcess]:
+        trainer = V0Trainer(ping_every=0.5)
         await trainer.serve()
         url = f"ws://127.0.0.1:{trainer.port}/ws/seedcar"
         sim = await asyncio.create_subprocess_exec(
@@ -159,8 +159,8 @@ def test_seed_trainer_drives_the_simulator():
 
 
 @pytest.mark.timeout(60)
-def test_vector_env_reports_seed_restarts_as_same_step_autoresets():
-    """Against a seed place that sends last_observation: every ending is reported in the step its
+def test_vector_env_reports_v0_restarts_as_same_step_autoresets():
+    """Against a v0 place that sends last_observation: every ending is reported in the step its
     packet came, final_obs ending with exactly that frame and the returned obs starting the next
     episode from the place's first frame; no RESET_AGENTS, 19-float frames stacked 4 deep."""
     import numpy as np
@@ -168,7 +168,7 @@ def test_vector_env_reports_seed_restarts_as_same_step_autoresets():
     import rbxenv
 
     port = free_port()
-    game = GameInThread(SeedGame(f"ws://localhost:{port}/ws/m", last_observation=True, seed=3))
+    game = GameInThread(V0Game(f"ws://localhost:{port}/ws/m", last_observation=True, seed=3))
     env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, sim=None, port=port, wait_timeout=30)
     try:
         assert (env.game.protocol, env.game.obs_size, env.single_observation_space.shape) == (0, 19, (76,))

@@ -1,6 +1,6 @@
-"""rbxenv's trainer against the seed project's place (emulated from its facts: tests/seed_emulation.py).
+"""rbxenv's trainer against the original project's place (emulated from its facts: tests/v0_emulation.py).
 
-    python bench/seed_place.py [--num-venvs 5 --num-agents 5 --seconds 20 --pause 25]
+    python bench/v0_place.py [--num-venvs 5 --num-agents 5 --seconds 20 --pause 25]
 
 The place ticks at 15 Hz on its own clock, sends every car in one packet per tick and restarts ended
 cars itself; ``make_vec_env(sim=None)`` steps it with random actions for ``--seconds``, then the
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # rbxenv, and the emulation and loopback helpers of the tests
 
 from netutil import free_port  # noqa: E402
-from seed_emulation import SeedGame  # noqa: E402
+from v0_emulation import V0Game  # noqa: E402
 
 from rbxenv import make_vec_env  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=25.0, help="seconds without a step (a busy trainer)")
     args = parser.parse_args()
     port = free_port()
-    game = SeedGame(f"ws://localhost:{port}/ws/bench", seed=0)
+    game = V0Game(f"ws://localhost:{port}/ws/bench", seed=0)
     thread = threading.Thread(target=lambda: asyncio.run(game.run()), daemon=True)
     thread.start()
     env = make_vec_env(args.num_agents, args.num_venvs, sim=None, port=port, wait_timeout=30)
@@ -62,7 +62,7 @@ def main() -> None:
     finally:
         env.close()
     thread.join(10)
-    print(f"{args.num_venvs} venvs x {args.num_agents} cars, seed place at 15 Hz, {elapsed:.1f} s of steps")
+    print(f"{args.num_venvs} venvs x {args.num_agents} cars, v0 place at 15 Hz, {elapsed:.1f} s of steps")
     print(f"  decisions: {steps / elapsed:.2f} per second ({steps * n / elapsed:.0f} agent-steps/s); late ticks {game.late_ticks}")  # fmt: skip
     print(f"  endings: {endings} reported by the env, {game.episodes} restarts by the place, RESET_AGENTS sent: {game.commands['RESET_AGENTS']}")  # fmt: skip
     print(f"  packets of a next episode before its ending was read (dropped): {stats.get('after_restart_packets', 0)}")
