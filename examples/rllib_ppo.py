@@ -64,8 +64,6 @@ class Args:
     """venvs per env runner (2 runners x 8 venvs x 5 cars = ppo_continuous.py's 80 cars)"""
     frame_stack: int = 4
     """observations stacked per car (oldest first)"""
-    busy_wait: float | None = None
-    """seconds each env runner and its simulator poll for each other before sleeping (default: rbxenv's)"""
 
     # Algorithm (ppo_continuous.py's defaults where RLlib has the same knob)
     total_timesteps: int = 5_000_000
@@ -123,7 +121,6 @@ RULES = {
     "--clip-coef": cli.above(0),
     "--vf-clip": cli.above(0),
     "--max-grad-norm": cli.above(0),
-    "--busy-wait": lambda v: None if 0 <= v < 1 else "allowed: 0 to under 1 (seconds)",
     "--hidden-sizes": cli.at_least(1),
 }
 
@@ -194,13 +191,11 @@ def make_env(config: dict) -> NextStepAutoreset:
     with seed + the runner's index, which draws that runner's tracks and starts."""
     import rbxenv.sim  # noqa: F401  compiles the simulator here (or loads numba's cache) before its process starts
 
-    game = {} if config["busy_wait"] is None else {"busy_wait": config["busy_wait"]}
     envs = rbxenv.make_vec_env(
         num_agents=config["num_agents"],
         num_venvs=config["num_venvs"],
         frame_stack=config["frame_stack"],
         sim_seed=config["seed"],
-        **game,
     )
     if "num_envs" in config and config["num_envs"] != envs.num_envs:
         envs.close()
@@ -257,7 +252,6 @@ def build_config(args: Args):
         "num_venvs": args.num_venvs,
         "frame_stack": args.frame_stack,
         "seed": args.seed,
-        "busy_wait": args.busy_wait,
     }
     return (
         PPOConfig()
