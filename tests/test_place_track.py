@@ -187,6 +187,6 @@ def test_ppo_trains_on_the_place_track_end_to_end(tmp_path):
             cwd=tmp_path, capture_output=True, text=True, timeout=200, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "training on the game's own track my-place (2048 studs)" in run.stdout
+    assert "| the game's own track my-place (2048 studs) |" in run.stdout.splitlines()[1]  # the run's introduction
     assert "step 128/128" in run.stdout and "eval on 2 held-out tracks" in run.stdout  # generated: the default
     assert game.stats["steps"] >= 128 // 4 and game.stats["badFrames"] == 0, game.logs  # 4 cars a step
