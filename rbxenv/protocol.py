@@ -251,11 +251,6 @@ def _type_name(value: object) -> str:
 _NUMBER_TYPES = frozenset({int, float})  # not bool: True is an int in Python but not a number on the wire
 
 
-def _is_number(value: object) -> bool:
-    # bool is an int in Python but not a number on the wire
-    return type(value) in (int, float)
-
-
 def _check_int(value: object, where: str, low: int = 0, high: int = 2**53) -> int:
     if type(value) is not int or not low <= value <= high:
         raise ProtocolError(f"{where}: expected an integer in [{low}, {high}], got {_show(value)}")
@@ -276,13 +271,13 @@ def _check_vector(value: object, size: int, where: str) -> list:
         raise ProtocolError(f"{where}: expected {size} numbers, got {len(value)}")
     if not _NUMBER_TYPES.issuperset(map(type, value)):  # the hot path: one C-level pass
         for k, v in enumerate(value):
-            if not _is_number(v):
+            if type(v) not in _NUMBER_TYPES:
                 raise ProtocolError(f"{where}[{k}]: expected a number, got {_type_name(v)} {_show(v)}")
     return value
 
 
 def _check_number(value: object, where: str) -> float:
-    if not _is_number(value) or not math.isfinite(value):
+    if type(value) not in _NUMBER_TYPES or not math.isfinite(value):
         raise ProtocolError(f"{where}: expected a finite number, got {_type_name(value)} {_show(value)}")
     return float(value)
 
@@ -407,85 +402,6 @@ def _obs_array(rows: list, n: int, obs_size: int, where: str) -> np.ndarray:
     if not np.isfinite(obs).all():
         raise ProtocolError(f"{where}: observation values overflow 32-bit floats")
     return obs
-
-
-def _decode_agents(agents: dict, obs_size: int | None, tick: int | None, where: str) -> ObsBatch:
-    """The per-agent form: ``{agent_id: {"obs", "reward", "terminated", "truncated", "info"?,
-    "last_observation"?}}``. Keys starting with ``__`` are not agents (a v0 game's ``__pong``):
-    skipped. ``obs_size`` None: the first entry's observation sets the width (a v0 game says it
-    nowhere else) and every other entry must match it."""
-    if any(key[:2] == "__" for key in agents):
-        agents = {key: entry for key, entry in agents.items() if key[:2] != "__"}
-    if obs_size is None:
-        first = next(iter(agents.values()), None)
-        obs = first.get("obs") if type(first) is dict else None
-        obs_size = len(obs) if type(obs) is list and 0 < len(obs) <= 1024 else 0
-        if not obs_size and first is not None:
-            _check_entry_obs(next(iter(agents)), first)  # raises, saying what is wrong
-    if len(agents) > MAX_AGENTS:
-        raise ProtocolError(f"{where}: {len(agents)} agents in one message, the limit is {MAX_AGENTS}", "too_large")
-    ids: list[str] = []
-    rows: list[list] = []
-    n = len(agents)
-    reward = np.empty(n)
-    terminated = np.empty(n, dtype=bool)
-    truncated = np.empty(n, dtype=bool)
-    info = info_columns(n)
-    has_info = np.zeros(n, dtype=bool)
-    last_rows: list[list] | None = None
-    has_last: np.ndarray | None = None
-    for k, (aid, entry) in enumerate(agents.items()):
-        parse_agent_id(aid)
-        if type(entry) is not dict:
-            raise ProtocolError(
-                f"{where}.{aid}: expected an object with obs/reward/terminated/truncated, got {_type_name(entry)}"
-            )
-        try:
-            obs, r, term, trunc = entry["obs"], entry["reward"], entry["terminated"], entry["truncated"]
-        except KeyError as err:
-            raise ProtocolError(f"{aid}: missing field {err.args[0]!r}") from None
-        # Fast checks first; the detailed ones (which format the error text) run only on failure.
-        if type(obs) is not list or len(obs) != obs_size or not _NUMBER_TYPES.issuperset(map(type, obs)):
-            _check_vector(obs, obs_size, f"{aid}.obs")
-        if type(r) not in _NUMBER_TYPES:
-            _check_number(r, f"{aid}.reward")
-        if type(term) is not bool:
-            _check_bool(term, f"{aid}.terminated")
-        if type(trunc) is not bool:
-            _check_bool(trunc, f"{aid}.truncated")
-        rows.append(obs)
-        reward[k], terminated[k], truncated[k] = r, term, trunc
-        if "last_observation" in entry:
-            last = entry["last_observation"]
-            if type(last) is not list or len(last) != obs_size or not _NUMBER_TYPES.issuperset(map(type, last)):
-                _check_vector(last, obs_size, f"{aid}.last_observation")
-            if last_rows is None:
-                last_rows, has_last = [[0.0] * obs_size for _ in range(n)], np.zeros(n, dtype=bool)
-            last_rows[k], has_last[k] = last, True
-        entry_info = _check_info(entry.get("info"), aid + ".info")
-        if entry_info is not None:
-            has_info[k] = True
-            for key, value in entry_info.items():
-                column = info.get(key)
-                if column is not None and value is not None:
-                    column[k] = value
-        ids.append(aid)
-    batch = ObsBatch(tick, ids, _obs_array(rows, n, obs_size, where), reward, terminated, truncated, info, has_info)
-    if last_rows is not None:
-        batch.last_obs, batch.has_last = _obs_array(last_rows, n, obs_size, where + " last_observation"), has_last
-    return batch
-
-
-def _check_entry_obs(aid: str, entry: object) -> None:
-    """Raise the error an agent entry whose ``obs`` sets no width deserves."""
-    if type(entry) is not dict:
-        raise ProtocolError(f"{aid}: expected an object with obs/reward/terminated/truncated, got {_type_name(entry)}")
-    if "obs" not in entry:
-        raise ProtocolError(f"{aid}: missing field 'obs'")
-    obs = entry["obs"]
-    if type(obs) is not list:
-        raise ProtocolError(f"{aid}.obs: expected an array of numbers, got {_type_name(obs)}")
-    raise ProtocolError(f"{aid}.obs: expected 1..1024 numbers, got {len(obs)}")
 
 
 def _column(msg: dict, key: str, n: int, types: frozenset, where: str) -> list:
@@ -680,18 +596,7 @@ def encode_obs(
         if reset_ids is not None:
             msg["reset_ids"], msg["reset_obs"] = reset_ids, reset_obs
         return dumps(msg)
-    infos = info_dicts(info) if info is not None else None
-    agents = {}
-    for k, aid in enumerate(agent_ids):
-        entry = {
-            "obs": obs[k],
-            "reward": float(reward[k]),
-            "terminated": bool(terminated[k]),
-            "truncated": bool(truncated[k]),
-        }
-        if infos is not None:  # keys not reported are left out (only lap_time and cause may be null)
-            entry["info"] = {key: v for key, v in infos[k].items() if v is not None or key in _NULLABLE_INFO}
-        agents[aid] = entry
+    agents = _encode_entries(agent_ids, obs, reward, terminated, truncated, info)
     if form == "v0":
         return dumps(agents)
     return dumps({"type": "obs", "tick": tick, "agents": agents})
@@ -715,22 +620,6 @@ def encode_command(command: str, envid: str | None = None, data: object = None, 
     if tick is not None:
         msg["tick"] = tick
     return dumps(msg)
-
-
-_V0_FLAG = {"FREEZE": "status", "UPDATE_COLLISIONS": "enable_collisions"}
-
-
-def encode_v0_command(command: str, envid: str | None = None, data: object = None) -> bytes:
-    """One command in the v0 trainer's own form, for a game that never said hello (the original project's
-    place reads ``data.agents``, ``data.status`` ... and would fail on rbxenv's bare lists and
-    booleans): ``data`` is always an object and ``envid`` a string ("" where no venv applies)."""
-    if command == "PING":
-        return dumps({"command": "PING"})
-    if command in _V0_FLAG:
-        return dumps({"command": command, "envid": "", "data": {_V0_FLAG[command]: bool(data)}})
-    if command in ("SPAWN_AGENTS", "RESET_AGENTS", "REMOVE_AGENTS"):
-        data = {"agents": data} if type(data) is list else data
-    return dumps({"command": command, "envid": envid or "", "data": {} if data is None else data})
 
 
 def encode_pong(t: float) -> bytes:
@@ -889,8 +778,9 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
     """Parse and validate one frame sent by the trainer (the game side of the protocol).
 
     ``data`` comes out normalised, whichever form it came in (rbxenv's bare list / bool, or the
-    v0 trainer's object): FREEZE/UPDATE_COLLISIONS -> bool, RESET/REMOVE -> list of ids (an older
-    v0 trainer's RESET comes out as RESET_AGENTS), SPAWN_AGENTS -> spawn dict, ACTION ->
+    v0 trainer's object, which ``_command_from_v0`` turns into rbxenv's): FREEZE/UPDATE_COLLISIONS
+    -> bool, RESET/REMOVE -> list of ids (an older v0 trainer's RESET comes out as RESET_AGENTS),
+    SPAWN_AGENTS -> spawn dict, ACTION ->
     {aid: action}, ACTION_BATCH -> {envid: {aid: action}} (``ActionRows`` in the column form),
     PING -> the time to echo or None, CREATE_ENV / CLOSE -> None.
     Frames the trainer sends that are not commands (``welcome``, ``error``) come back as
@@ -911,11 +801,9 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
         _check_int(tick, f"{name}.tick")
     data = msg.get("data")
     envid = msg.get("envid")
+    name, data, where = _command_from_v0(name, data)
     if name in ("FREEZE", "UPDATE_COLLISIONS"):
-        if type(data) is dict:  # the original project's form: {"status": b} / {"enable_collisions": b}
-            key = _V0_FLAG[name]
-            return Command(name, None, _check_bool(data.get(key), f"{name}.data.{key}"), tick)
-        return Command(name, None, _check_bool(data, f"{name}.data"), tick)
+        return Command(name, None, _check_bool(data, where), tick)
     if name in ("CLOSE_ALL",):
         return Command(name, None, None, tick)
     if name == "PING":  # the original project's keep-alive: no envid, no data, or {"t": time} to be echoed in __pong
@@ -946,8 +834,137 @@ def decode_command(raw: str | bytes, action_size: int = 3) -> Command:
         return Command(name, envid, _check_spawn(data, envid), tick)
     if name == "ACTION":
         return Command(name, envid, _check_actions(data, envid, action_size, "ACTION.data"), tick)
+    return Command(name, envid, _check_agent_list(data, envid, where), tick)  # RESET_AGENTS / REMOVE_AGENTS
+
+
+# --------------------------------------------------------------------------------------------
+# Compatibility forms, at the edge: protocol version 0 (the original project's packets and
+# command objects) and v1's per-agent batch form. The core above speaks the v1 column form and
+# calls these only where another form arrives or must go out.
+
+
+def _decode_agents(agents: dict, obs_size: int | None, tick: int | None, where: str) -> ObsBatch:
+    """The per-agent form: ``{agent_id: {"obs", "reward", "terminated", "truncated", "info"?,
+    "last_observation"?}}``. Keys starting with ``__`` are not agents (a v0 game's ``__pong``):
+    skipped. ``obs_size`` None: the first entry's observation sets the width (a v0 game says it
+    nowhere else) and every other entry must match it."""
+    if any(key[:2] == "__" for key in agents):
+        agents = {key: entry for key, entry in agents.items() if key[:2] != "__"}
+    if obs_size is None:
+        first = next(iter(agents.values()), None)
+        obs = first.get("obs") if type(first) is dict else None
+        obs_size = len(obs) if type(obs) is list and 0 < len(obs) <= 1024 else 0
+        if not obs_size and first is not None:
+            _check_entry_obs(next(iter(agents)), first)  # raises, saying what is wrong
+    if len(agents) > MAX_AGENTS:
+        raise ProtocolError(f"{where}: {len(agents)} agents in one message, the limit is {MAX_AGENTS}", "too_large")
+    ids: list[str] = []
+    rows: list[list] = []
+    n = len(agents)
+    reward = np.empty(n)
+    terminated = np.empty(n, dtype=bool)
+    truncated = np.empty(n, dtype=bool)
+    info = info_columns(n)
+    has_info = np.zeros(n, dtype=bool)
+    last_rows: list[list] | None = None
+    has_last: np.ndarray | None = None
+    for k, (aid, entry) in enumerate(agents.items()):
+        parse_agent_id(aid)
+        if type(entry) is not dict:
+            raise ProtocolError(
+                f"{where}.{aid}: expected an object with obs/reward/terminated/truncated, got {_type_name(entry)}"
+            )
+        try:
+            obs, r, term, trunc = entry["obs"], entry["reward"], entry["terminated"], entry["truncated"]
+        except KeyError as err:
+            raise ProtocolError(f"{aid}: missing field {err.args[0]!r}") from None
+        # Fast checks first; the detailed ones (which format the error text) run only on failure.
+        if type(obs) is not list or len(obs) != obs_size or not _NUMBER_TYPES.issuperset(map(type, obs)):
+            _check_vector(obs, obs_size, f"{aid}.obs")
+        if type(r) not in _NUMBER_TYPES:
+            _check_number(r, f"{aid}.reward")
+        if type(term) is not bool:
+            _check_bool(term, f"{aid}.terminated")
+        if type(trunc) is not bool:
+            _check_bool(trunc, f"{aid}.truncated")
+        rows.append(obs)
+        reward[k], terminated[k], truncated[k] = r, term, trunc
+        if "last_observation" in entry:
+            last = entry["last_observation"]
+            if type(last) is not list or len(last) != obs_size or not _NUMBER_TYPES.issuperset(map(type, last)):
+                _check_vector(last, obs_size, f"{aid}.last_observation")
+            if last_rows is None:
+                last_rows, has_last = [[0.0] * obs_size for _ in range(n)], np.zeros(n, dtype=bool)
+            last_rows[k], has_last[k] = last, True
+        entry_info = _check_info(entry.get("info"), aid + ".info")
+        if entry_info is not None:
+            has_info[k] = True
+            for key, value in entry_info.items():
+                column = info.get(key)
+                if column is not None and value is not None:
+                    column[k] = value
+        ids.append(aid)
+    batch = ObsBatch(tick, ids, _obs_array(rows, n, obs_size, where), reward, terminated, truncated, info, has_info)
+    if last_rows is not None:
+        batch.last_obs, batch.has_last = _obs_array(last_rows, n, obs_size, where + " last_observation"), has_last
+    return batch
+
+
+def _check_entry_obs(aid: str, entry: object) -> None:
+    """Raise the error an agent entry whose ``obs`` sets no width deserves."""
+    if type(entry) is not dict:
+        raise ProtocolError(f"{aid}: expected an object with obs/reward/terminated/truncated, got {_type_name(entry)}")
+    if "obs" not in entry:
+        raise ProtocolError(f"{aid}: missing field 'obs'")
+    obs = entry["obs"]
+    if type(obs) is not list:
+        raise ProtocolError(f"{aid}.obs: expected an array of numbers, got {_type_name(obs)}")
+    raise ProtocolError(f"{aid}.obs: expected 1..1024 numbers, got {len(obs)}")
+
+
+def _encode_entries(agent_ids: list[str], obs, reward, terminated, truncated, info) -> dict:
+    """The per-agent form of an observation batch: ``{agent_id: {"obs", "reward", "terminated",
+    "truncated", "info"?}}``, info keys not reported left out (only lap_time and cause may be null)."""
+    infos = info_dicts(info) if info is not None else None
+    agents = {}
+    for k, aid in enumerate(agent_ids):
+        entry = {
+            "obs": obs[k],
+            "reward": float(reward[k]),
+            "terminated": bool(terminated[k]),
+            "truncated": bool(truncated[k]),
+        }
+        if infos is not None:
+            entry["info"] = {key: v for key, v in infos[k].items() if v is not None or key in _NULLABLE_INFO}
+        agents[aid] = entry
+    return agents
+
+
+_V0_FLAG = {"FREEZE": "status", "UPDATE_COLLISIONS": "enable_collisions"}
+
+
+def encode_v0_command(command: str, envid: str | None = None, data: object = None) -> bytes:
+    """One command in the v0 trainer's own form, for a game that never said hello (the original project's
+    place reads ``data.agents``, ``data.status`` ... and would fail on rbxenv's bare lists and
+    booleans): ``data`` is always an object and ``envid`` a string ("" where no venv applies)."""
+    if command == "PING":
+        return dumps({"command": "PING"})
+    if command in _V0_FLAG:
+        return dumps({"command": command, "envid": "", "data": {_V0_FLAG[command]: bool(data)}})
+    if command in ("SPAWN_AGENTS", "RESET_AGENTS", "REMOVE_AGENTS"):
+        data = {"agents": data} if type(data) is list else data
+    return dumps({"command": command, "envid": envid or "", "data": {} if data is None else data})
+
+
+def _command_from_v0(name: str, data: object) -> tuple[str, object, str]:
+    """A command in the v0 trainer's forms -> rbxenv's (name, data) and where its data is checked:
+    ``{"status": b}`` / ``{"enable_collisions": b}`` -> b, ``{"agents": [...]}`` -> the list (RESET,
+    REMOVE; SPAWN_AGENTS takes the object as its spawn form), RESET -> RESET_AGENTS."""
     if name == "RESET":
         name = "RESET_AGENTS"
-    if type(data) is dict:  # the original project's form: {"agents": [...]}
-        return Command(name, envid, _check_agent_list(data.get("agents"), envid, f"{name}.data.agents"), tick)
-    return Command(name, envid, _check_agent_list(data, envid, f"{name}.data"), tick)  # RESET / REMOVE
+    if type(data) is dict:
+        if name in _V0_FLAG:
+            return name, data.get(_V0_FLAG[name]), f"{name}.data.{_V0_FLAG[name]}"
+        if name in ("RESET_AGENTS", "REMOVE_AGENTS"):
+            return name, data.get("agents"), f"{name}.data.agents"
+    return name, data, f"{name}.data"
