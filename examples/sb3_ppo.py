@@ -1,4 +1,4 @@
-"""Stable-Baselines3 PPO on rbxenv through the seed's SuperSuit pipeline.
+"""Stable-Baselines3 PPO on rbxenv through the original project's SuperSuit pipeline.
 
     pip install -r requirements-dev.txt        # stable-baselines3 is a dev dependency
     python examples/sb3_ppo.py --timesteps 200000

@@ -207,7 +207,7 @@ def drive(args: argparse.Namespace) -> int:
         session = envs.session
         names = {}
         for venv, envid in enumerate(session.venv_ids):
-            spec = session.tracks.get(envid)  # None: the game's own track (seed games, Roblox default)
+            spec = session.tracks.get(envid)  # None: the game's own track (v0 games, Roblox default)
             names[venv] = f"track {spec.get('name', envid)}" if isinstance(spec, dict) else f"venv {envid}"
         n = envs.num_envs
         # --episodes N is spread evenly over the cars (car k counts its first quota[k] episodes), so a
@@ -264,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("policy", help="policy.onnx written by export_onnx.py")
     parser.add_argument("--no-sim", action="store_true", help="do not start the embedded simulator: wait for a game (Roblox Studio)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the game connects to it)")
-    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: 8000 with --no-sim, where the seed's places dial; any free port otherwise)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: 8000 with --no-sim, where the original project's places dial; any free port otherwise)")  # fmt: skip
     parser.add_argument("--token", default=None, help="shared secret (required beyond loopback; or RBXENV_TOKEN)")
     parser.add_argument("--wait-timeout", type=float, default=300.0, help="with --no-sim: seconds to wait for the game")
     parser.add_argument("--num-agents", type=int, default=5, help="cars per venv")

@@ -1,6 +1,6 @@
 """Racing envs over a game backend: a PettingZoo ParallelEnv and a Gymnasium vector env.
 
-``make_parallel_env`` is the seed's PettingZooWSEnv: every car of every venv is an agent, for
+``make_parallel_env`` is the original project's PettingZooWSEnv: every car of every venv is an agent, for
 multi-agent code and the SuperSuit/SB3 pipeline. ``make_vec_env`` is what the single-file scripts
 use: one vector slot per car, each car resetting on its own.
 
@@ -58,7 +58,7 @@ def action_space(game: GameSpec) -> gym.spaces.Box:
 class _FreezeWhenIdle:
     """Real-time games keep driving while the learner updates; freeze them when no step comes.
 
-    The seed froze the game during training. Here a watchdog freezes it once no ``step`` has been
+    The original project froze the game during training. Here a watchdog freezes it once no ``step`` has been
     running for ``idle`` seconds, and the next step unfreezes it: no script has to remember to.
     Never while a step waits for its answer: a frozen game sends nothing, the step would hang.
     """
@@ -106,7 +106,7 @@ class _FreezeWhenIdle:
 
 
 class RacingParallelEnv(ParallelEnv):
-    """Every car of every venv is an agent (ids ``car_{i}_env_{venv}``): the seed's PettingZooWSEnv.
+    """Every car of every venv is an agent (ids ``car_{i}_env_{venv}``): the original project's PettingZooWSEnv.
 
     ## Description
 
@@ -142,7 +142,7 @@ class RacingParallelEnv(ParallelEnv):
 
     ## Version History
 
-    * v0 (``metadata["name"]`` ``rbxenv_racing_v0``): the seed's PettingZooWSEnv interface, kept.
+    * v0 (``metadata["name"]`` ``rbxenv_racing_v0``): the original project's PettingZooWSEnv interface, kept.
     """
 
     metadata = {"name": "rbxenv_racing_v0", "render_modes": [], "is_parallelizable": True}
@@ -207,7 +207,7 @@ class RacingParallelEnv(ParallelEnv):
         return obs, rewards, terms, truncs, infos
 
     def freeze(self, on: bool = True) -> None:
-        """Freeze (or unfreeze) every car in the game, as the seed did during training."""
+        """Freeze (or unfreeze) every car in the game, as the original project did during training."""
         self.session.backend.freeze(on)
 
     def update_collisions(self, on: bool) -> None:
@@ -289,7 +289,7 @@ class RacingVectorEnv(VectorEnv):
     step that got no answer at all (reward 0, next observation = last real one): off-policy
     learners should not store it.
 
-    A seed game (the original project's Roblox place: protocol v0, no hello) restarts an ended car
+    A v0 game (the original project's Roblox place: protocol v0, no hello) restarts an ended car
     itself, in the same tick: its packet is both the ending and the first observation of the next
     episode. That is reported exactly as above, with no RESET_AGENTS sent: ``final_obs`` ends with
     the ``last_observation`` the game sent with it, or, from a game that sends none, with the car's
@@ -317,7 +317,7 @@ class RacingVectorEnv(VectorEnv):
 
     * v1: protocol v1 games (hello, batched ticks, autoreset), in-process simulator backend,
       per-car same-step autoreset with ``final_obs``, episode statistics in ``infos``.
-    * v0: the seed's PettingZoo env over the seed's protocol (``RacingParallelEnv`` keeps it).
+    * v0: the original project's PettingZoo env over its protocol (v0) (``RacingParallelEnv`` keeps it).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -472,7 +472,7 @@ class RacingVectorEnv(VectorEnv):
         return [(self._steps // per - 1) % self.session.num_venvs]
 
     def freeze(self, on: bool = True) -> None:
-        """Freeze (or unfreeze) every car in the game, as the seed did during training."""
+        """Freeze (or unfreeze) every car in the game, as the original project did during training."""
         self.session.backend.freeze(on)
 
     def close_extras(self, **kwargs) -> None:

@@ -93,7 +93,7 @@ class RunArgs:
     host: str = "127.0.0.1"
     """address the trainer listens on (the game connects to it)"""
     port: int | None = None
-    """port the trainer listens on (default: 8000 with --no-sim, where the seed's places dial, any free port with --sim subprocess)"""
+    """port the trainer listens on (default: 8000 with --no-sim, where the original project's places dial, any free port with --sim subprocess)"""
     mode: Literal["lockstep", "realtime"] = "lockstep"
     """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
     wait_timeout: float = 300.0
@@ -426,7 +426,7 @@ class Run:
         if self.checkpoint:
             args.save_model = True  # a resumed run keeps its checkpoint up to date
         self.start_step = self.checkpoint["global_step"] if self.checkpoint else 0
-        # env setup first: the URL a seed game dials, ws://host:8000/ws/<modelId>, names the run
+        # env setup first: the URL a v0 game dials, ws://host:8000/ws/<modelId>, names the run
         self.envs, self.eval_tracks, self.port = make_envs(args, prog, self.start_step)
         self.eval_envs = None
         if self.checkpoint:

@@ -172,11 +172,11 @@ def test_realtime_mode_steps_and_freezes_when_idle():
         env.close()
 
 
-# ---------------------------------------------------------------------------------------- seed game
+# ------------------------------------------------------------------------------------------ v0 game
 
 
 def test_seed_format_game_drives_the_env():
-    """A game that speaks only the seed formats (no hello: the simulator then plays the seed's place,
+    """A game that speaks only the v0 formats (no hello: the simulator then plays the original project's place,
     real time, restarting ended cars itself) trains with defaults; its endings come as same-step
     autoresets, with the ended episode's last_observation as final_obs."""
     port = free_port()

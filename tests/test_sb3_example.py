@@ -1,4 +1,4 @@
-"""The seed's SB3 pipeline (examples/sb3_ppo.py) trains on the embedded simulator."""
+"""The original project's SB3 pipeline (examples/sb3_ppo.py) trains on the embedded simulator."""
 
 from __future__ import annotations
 
