@@ -73,7 +73,10 @@ class GameServer:
         *,
         handshake_timeout: float = 1.0,
         ping_interval: float = 2.0,
+        serves: str | None = None,
     ):
+        if serves is not None and model_id_of(f"/ws/{serves}") != serves:
+            raise ValueError(f"serves={serves!r}: a model id is 1-64 of A-Z a-z 0-9 _ . - (it goes in /ws/<modelId>)")
         token = token if token is not None else os.environ.get("RBXENV_TOKEN") or None
         if not is_loopback(host) and not token:
             raise ValueError(
@@ -85,8 +88,10 @@ class GameServer:
         self.ping_interval = ping_interval
         self.data = DataBridge()
         self.game: GameSpec | None = None
+        # The run this trainer serves: games dial /ws/<serves>, any other path is refused (None: any path).
+        self.serves = serves
         # The model id of the game's URL path /ws/<modelId> (the original project's places dial one), or None.
-        self.model_id: str | None = None
+        self.model_id: str | None = serves
         # The observation width the trainer's spaces are built on: from the hello, or learned from
         # a v0 game's first agent entry; a game that changes it mid-run cannot go on.
         self._obs_width: int | None = None
@@ -169,7 +174,7 @@ class GameServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"ws://{host}:{self.port}" + (f"/ws/{self.serves}" if self.serves else "")
 
     @property
     def token(self) -> str | None:
@@ -239,6 +244,14 @@ class GameServer:
             stats["rejected_pending"] += 1
             await conn.close(1013, "too many connections in their handshake; try again later")
             return
+        path = conn.request.path if conn.request else "/"
+        if self.serves is not None and model_id_of(path) != self.serves:
+            stats["rejected_path"] += 1
+            shown = urlparse(path).path[:40]
+            await conn.close(
+                1008, f"this trainer serves /ws/{self.serves}, not {shown}: is the game pointed at another run?"
+            )
+            return
         self._pending[address] += 1
         try:
             first = await self._first_frame(conn)
@@ -248,7 +261,7 @@ class GameServer:
                 del self._pending[address]
         if first is None:
             return
-        query = parse_qs(urlparse(conn.request.path).query) if conn.request else {}
+        query = parse_qs(urlparse(path).query)
         game = V0_GAME
         token = (query.get("token") or [None])[0]
         first_is_hello = _is_hello(first)
@@ -281,7 +294,7 @@ class GameServer:
         # ``data.lost`` stays set: a game that left is only forgotten once the trainer takes the
         # new one with wait_for_game() (and respawns what it had), never silently here.
         self._conn, self.game, self._outbox = conn, game, asyncio.Queue()
-        self.model_id = model_id_of(conn.request.path) if conn.request else None
+        self.model_id = self.serves or model_id_of(path)
         self.data.self_restart = not game.protocol
         self._sent_at = time.monotonic()
         self._attached.set()

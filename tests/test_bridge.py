@@ -1009,6 +1009,25 @@ def test_the_url_path_names_the_model_and_any_path_is_accepted(bridge):
         assert bridge.model_id is None
 
 
+def test_a_trainer_serving_one_run_refuses_another_runs_path():
+    with TrainingBridge(port=0, handshake_timeout=HANDSHAKE, serves="run_a") as b:
+        assert b.url.endswith("/ws/run_a") and b.model_id == "run_a"
+        base = b.url.removesuffix("/ws/run_a")
+        for path in ("/ws/run_b", "/", "/ws/run_a/x"):
+            with game_at(base + path) as stranger:
+                assert stranger.close_code() == 1008
+                assert f"serves /ws/run_a, not {path}" in stranger.ws.close_reason
+        with game_at(b.url, hello()) as g:
+            assert g.recv()["type"] == "welcome"
+            assert b.wait_for_game(3).protocol == 1 and b.model_id == "run_a"
+        assert b.stats["rejected_path"] == 3
+    with pytest.raises(ValueError, match="serves='no/slash'"):
+        TrainingBridge(port=0, serves="no/slash")
+    from rbxenv.session import GameSession
+
+    assert GameSession(sim=None, serves="run_a").bridge.serves == "run_a"  # the session passes it on
+
+
 def _has_ipv6_loopback() -> bool:
     import socket
 
