@@ -344,6 +344,27 @@ def test_v0_game_whose_first_frame_is_a_packet(bridge):
         assert eventually(lambda: bridge.stats["bad_frames.unknown_agent"] == 1)
 
 
+def test_a_real_time_tick_naming_a_car_just_removed_is_no_error(rt, bridge):
+    """A real-time game's tick may be on its way when REMOVE_AGENTS goes out: the removed car's
+    entry is dropped quietly; a car never spawned is still an unknown agent."""
+    ids = ["car_0_env_a", "car_1_env_a"]
+    bridge.spawn_agents("a", ids)
+    rt.recv()
+    rt.packet({aid: entry() for aid in ids})
+    bridge.get_observations(ids)
+    bridge.remove_agents("a", ids[1:])
+    assert rt.recv()["command"] == "REMOVE_AGENTS"
+    rt.packet({aid: entry(reward=1.0) for aid in ids})  # the tick that crossed the command
+    assert bridge.get_observations(ids[:1]).reward.tolist() == [1.0]
+    assert bridge.stats["bad_frames"] == 0
+    rt.packet({"car_7_env_a": entry()})
+    assert rt.recv()["code"] == "unknown_agent"
+    bridge.spawn_agents("a", ids[1:])  # spawned again: its packets count as before
+    rt.recv()
+    rt.packet({ids[1]: entry(reward=2.0)})
+    assert bridge.get_observations(ids[1:]).reward.tolist() == [2.0]
+
+
 def test_real_time_packets_sum_rewards_and_keep_the_latest_observation(rt, bridge):
     v0 = rt
     bridge.spawn_agents("a", ["car_0_env_a"])
