@@ -43,6 +43,9 @@ class TrainingBridge(GameServer):
         ping_interval: a v0 game (no hello) closes its socket after 20 s without a message, so
             it gets a PING whenever nothing else went out for this many seconds, from the network
             thread: also while the training thread is busy (updates, evaluation, checkpoints).
+        serves: the model id of the run this trainer serves: games must dial ``/ws/<serves>``
+            (``url`` includes it), any other path is closed with 1008 and a reason naming both;
+            None (default) accepts any path and takes the model id from it.
 
     Bound to a loopback address (the default) or "localhost", the trainer listens on both
     127.0.0.1 and ::1 (same port): "localhost" in a game's URL may resolve to either.
@@ -57,8 +60,11 @@ class TrainingBridge(GameServer):
         handshake_timeout: float = 1.0,
         obs_timeout: float = 10.0,
         ping_interval: float = 2.0,
+        serves: str | None = None,
     ):
-        super().__init__(host, port, token, handshake_timeout=handshake_timeout, ping_interval=ping_interval)
+        super().__init__(
+            host, port, token, handshake_timeout=handshake_timeout, ping_interval=ping_interval, serves=serves
+        )
         self.obs_timeout = obs_timeout
         self._tick = 0
         self.action_sent_at = 0.0  # time.monotonic() when the latest actions were handed to the network thread

@@ -68,6 +68,9 @@ class DataBridge:
         # AND the first observation of the next episode (see put_batch).
         self.self_restart = False
         self.stats: Counter[str] = Counter()
+        # Agents the trainer removed: a real-time game's tick in flight may still name them (dropped
+        # quietly, not "unknown"), until they are spawned again.
+        self.removed: set[str] = set()
         # time.monotonic() when the observation that completed the latest wait() arrived (latency
         # figures: bench/realtime_load.py); one clock read per packet, one max() per wait
         self.ready_at = 0.0
@@ -151,6 +154,7 @@ class DataBridge:
                 self.rows[aid] = self._free.pop()
             if new:
                 self._selected = None
+                self.removed.difference_update(new)
             rows = self.select(agent_ids)
             if restart or new:
                 restarted = rows if restart else self.rows_of(new)
@@ -165,6 +169,7 @@ class DataBridge:
             self._selected = None
             for aid in agent_ids:
                 row = self.rows.pop(aid, None)
+                self.removed.add(aid)
                 if row is not None:
                     self._drain(row)
                     self._free.append(row)
@@ -233,7 +238,9 @@ class DataBridge:
         c = self._c
         get = self.rows.get
         rows = np.array([get(aid, -1) for aid in batch.agent_ids], np.int64)
-        unknown = [aid for aid, row in zip(batch.agent_ids, rows.tolist(), strict=True) if row < 0]
+        unknown = [
+            aid for aid, row in zip(batch.agent_ids, rows.tolist(), strict=True) if row < 0 and aid not in self.removed
+        ]
         rows, batch = _keep(rows, batch, rows >= 0)
         if batch.tick is not None:
             # sent before the game applied the spawn/reset: the episode it belongs to is over

@@ -33,6 +33,10 @@ from rbxenv.protocol import V0_GAME, GameSpec, Hello, ObsBatch, ProtocolError
 log = logging.getLogger("rbxenv.bridge")
 
 HARD_FRAME_LIMIT = 16 * protocol.MAX_FRAME_BYTES  # beyond this websockets closes the connection (1009)
+# Connections that have not spoken the protocol yet (a hello, or a v0 packet): a stranger holds
+# one for at most the handshake timeout, and these bound how many it can hold at once.
+MAX_PENDING = 256
+MAX_PENDING_PER_ADDRESS = 32
 
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -69,7 +73,10 @@ class GameServer:
         *,
         handshake_timeout: float = 1.0,
         ping_interval: float = 2.0,
+        serves: str | None = None,
     ):
+        if serves is not None and model_id_of(f"/ws/{serves}") != serves:
+            raise ValueError(f"serves={serves!r}: a model id is 1-64 of A-Z a-z 0-9 _ . - (it goes in /ws/<modelId>)")
         token = token if token is not None else os.environ.get("RBXENV_TOKEN") or None
         if not is_loopback(host) and not token:
             raise ValueError(
@@ -81,8 +88,10 @@ class GameServer:
         self.ping_interval = ping_interval
         self.data = DataBridge()
         self.game: GameSpec | None = None
+        # The run this trainer serves: games dial /ws/<serves>, any other path is refused (None: any path).
+        self.serves = serves
         # The model id of the game's URL path /ws/<modelId> (the original project's places dial one), or None.
-        self.model_id: str | None = None
+        self.model_id: str | None = serves
         # The observation width the trainer's spaces are built on: from the hello, or learned from
         # a v0 game's first agent entry; a game that changes it mid-run cannot go on.
         self._obs_width: int | None = None
@@ -97,6 +106,7 @@ class GameServer:
         self._game_errors = protocol.RateLimitedLog(log, "game reported an error")
         self._game_internal = protocol.RateLimitedLog(log, "internal error in the game (a bug on its side)")
         self._closing = False
+        self._pending: Counter[str] = Counter()  # connections in their handshake, per address
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -145,6 +155,7 @@ class GameServer:
                 port,
                 max_size=HARD_FRAME_LIMIT,
                 compression=None,  # loopback: deflate only costs CPU
+                open_timeout=5,  # a TCP connection that never sends its HTTP upgrade is dropped after this
                 ping_interval=20,
                 ping_timeout=60,
             )
@@ -163,7 +174,7 @@ class GameServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"ws://{host}:{self.port}" + (f"/ws/{self.serves}" if self.serves else "")
 
     @property
     def token(self) -> str | None:
@@ -227,22 +238,33 @@ class GameServer:
     # ---------------------------------------------------------------- network thread
 
     async def _handle(self, conn: ServerConnection) -> None:
-        if self._conn is not None:
-            # One game per trainer: a second one would fight over the same agents.
-            await conn.close(1013, "another game is already attached to this trainer; stop it first")
-            self.data.stats["rejected_second_game"] += 1
+        stats = self.data.stats
+        address = str(conn.remote_address[0]) if conn.remote_address else "?"
+        if self._pending.total() >= MAX_PENDING or self._pending[address] >= MAX_PENDING_PER_ADDRESS:
+            stats["rejected_pending"] += 1
+            await conn.close(1013, "too many connections in their handshake; try again later")
             return
-        query = parse_qs(urlparse(conn.request.path).query) if conn.request else {}
-        first: str | bytes | None = None
+        path = conn.request.path if conn.request else "/"
+        if self.serves is not None and model_id_of(path) != self.serves:
+            stats["rejected_path"] += 1
+            shown = urlparse(path).path[:40]
+            await conn.close(
+                1008, f"this trainer serves /ws/{self.serves}, not {shown}: is the game pointed at another run?"
+            )
+            return
+        self._pending[address] += 1
         try:
-            first = await asyncio.wait_for(conn.recv(), self.handshake_timeout)
-        except TimeoutError:
-            pass
-        except ConnectionClosed:
+            first = await self._first_frame(conn)
+        finally:
+            self._pending[address] -= 1
+            if not self._pending[address]:
+                del self._pending[address]
+        if first is None:
             return
+        query = parse_qs(urlparse(path).query)
         game = V0_GAME
         token = (query.get("token") or [None])[0]
-        first_is_hello = first is not None and _is_hello(first)
+        first_is_hello = _is_hello(first)
         if first_is_hello:
             try:
                 msg = protocol.decode_game_message(first, V0_GAME.obs_size)
@@ -260,8 +282,9 @@ class GameServer:
             self.data.stats["rejected_token"] += 1
             log.warning("rejected a game: missing or wrong token")
             return
-        if self._conn is not None:  # another game won the race during our handshake
+        if self._conn is not None:  # one game per trainer: a second one would fight over the same agents
             await conn.close(1013, "another game is already attached to this trainer; stop it first")
+            stats["rejected_second_game"] += 1
             return
         if game.protocol:
             await conn.send(protocol.encode_welcome(game.capabilities).decode())
@@ -271,7 +294,7 @@ class GameServer:
         # ``data.lost`` stays set: a game that left is only forgotten once the trainer takes the
         # new one with wait_for_game() (and respawns what it had), never silently here.
         self._conn, self.game, self._outbox = conn, game, asyncio.Queue()
-        self.model_id = model_id_of(conn.request.path) if conn.request else None
+        self.model_id = self.serves or model_id_of(path)
         self.data.self_restart = not game.protocol
         self._sent_at = time.monotonic()
         self._attached.set()
@@ -285,7 +308,7 @@ class GameServer:
 
             keepalive = asyncio.create_task(v0.keep_alive(self._outbox, quiet_for, self.ping_interval, self.data.stats))
         try:
-            if first is not None and not first_is_hello:
+            if not first_is_hello:
                 await self._receive(conn, first)
             async for frame in conn:
                 await self._receive(conn, frame)
@@ -314,6 +337,34 @@ class GameServer:
                 self.data.cond.notify_all()
             if not self._closing:
                 log.warning("game detached: close code %s (%s)", code, reason)
+
+    async def _first_frame(self, conn: ServerConnection) -> str | bytes | None:
+        """The frame that makes a connection a game: a ``hello`` (checked by the caller) or a valid
+        v0 packet (the original project's place sends one, ``[]`` with no car, every tick from the
+        start). None, with the connection closed, for a stranger: silent for the handshake
+        timeout, or anything else first. A stranger never attaches, so it cannot make the
+        trainer wait for it, refuse the real game, or end the run when it leaves."""
+        try:
+            first = await asyncio.wait_for(conn.recv(), self.handshake_timeout)
+        except TimeoutError:
+            reason = f"nothing within {self.handshake_timeout:g} s: a game sends hello (or a v0 packet) first"
+        except ConnectionClosed:
+            return None
+        else:
+            if _is_hello(first):
+                return first
+            try:
+                if isinstance(first, str) and isinstance(
+                    protocol.decode_game_message(first, self._obs_width), ObsBatch
+                ):
+                    return first
+                reason = "not a game: the first frame must be a hello or an observation packet"
+            except ProtocolError as err:
+                reason = f"not a game: {err}"
+        self.data.stats["strangers_dropped"] += 1
+        log.debug("dropped a connection that is not a game: %s", reason)
+        await conn.close(1002, reason[:120])
+        return None
 
     async def _send_loop(self, conn: ServerConnection, outbox: asyncio.Queue) -> None:
         try:

@@ -92,8 +92,10 @@ class GameSession:
             fastest); ``"subprocess"`` launches it in a child process that connects over a loopback
             WebSocket (the protocol path a game takes; stopped by ``close()``; ``"embedded"`` is its
             old name); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
-            ``host``, ``port``, ``token``, ``wait_timeout`` and ``reconnect_timeout``
+            ``host``, ``port``, ``token``, ``serves``, ``wait_timeout`` and ``reconnect_timeout``
             concern the WebSocket, so not ``"inprocess"``.
+        serves: the run's model id: games must dial ``/ws/<serves>``, other paths are refused with
+            a clear reason (``TrainingBridge``'s ``serves``); None accepts any path.
         mode: ``"lockstep"`` or ``"realtime"`` for the simulator (a game announces its own). A
             real-time game keeps its own clock, so ``"realtime"`` runs the simulator as a subprocess.
         tick_hz: decisions per second for the simulator in real-time mode.
@@ -146,6 +148,7 @@ class GameSession:
         obs_timeout: float = 10.0,
         reconnect_timeout: float = 60.0,
         sim_seed: int = 0,
+        serves: str | None = None,
         dynamics: str = "kinematic",
     ):
         if num_agents < 1 or num_venvs < 1:
@@ -186,7 +189,7 @@ class GameSession:
         # the WebSocket server, for a game in another process (None with the in-process simulator)
         self.bridge: RemoteGame | None = None
         if sim != "inprocess":
-            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout)
+            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout, serves=serves)
         if self.bridge is None:
             from rbxenv.sim.backend import SimBackend  # (loads the simulator's kernels: not for Roblox)
             from rbxenv.sim.world import Sim

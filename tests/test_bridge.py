@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from netutil import port_is_free
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from rbxenv import protocol
+from rbxenv import protocol, server
 from rbxenv.bridge import BridgeClosed, TrainingBridge, is_loopback
 from rbxenv.protocol import V0_GAME, GameSpec
 
@@ -149,9 +150,9 @@ def v1(bridge):
 
 
 @pytest.fixture
-def seed(bridge):
-    """A v0 game: no hello, attached after the handshake timeout."""
-    with game_at(bridge.url) as g:
+def v0(bridge):
+    """A v0 game: no hello; its first packet (``[]``: no car yet) makes it the game."""
+    with game_at(bridge.url, "[]") as g:
         assert bridge.wait_for_game(3) == V0_GAME
         g.bridge = bridge
         yield g
@@ -220,14 +221,12 @@ def test_wait_for_game_timeout(bridge):
 
 
 # ============================================================================================
-# Seed games
+# Version-0 games
 
 
 def test_v0_game_defaults_and_spawn_in_the_v0_form(bridge):
-    t0 = time.monotonic()
-    with game_at(bridge.url) as g:
+    with game_at(bridge.url, "[]") as g:
         assert bridge.wait_for_game(3) == V0_GAME
-        assert time.monotonic() - t0 >= HANDSHAKE * 0.9  # it waited for a hello that never came
         ids = ["car_0_env_a", "car_1_env_a"]
         bridge.spawn_agents("a", ids, track={"ignored": True}, start="random", seed=3)
         # the original project's object, nothing else: no tick, no track, no start
@@ -239,17 +238,17 @@ def test_v0_game_defaults_and_spawn_in_the_v0_form(bridge):
         np.testing.assert_allclose(got.obs[:, 0], [0.1, 0.2])
 
 
-def test_v0_game_gets_per_venv_action_commands(seed, bridge):
+def test_v0_game_gets_per_venv_action_commands(v0, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
     bridge.spawn_agents("b", ["car_0_env_b"])
-    assert seed.recv()["envid"] == "a" and seed.recv()["envid"] == "b"
-    seed.packet({"car_0_env_a": entry(), "car_0_env_b": entry()})
+    assert v0.recv()["envid"] == "a" and v0.recv()["envid"] == "b"
+    v0.packet({"car_0_env_a": entry(), "car_0_env_b": entry()})
     bridge.get_observations(["car_0_env_a", "car_0_env_b"])
     bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.5, 0.0]}, "b": {"car_0_env_b": np.array([-1.0, 0, 1])}})
-    assert seed.recv() == {"command": "ACTION", "envid": "a", "data": {"car_0_env_a": [1.0, 0.5, 0.0]}}
-    assert seed.recv() == {"command": "ACTION", "envid": "b", "data": {"car_0_env_b": [-1.0, 0.0, 1.0]}}
-    seed.packet({"car_0_env_a": entry(obs_of(0.3), 1.5)})
-    seed.packet({"car_0_env_b": entry(obs_of(0.4), -10.0, terminated=True)})
+    assert v0.recv() == {"command": "ACTION", "envid": "a", "data": {"car_0_env_a": [1.0, 0.5, 0.0]}}
+    assert v0.recv() == {"command": "ACTION", "envid": "b", "data": {"car_0_env_b": [-1.0, 0.0, 1.0]}}
+    v0.packet({"car_0_env_a": entry(obs_of(0.3), 1.5)})
+    v0.packet({"car_0_env_b": entry(obs_of(0.4), -10.0, terminated=True)})
     got = bridge.get_observations(["car_0_env_a", "car_0_env_b"])
     assert got.reward.tolist() == [1.5, -10.0]
     assert got.terminated.tolist() == [False, True] and got.truncated.tolist() == [False, False]
@@ -260,53 +259,53 @@ def test_v0_game_gets_per_venv_action_commands(seed, bridge):
     np.testing.assert_allclose(got.obs[:, 0], [0.3, 0.5])
 
 
-def test_v0_game_restarts_cars_itself(seed, bridge):
+def test_v0_game_restarts_cars_itself(v0, bridge):
     ids = ["car_0_env_a", "car_1_env_a"]
     bridge.spawn_agents("a", ids)
-    seed.recv()
-    seed.packet({ids[0]: entry(obs_of(0.1)), ids[1]: entry(obs_of(0.2))})
+    v0.recv()
+    v0.packet({ids[0]: entry(obs_of(0.1)), ids[1]: entry(obs_of(0.2))})
     bridge.get_observations(ids)
     ended = entry(obs_of(0.9), -20.0, truncated=True) | {"last_observation": obs_of(0.25)}
-    seed.packet({ids[0]: entry(obs_of(0.15), 1.0), ids[1]: ended, "__pong": {"t": 1.0}})
+    v0.packet({ids[0]: entry(obs_of(0.15), 1.0), ids[1]: ended, "__pong": {"t": 1.0}})
     got = bridge.get_observations(ids)
     assert got.truncated.tolist() == [False, True] and got.restarted.tolist() == [False, True]
     np.testing.assert_allclose(got.obs[:, 0], [0.15, 0.25])  # the ending: its last_observation
     np.testing.assert_allclose(got.reset_obs[1, 0], 0.9)  # the first frame of its next episode
-    seed.send("[]")  # no car active: nothing, not even a warning
-    seed.packet({ids[0]: entry(obs_of(0.16), 0.5), ids[1]: entry(obs_of(0.8), 0.25)})
+    v0.send("[]")  # no car active: nothing, not even a warning
+    v0.packet({ids[0]: entry(obs_of(0.16), 0.5), ids[1]: entry(obs_of(0.8), 0.25)})
     got = bridge.get_observations(ids)
     assert not got.restarted.any() and not got.truncated.any() and got.reward.tolist() == [0.5, 0.25]
     np.testing.assert_allclose(got.obs[:, 0], [0.16, 0.8])  # the new episode drives on
-    assert bridge.stats["bad_frames"] == 0 and bridge.stats["frames_in"] == 4
+    assert bridge.stats["bad_frames"] == 0 and bridge.stats["frames_in"] == 5  # with the first "[]"
 
 
-def test_v0_game_gets_no_error_frames(seed, bridge):
+def test_v0_game_gets_no_error_frames(v0, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
-    seed.recv()
+    v0.recv()
     for frame in ("{not json", {"car_9_env_a": entry()}, {"car_0_env_a": entry(reward="x")}):
-        seed.send(frame)
-    seed.barrier()
+        v0.send(frame)
+    v0.barrier()
     assert bridge.stats["bad_frames"] == 4  # logged here, at a limited rate; the game hears nothing
     with pytest.raises(TimeoutError):
-        seed.recv(timeout=0.3)
+        v0.recv(timeout=0.3)
 
 
 @pytest.mark.expect_error_log("observations changed from 19 to 22 floats")
-def test_v0_game_learns_the_width_and_refuses_a_change(seed, bridge):
+def test_v0_game_learns_the_width_and_refuses_a_change(v0, bridge):
     bridge.spawn_agents("a", ["car_0_env_a"])
-    seed.recv()
-    seed.packet({"car_0_env_a": entry([0.5] * 19)})
+    v0.recv()
+    v0.packet({"car_0_env_a": entry([0.5] * 19)})
     assert bridge.get_observations(["car_0_env_a"]).obs.shape == (1, 19)
     assert (bridge.game.obs_size, bridge.game.num_rays) == (19, 16) and bridge.width_known
-    seed.packet({"car_0_env_a": entry([0.5] * 22)})
+    v0.packet({"car_0_env_a": entry([0.5] * 22)})
     with pytest.raises(BridgeClosed, match="changed from 19 to 22 floats per car mid-run"):
         bridge.get_observations(["car_0_env_a"])
-    assert seed.close_code() == 1003
+    assert v0.close_code() == 1003
 
 
 def test_v0_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
     bridge.ping_interval = 0.2
-    with game_at(bridge.url) as g:
+    with game_at(bridge.url, "[]") as g:
         bridge.wait_for_game(3)
         t0 = time.monotonic()
         assert g.recv() == {"command": "PING"}
@@ -320,22 +319,22 @@ def test_v0_game_gets_a_ping_when_the_trainer_is_quiet(bridge):
             g.recv(timeout=0.5)
 
 
-def test_v0_game_commands(seed, bridge):
+def test_v0_game_commands(v0, bridge):
     # the v0 trainer's object forms: data always an object, envid "" where no venv applies
     bridge.freeze(True)
-    assert seed.recv() == {"command": "FREEZE", "envid": "", "data": {"status": True}}
+    assert v0.recv() == {"command": "FREEZE", "envid": "", "data": {"status": True}}
     bridge.update_collisions(False)
-    assert seed.recv() == {"command": "UPDATE_COLLISIONS", "envid": "", "data": {"enable_collisions": False}}
+    assert v0.recv() == {"command": "UPDATE_COLLISIONS", "envid": "", "data": {"enable_collisions": False}}
     bridge.spawn_agents("a", ["car_0_env_a", "car_1_env_a"])
-    seed.recv()
+    v0.recv()
     bridge.reset_agents("a", ["car_0_env_a"])
-    assert seed.recv() == {"command": "RESET_AGENTS", "envid": "a", "data": {"agents": ["car_0_env_a"]}}
+    assert v0.recv() == {"command": "RESET_AGENTS", "envid": "a", "data": {"agents": ["car_0_env_a"]}}
     bridge.remove_agents("a", ["car_1_env_a"])
-    assert seed.recv() == {"command": "REMOVE_AGENTS", "envid": "a", "data": {"agents": ["car_1_env_a"]}}
+    assert v0.recv() == {"command": "REMOVE_AGENTS", "envid": "a", "data": {"agents": ["car_1_env_a"]}}
     bridge.close_environment("a")
-    assert seed.recv() == {"command": "CLOSE", "envid": "a", "data": {}}
+    assert v0.recv() == {"command": "CLOSE", "envid": "a", "data": {}}
     bridge.close_all()
-    assert seed.recv() == {"command": "CLOSE_ALL", "envid": "", "data": {}}
+    assert v0.recv() == {"command": "CLOSE_ALL", "envid": "", "data": {}}
 
 
 def test_v0_game_whose_first_frame_is_a_packet(bridge):
@@ -345,14 +344,35 @@ def test_v0_game_whose_first_frame_is_a_packet(bridge):
         assert eventually(lambda: bridge.stats["bad_frames.unknown_agent"] == 1)
 
 
+def test_a_real_time_tick_naming_a_car_just_removed_is_no_error(rt, bridge):
+    """A real-time game's tick may be on its way when REMOVE_AGENTS goes out: the removed car's
+    entry is dropped quietly; a car never spawned is still an unknown agent."""
+    ids = ["car_0_env_a", "car_1_env_a"]
+    bridge.spawn_agents("a", ids)
+    rt.recv()
+    rt.packet({aid: entry() for aid in ids})
+    bridge.get_observations(ids)
+    bridge.remove_agents("a", ids[1:])
+    assert rt.recv()["command"] == "REMOVE_AGENTS"
+    rt.packet({aid: entry(reward=1.0) for aid in ids})  # the tick that crossed the command
+    assert bridge.get_observations(ids[:1]).reward.tolist() == [1.0]
+    assert bridge.stats["bad_frames"] == 0
+    rt.packet({"car_7_env_a": entry()})
+    assert rt.recv()["code"] == "unknown_agent"
+    bridge.spawn_agents("a", ids[1:])  # spawned again: its packets count as before
+    rt.recv()
+    rt.packet({ids[1]: entry(reward=2.0)})
+    assert bridge.get_observations(ids[1:]).reward.tolist() == [2.0]
+
+
 def test_real_time_packets_sum_rewards_and_keep_the_latest_observation(rt, bridge):
-    seed = rt
+    v0 = rt
     bridge.spawn_agents("a", ["car_0_env_a"])
-    seed.recv()
-    seed.packet({"car_0_env_a": entry(obs_of(0.1), 1.0, info={"lap": 0, "progress": 0.1})})
-    seed.packet({"car_0_env_a": entry(obs_of(0.2), 2.0, info={"lap": 0, "progress": 0.2})})
-    seed.packet({"car_0_env_a": entry(obs_of(0.3), 3.5, truncated=True, info={"lap": 1, "cause": "time_limit"})})
-    seed.barrier()
+    v0.recv()
+    v0.packet({"car_0_env_a": entry(obs_of(0.1), 1.0, info={"lap": 0, "progress": 0.1})})
+    v0.packet({"car_0_env_a": entry(obs_of(0.2), 2.0, info={"lap": 0, "progress": 0.2})})
+    v0.packet({"car_0_env_a": entry(obs_of(0.3), 3.5, truncated=True, info={"lap": 1, "cause": "time_limit"})})
+    v0.barrier()
     got = bridge.get_observation("car_0_env_a")
     assert got["reward"] == 6.5
     assert got["obs"][0] == np.float32(0.3)
@@ -364,12 +384,12 @@ def test_real_time_packets_sum_rewards_and_keep_the_latest_observation(rt, bridg
 
 
 def test_reward_flags_and_info_reset_after_each_read(rt, bridge):
-    seed = rt
+    v0 = rt
     bridge.spawn_agents("a", ["car_0_env_a"])
-    seed.recv()
-    seed.packet({"car_0_env_a": entry(reward=1.0, terminated=True, info={"cause": "wall"})})
+    v0.recv()
+    v0.packet({"car_0_env_a": entry(reward=1.0, terminated=True, info={"cause": "wall"})})
     assert bridge.get_observation("car_0_env_a")["terminated"] is True
-    seed.packet({"car_0_env_a": entry(reward=0.5)})
+    v0.packet({"car_0_env_a": entry(reward=0.5)})
     got = bridge.get_observation("car_0_env_a")
     assert (got["reward"], got["terminated"], got["info"]) == (0.5, False, {})
 
@@ -601,11 +621,11 @@ def test_get_observation_timeout_says_what_is_missing(spawned, bridge):
     assert 0.15 < time.monotonic() - t0 < 1.5
 
 
-def test_get_observations_timeout_lists_the_missing_agents(seed, bridge):
+def test_get_observations_timeout_lists_the_missing_agents(v0, bridge):
     ids = [f"car_{k}_env_a" for k in range(5)]
     bridge.spawn_agents("a", ids)
-    seed.recv()
-    seed.packet({ids[0]: entry()})
+    v0.recv()
+    v0.packet({ids[0]: entry()})
     with pytest.raises(TimeoutError, match=r"4 of 5 agents \(car_1_env_a, car_2_env_a, car_3_env_a \.\.\.\)"):
         bridge.get_observations(ids, timeout=0.2)
 
@@ -643,7 +663,7 @@ def test_a_new_game_can_attach_after_the_first_left(bridge):
         g.recv()
         bridge.wait_for_game(3)
     assert eventually(lambda: not bridge.connected)
-    with game_at(bridge.url) as g:
+    with game_at(bridge.url, "[]") as g:
         assert bridge.wait_for_game(3) == V0_GAME
         bridge.spawn_agents("a", ["car_0_env_a"])
         g.recv()
@@ -652,7 +672,7 @@ def test_a_new_game_can_attach_after_the_first_left(bridge):
 
 
 def test_second_game_is_closed_with_1013(v1, bridge):
-    with game_at(bridge.url) as second:
+    with game_at(bridge.url, "[]") as second:
         assert second.close_code() == 1013
         assert "another game is already attached" in second.ws.close_reason
     assert eventually(lambda: bridge.stats["rejected_second_game"] == 1)
@@ -697,9 +717,9 @@ def secured():
         ("", hello(token="wrong")),
         ("", hello(token="")),
         ("?token=wrong", hello()),
-        ("", None),  # v0 game without a token
-        ("?token=wrong", None),
-        ("?token=", None),
+        ("", "[]"),  # v0 game without a token
+        ("?token=wrong", "[]"),
+        ("?token=", "[]"),
     ],
 )
 def test_missing_or_wrong_token_closes_with_1008(secured, path, first):
@@ -718,7 +738,7 @@ def test_right_token_in_hello_is_accepted(secured):
 
 
 def test_right_token_in_the_query_is_accepted(secured):
-    with game_at(secured.url + "/?token=s3cret") as g:
+    with game_at(secured.url + "/?token=s3cret", "[]") as g:
         assert secured.wait_for_game(3) == V0_GAME
         secured.spawn_agents("a", ["car_0_env_a"])
         assert g.recv()["command"] == "SPAWN_AGENTS"
@@ -764,7 +784,7 @@ def test_calls_after_close_raise_bridge_closed(bridge):
 def test_close_without_start_and_context_manager():
     TrainingBridge(port=0).close()
     with TrainingBridge(port=0, handshake_timeout=HANDSHAKE) as b:
-        with game_at(b.url):
+        with game_at(b.url, "[]"):
             assert b.wait_for_game(3) == V0_GAME
     assert port_is_free(b.port)
 
@@ -1005,9 +1025,28 @@ def test_the_url_path_names_the_model_and_any_path_is_accepted(bridge):
         bridge.wait_for_game(3)
         assert bridge.model_id == "telsa_new"
     assert eventually(lambda: not bridge.connected)
-    with game_at(bridge.url + "/some/other/path") as g:
+    with game_at(bridge.url + "/some/other/path", "[]") as g:
         bridge.wait_for_game(3)
         assert bridge.model_id is None
+
+
+def test_a_trainer_serving_one_run_refuses_another_runs_path():
+    with TrainingBridge(port=0, handshake_timeout=HANDSHAKE, serves="run_a") as b:
+        assert b.url.endswith("/ws/run_a") and b.model_id == "run_a"
+        base = b.url.removesuffix("/ws/run_a")
+        for path in ("/ws/run_b", "/", "/ws/run_a/x"):
+            with game_at(base + path) as stranger:
+                assert stranger.close_code() == 1008
+                assert f"serves /ws/run_a, not {path}" in stranger.ws.close_reason
+        with game_at(b.url, hello()) as g:
+            assert g.recv()["type"] == "welcome"
+            assert b.wait_for_game(3).protocol == 1 and b.model_id == "run_a"
+        assert b.stats["rejected_path"] == 3
+    with pytest.raises(ValueError, match="serves='no/slash'"):
+        TrainingBridge(port=0, serves="no/slash")
+    from rbxenv.session import GameSession
+
+    assert GameSession(sim=None, serves="run_a").bridge.serves == "run_a"  # the session passes it on
 
 
 def _has_ipv6_loopback() -> bool:
@@ -1035,3 +1074,89 @@ def test_a_loopback_trainer_answers_on_both_loopbacks(host):
             assert eventually(lambda: not b.connected)
     finally:
         b.close()
+
+
+# ============================================================================================
+# Strangers: a connection becomes a game only once it has spoken the protocol
+
+
+def test_a_stranger_whose_first_frame_is_junk_is_dropped_and_never_becomes_the_game(bridge):
+    with game_at(bridge.url, "GET / HTTP/1.1") as stranger:
+        assert stranger.close_code() == 1002
+        assert stranger.ws.close_reason.startswith("not a game")
+    assert not bridge.connected and bridge.data.lost is None
+    with game_at(bridge.url, hello()) as g:
+        assert g.recv()["type"] == "welcome"
+        assert bridge.wait_for_game(3).protocol == 1
+    assert bridge.stats["strangers_dropped"] == 1
+
+
+def test_a_silent_stranger_is_dropped_and_the_game_attaches_meanwhile(bridge):
+    with game_at(bridge.url) as silent:
+        with game_at(bridge.url, hello()) as g:  # arrives while the stranger holds its connection
+            assert g.recv()["type"] == "welcome"
+            assert bridge.wait_for_game(3).protocol == 1
+        assert silent.close_code() == 1002
+        assert "nothing within" in silent.ws.close_reason
+    assert bridge.stats["strangers_dropped"] == 1 and bridge.stats["rejected_second_game"] == 0
+
+
+def test_connections_in_their_handshake_are_limited_per_address(bridge, monkeypatch):
+    monkeypatch.setattr(server, "MAX_PENDING_PER_ADDRESS", 3)
+    silent = [Game(bridge.url) for _ in range(3)]
+    try:
+        assert eventually(lambda: sum(bridge._pending.values()) == 3)
+        with game_at(bridge.url) as refused:
+            assert refused.close_code() == 1013
+            assert "too many connections" in refused.ws.close_reason
+        assert bridge.stats["rejected_pending"] == 1
+    finally:
+        for g in silent:
+            g.close()
+    assert eventually(lambda: not bridge._pending)
+    with game_at(bridge.url, hello()) as g:  # the stranger's connections gone, the game gets in
+        assert g.recv()["type"] == "welcome"
+
+
+@pytest.mark.timeout(60)  # 1,000 connections: seconds on a loaded machine
+def test_hostile_peers_before_and_during_a_run_cost_it_nothing(bridge):
+    """Half-open TCP, 1,000 connection attempts, junk and slow handshakes: before the game
+    connects and while it steps. The game attaches, every step is answered, the run goes on."""
+    address = ("127.0.0.1", bridge.port)
+    half_open = [socket.create_connection(address) for _ in range(20)]  # no HTTP upgrade, ever
+    for _ in range(1000):
+        socket.create_connection(address).close()
+    stop = threading.Event()
+
+    def hostile() -> None:
+        while not stop.is_set():
+            for first in ("junk", None, '{"type": "obs"}', b"\x00\xff"):
+                try:
+                    with game_at(bridge.url, first) as g:
+                        if first is not None:
+                            g.close_code()
+                except (OSError, ConnectionClosed, AssertionError):
+                    pass
+
+    peer = threading.Thread(target=hostile)
+    peer.start()
+    try:
+        with game_at(bridge.url, hello()) as g:
+            assert g.recv()["type"] == "welcome"
+            bridge.wait_for_game(3)
+            bridge.spawn_agents("a", ["car_0_env_a"])
+            g.packet({"car_0_env_a": entry()}, tick=g.recv()["tick"])
+            bridge.get_observations(["car_0_env_a"])
+            for step in range(30):
+                tick = bridge.send_action_batch({"a": {"car_0_env_a": [1.0, 0.0, 0.0]}})
+                assert g.recv()["tick"] == tick
+                g.packet({"car_0_env_a": entry(obs_of(step / 30), 1.0)}, tick=tick)
+                got = bridge.get_observations(["car_0_env_a"])
+                assert got.reward.tolist() == [1.0] and got.obs[0, 0] == np.float32(step / 30)
+            assert bridge.connected and bridge.data.lost is None
+    finally:
+        stop.set()
+        peer.join(timeout=10)
+        for s in half_open:
+            s.close()
+    assert bridge.stats["strangers_dropped"] >= 2 and bridge.stats["bad_frames"] == 0

@@ -439,6 +439,8 @@ async def run(
     ``v0``: send no hello (a game that speaks only the v0 formats)."""
     sim = sim or Sim(SimConfig(num_rays=num_rays), seed=seed)
     game = SimGame(sim, realtime=realtime)
+    if v0:  # as the original project's place: real time, a packet every tick from the start ("[]": no car)
+        game.v0_trainer, game.realtime = True, True
     deadline = time.monotonic() + connect_timeout
     delay = 0.1
     while True:
@@ -455,7 +457,7 @@ async def run(
     async with ws:
         if not v0:
             await ws.send(protocol.encode_hello(game_spec(sim, realtime, tick_hz), token).decode())
-        ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz)) if realtime else None
+        ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz)) if game.realtime else None
         try:
             async for frame in ws:
                 for out in game.receive(frame):
