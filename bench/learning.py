@@ -6,7 +6,7 @@ For each algorithm, in turn (never two at once: they share the 2 cores):
 
 1. Train with its defaults for ``--minutes`` of wall-clock time. ``ppo_continuous.py`` and
    ``sac_continuous.py`` run as users run them (``--save-model``); when the budget is up they get
-   SIGINT, which saves a checkpoint. ``sb3`` is Stable-Baselines3 PPO on the seed's SuperSuit
+   SIGINT, which saves a checkpoint. ``sb3`` is Stable-Baselines3 PPO on the original project's SuperSuit
    pipeline (``examples/sb3_ppo.py``), stopped by a callback at the budget.
 2. Evaluate the deterministic policy on ``--eval-tracks`` held-out tracks (``HELDOUT_TRACK_SEEDS``),
    one car per track from the start grid, no other cars, up to 100 s: lap completion (>= 1 lap
