@@ -20,9 +20,6 @@ seeded by ``sim_seed``. With the same seeds a lockstep run is reproducible.
 
 from __future__ import annotations
 
-import threading
-import time
-
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
@@ -53,52 +50,6 @@ def observation_space(game: GameSpec, frame_stack: int = 1) -> gym.spaces.Box:
 
 def action_space(game: GameSpec) -> gym.spaces.Box:
     return gym.spaces.Box(-1.0, 1.0, (game.action_size,), dtype=np.float32)
-
-
-class _FreezeWhenIdle:
-    """Real-time games keep driving while the learner updates; freeze them when no step comes.
-
-    The original project froze the game during training. Here a watchdog freezes it once no ``step`` has been
-    running for ``idle`` seconds, and the next step unfreezes it: no script has to remember to.
-    Never while a step waits for its answer: a frozen game sends nothing, the step would hang.
-    """
-
-    def __init__(self, session: GameSession, idle: float = 0.25):
-        self.session, self.idle = session, idle
-        self.frozen = False
-        self.busy = False  # a step is under way
-        self.last_step = time.monotonic()  # when the last step ended
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._watch, name="rbxenv-freeze", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.idle / 4):
-            with self._lock:
-                idle = not self.busy and time.monotonic() - self.last_step > self.idle
-                if idle and not self.frozen and self.session.backend.connected:
-                    try:
-                        self.session.backend.freeze(True)
-                        self.frozen = True
-                    except BridgeClosed:  # the game just left; the stepping thread will notice
-                        pass
-
-    def stepping(self) -> None:
-        """A step starts: unfreeze the game (raises BridgeClosed if it left meanwhile)."""
-        with self._lock:
-            self.busy = True
-            if self.frozen:
-                self.frozen = False  # a game that comes back after a loss starts unfrozen anyway
-                self.session.backend.freeze(False)
-
-    def stepped(self) -> None:
-        with self._lock:
-            self.busy = False
-            self.last_step = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 # ====================================================================================================
@@ -156,7 +107,6 @@ class RacingParallelEnv(ParallelEnv):
         self._obs_space = observation_space(self.game)
         self._act_space = action_space(self.game)
         self._rng = np.random.default_rng()
-        self._freezer = _FreezeWhenIdle(session) if self.game.mode == "realtime" else None
 
     def observation_space(self, agent: str) -> gym.spaces.Box:
         return self._obs_space  # the same object every call, as PettingZoo expects
@@ -182,8 +132,6 @@ class RacingParallelEnv(ParallelEnv):
                 rows[k] = actions[aid]
         rows = np.clip(rows, -1.0, 1.0)
         try:
-            if self._freezer is not None:
-                self._freezer.stepping()
             got = self.session.step(ids, rows)
         except BridgeClosed:
             if self.session.reconnect_timeout <= 0:
@@ -193,9 +141,6 @@ class RacingParallelEnv(ParallelEnv):
             lost = {"cause": "disconnected"}
             return ({a: np.zeros_like(self._obs_space.low) for a in ids}, dict.fromkeys(ids, 0.0),
                     dict.fromkeys(ids, False), dict.fromkeys(ids, True), {a: dict(lost) for a in ids})  # fmt: skip
-        finally:
-            if self._freezer is not None:
-                self._freezer.stepped()
         obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}
         for k, aid in enumerate(got.agent_ids):
             obs[aid] = got.obs[k]
@@ -215,8 +160,6 @@ class RacingParallelEnv(ParallelEnv):
         self.session.backend.update_collisions(on)
 
     def close(self) -> None:
-        if self._freezer is not None:
-            self._freezer.stop()
         self.session.close()
 
 
@@ -339,7 +282,6 @@ class RacingVectorEnv(VectorEnv):
         self._ep_best_lap = np.full(self.num_envs, np.nan)
         self._steps = 0
         self._rng = np.random.default_rng()
-        self._freezer = _FreezeWhenIdle(session) if self.game.mode == "realtime" else None
         # In lockstep the game restarts ended cars itself where it can (no RESET_AGENTS round trip);
         # in real time, packets of the next episode could arrive before the ending is read.
         session.autoreset = self.game.mode == "lockstep"
@@ -370,18 +312,12 @@ class RacingVectorEnv(VectorEnv):
             raise ValueError(f"actions must have shape {self.action_space.shape} (cars, controls), got {actions.shape}")
         actions = np.minimum(np.maximum(actions, -1.0), 1.0)  # np.clip's Python wrapper costs 3x more
         try:
-            try:
-                if self._freezer is not None:
-                    self._freezer.stepping()
-                got = self.session.step(self.session.agent_ids, actions)
-            except BridgeClosed:
-                if self.session.reconnect_timeout <= 0:
-                    raise
-                got = None  # the game left before answering: handled in _advance
-            return self._advance(got)
-        finally:
-            if self._freezer is not None:
-                self._freezer.stepped()
+            got = self.session.step(self.session.agent_ids, actions)
+        except BridgeClosed:
+            if self.session.reconnect_timeout <= 0:
+                raise
+            got = None  # the game left before answering: handled in _advance
+        return self._advance(got)
 
     def _advance(self, got: Observations | None):
         n = self.num_envs
@@ -476,8 +412,6 @@ class RacingVectorEnv(VectorEnv):
         self.session.backend.freeze(on)
 
     def close_extras(self, **kwargs) -> None:
-        if self._freezer is not None:
-            self._freezer.stop()
         self.session.close()
 
 

@@ -15,9 +15,11 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -201,6 +203,7 @@ class GameSession:
         self.process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
         self._track_draws = 0
+        self.freezer: FreezeWhenIdle | None = None  # a real-time game's (set by open)
 
     # ------------------------------------------------------------------ connecting
 
@@ -232,6 +235,8 @@ class GameSession:
         except BridgeClosed:
             self.close()
             raise
+        if self.game.mode == "realtime":
+            self.freezer = FreezeWhenIdle(self)
         return self.game
 
     def _learn_width(self) -> GameSpec:
@@ -328,6 +333,8 @@ class GameSession:
 
     def close(self) -> None:
         """Close every venv, the backend and the simulator process (idempotent, never raises)."""
+        if self.freezer is not None:
+            self.freezer.stop()
         if self.bridge is None:
             self.backend.close_all()
             self.game = None
@@ -406,5 +413,58 @@ class GameSession:
     # ------------------------------------------------------------------ stepping
 
     def step(self, ids: Sequence[str], actions: np.ndarray) -> Observations:
-        """One decision step of the given cars (rows of ``actions`` in the order of ``ids``)."""
-        return self.backend.step(ids, actions)
+        """One decision step of the given cars (rows of ``actions`` in the order of ``ids``); a
+        real-time game is unfrozen for it and frozen again once no step comes (``FreezeWhenIdle``)."""
+        if self.freezer is None:
+            return self.backend.step(ids, actions)
+        with self.freezer.stepping():
+            return self.backend.step(ids, actions)
+
+
+class FreezeWhenIdle:
+    """Real-time games keep driving while the learner updates; freeze them when no step comes.
+
+    The original project froze the game during training. Here a watchdog freezes it once no step
+    has been running for ``idle`` seconds, and the next step unfreezes it: no script has to
+    remember to. Never while a step waits for its answer: a frozen game sends nothing, the step
+    would hang.
+    """
+
+    def __init__(self, session: GameSession, idle: float = 0.25):
+        self.session, self.idle = session, idle
+        self.frozen = False
+        self.busy = False  # a step is under way
+        self.last_step = time.monotonic()  # when the last step ended
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="rbxenv-freeze", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.idle / 4):
+            with self._lock:
+                idle = not self.busy and time.monotonic() - self.last_step > self.idle
+                if idle and not self.frozen and self.session.backend.connected:
+                    try:
+                        self.session.backend.freeze(True)
+                        self.frozen = True
+                    except BridgeClosed:  # the game just left; the stepping thread will notice
+                        pass
+
+    @contextmanager
+    def stepping(self) -> Iterator[None]:
+        """A step runs: the game unfrozen first (raises BridgeClosed if it left meanwhile)."""
+        try:
+            with self._lock:
+                self.busy = True
+                if self.frozen:
+                    self.frozen = False  # a game that comes back after a loss starts unfrozen anyway
+                    self.session.backend.freeze(False)
+            yield
+        finally:
+            with self._lock:
+                self.busy = False
+                self.last_step = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -165,9 +165,9 @@ def test_realtime_mode_steps_and_freezes_when_idle():
             obs, reward, term, trunc, infos = env.step(np.tile([1.0, 0.0, 0.0], (2, 1)).astype(np.float32))
         assert np.nanmax(infos["speed"]) > 5, "the cars accelerate in real time"
         time.sleep(0.6)  # no step for a while: the watchdog freezes the game
-        assert env._freezer.frozen
+        assert env.session.freezer.frozen
         obs, *_ = env.step(np.zeros((2, 3), dtype=np.float32))
-        assert not env._freezer.frozen
+        assert not env.session.freezer.frozen
     finally:
         env.close()
 

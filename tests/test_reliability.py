@@ -128,7 +128,7 @@ def test_realtime_game_lost_while_frozen_between_steps_is_recovered():
         env.reset(seed=0)
         drive(env, 3)
         time.sleep(0.6)  # the learner "updates": the watchdog freezes the game
-        assert env._freezer.frozen
+        assert env.session.freezer.frozen
         os.kill(env.session.process.pid, signal.SIGKILL)
         env.session.process.wait()
         events = drive(env, 5)
