@@ -68,21 +68,13 @@ def realtime(seconds: float) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from realtime_load import make_policy
+    from realtime_load import count_answers, make_policy
 
     from rbxenv import make_vec_env
 
     env = make_vec_env(num_agents=20, num_venvs=5, mode="realtime", tick_hz=15.0, sim_seed=0)
     bridge = env.session.bridge
-    answers = [0]  # spawns and resets: each is answered by a packet that is not a game tick
-    for name in ("spawn_agents", "reset_agents"):
-        original = getattr(bridge, name)
-
-        def counted(*a, _original=original, **kw):
-            answers[0] += 1
-            return _original(*a, **kw)
-
-        setattr(bridge, name, counted)
+    answers = count_answers(bridge)  # spawns and resets: answered by packets that are not ticks
     try:
         obs, _ = env.reset(seed=0)
         policy = make_policy("torch", obs.shape[1])

@@ -39,6 +39,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbxenv import cli, make_vec_env  # noqa: E402
 
 
+def count_answers(bridge) -> list[int]:
+    """A counter (``[n]``) of the bridge's spawns and resets: each is answered by a packet that is
+    not a game tick, which a tick count must leave out. Wraps the two calls."""
+    answers = [0]
+    for name in ("spawn_agents", "reset_agents"):
+        original = getattr(bridge, name)
+
+        def counted(*a, _original=original, **kw):
+            answers[0] += 1
+            return _original(*a, **kw)
+
+        setattr(bridge, name, counted)
+    return answers
+
+
 def make_policy(kind: str, obs_dim: int, seed: int = 0):
     """obs batch (n, obs_dim) float32 -> actions (n, 3) float32."""
     if kind == "torch":
@@ -92,16 +107,7 @@ def main() -> None:
         num_agents=args.num_agents, num_venvs=args.num_venvs, mode="realtime", tick_hz=args.tick_hz, sim_seed=0
     )
     bridge = env.session.bridge
-    # Count the packets that answer spawns and resets (not game ticks): wrap the two calls.
-    answers = [0]
-    for name in ("spawn_agents", "reset_agents"):
-        original = getattr(bridge, name)
-
-        def counted(*a, _original=original, **kw):
-            answers[0] += 1
-            return _original(*a, **kw)
-
-        setattr(bridge, name, counted)
+    answers = count_answers(bridge)
     try:
         obs, _ = env.reset(seed=0)
         policy = make_policy(args.policy, obs.shape[1])
