@@ -80,7 +80,8 @@ def test_the_suite_catches(name, mutant_runs: dict[str, Future]):
     # 1: tests failed (errors in collection or a crash of pytest are 2-4, and prove nothing)
     assert result.returncode == 1, f"{name} was not caught: exit {result.returncode}, {summary}"
     assert mutation.expect in result.stdout, f"{name}: the tests failed, but not on it:\n{result.stdout[-3000:]}"
-    said = next(line for line in result.stdout.splitlines() if mutation.expect in line)
+    said = [line for line in result.stdout.splitlines() if mutation.expect in line]
+    said = next((line for line in said if line.startswith("E ")), said[0])  # pytest's "E   " line: the message
     print(f"{name}: caught ({summary[0]}): {said.strip()[:400]}")
 
 
