@@ -15,13 +15,24 @@ test that met it, unless the test provokes it and says so with a marker:
 
 Subprocess tests (the scripts, ``python -m rbxenv.sim``) check their output with
 ``assert_clean_output`` from tests/netutil.py.
+
+The learning tests' training runs (``@pytest.mark.learning``) start together: ``learning_runs``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+
+# The tests' networks are tiny: a second torch (OpenMP) thread only spins against the simulator on two
+# cores (10 held-out evaluations of a trained actor: 24 s of CPU with two threads, 3 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Compiles the simulator's numba kernels (cached) before any test starts a simulator child: on a
 # fresh machine each child would otherwise compile them while its trainer waits for it.
@@ -29,11 +40,14 @@ import rbxenv.sim.client  # noqa: F401
 from rbxenv.bridge import TrainingBridge
 from rbxenv.session import GameSession
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "allow_internal_errors: the test provokes internal errors on purpose")
     config.addinivalue_line("markers", "allow_reconnects: the test provokes a lost game on purpose")
     config.addinivalue_line("markers", "expect_error_log(text): ERROR records containing text are the test's point")
+    config.addinivalue_line("markers", "learning: a learning test; its module's LEARN_COMMAND trains (learning_runs)")
 
 
 def is_internal(record: logging.LogRecord) -> bool:
@@ -99,3 +113,51 @@ def no_hidden_crashes(request, monkeypatch):
         problems += [f"env on port {s.bridge.port}: {s.reconnects} reconnects" for s in sessions if s.reconnects]
     if problems:
         pytest.fail("hidden crashes:\n" + "\n".join(problems), pytrace=False)
+
+
+class LearningRun:
+    """A learning test's finished training run: exit code, output, its own directory, wall seconds."""
+
+    def __init__(self, argv: list[str], cwd: Path):
+        self.cwd, self.started = cwd, time.monotonic()
+        self.out, self.err = open(cwd / "stdout.txt", "w+"), open(cwd / "stderr.txt", "w+")  # noqa: SIM115
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=self.out, stderr=self.err)
+        self.seconds = None
+
+    def finish(self) -> None:
+        self.seconds = time.monotonic() - self.started
+        self.returncode = self.proc.returncode
+        for f in (self.out, self.err):
+            f.seek(0)
+        self.stdout, self.stderr = self.out.read(), self.err.read()
+        self.out.close()
+        self.err.close()
+
+
+@pytest.fixture(scope="session")
+def learning_runs(request, tmp_path_factory) -> dict[str, LearningRun]:
+    """The training run of every selected learning test (its module's ``LEARN_COMMAND``), by node id.
+
+    They start together and are awaited together: each is one busy process (in-process simulator,
+    one torch thread), so on two cores two of them take the time of one, and no other test runs
+    beside them (timing-sensitive tests never share the machine with a training run).
+    """
+    items = [item for item in request.session.items if item.get_closest_marker("learning")]
+    runs = {item.nodeid: LearningRun(item.module.LEARN_COMMAND, tmp_path_factory.mktemp(item.name)) for item in items}
+    deadline = time.monotonic() + 840
+    try:
+        while any(run.seconds is None for run in runs.values()):
+            for run in runs.values():
+                if run.seconds is None and run.proc.poll() is not None:
+                    run.finish()
+            if time.monotonic() > deadline:
+                raise TimeoutError("a learning run took over 14 minutes")
+            time.sleep(0.2)
+    finally:
+        for run in runs.values():
+            if run.seconds is None:
+                run.proc.kill()
+                run.proc.wait()
+                run.finish()
+    return runs

@@ -16,6 +16,7 @@ class Mutation(NamedTuple):
     new: str
     tests: tuple[str, ...]  # pytest node ids, relative to the repository root
     expect: str  # what the failing tests must say (so a failure for another reason is no catch)
+    trains: bool = False  # its tests train a policy (the longest runs)
 
 
 MUTATIONS = {
@@ -65,6 +66,7 @@ MUTATIONS = {
         "                        nextnonterminal = 1.0\n",
         ("tests/test_ppo.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
         "does not beat the ray follower",
+        trains=True,
     ),
     # PPO normalises each minibatch's advantages, but hands them to the wrong samples (reversed order).
     "ppo_advantage_normalisation_broken": Mutation(
@@ -73,6 +75,16 @@ MUTATIONS = {
         "                        mb_advantages = ((mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)).flip(0)\n",
         ("tests/test_ppo.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
         "does not beat the ray follower",
+        trains=True,
+    ),
+    # SAC bootstraps through terminal states: a crash no longer ends the return in the critics' target.
+    "sac_bootstraps_through_terminal_states": Mutation(
+        "sac_continuous.py",
+        "next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_qf_next_target",
+        "next_q_value = b_rewards + args.gamma * min_qf_next_target",
+        ("tests/test_sac.py::test_short_run_beats_the_ray_follower_on_heldout_tracks",),
+        "does not beat the ray follower",
+        trains=True,
     ),
     # The bridge's connection handler raises on every 40th frame (websockets would close the
     # connection and the env reconnect: healed, unless counted).

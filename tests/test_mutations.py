@@ -4,7 +4,8 @@ copy of the repository, must make the tests it names fail there.
     python -m pytest tests/test_mutations.py -q                    # every mutation (a few minutes)
     python tests/test_mutations.py ppo_gae_ignores_dones [--keep]  # one, with the tests' output
 
-Only the named tests run for each mutation, with ``-x``: the first failure is the answer.
+Only the named tests run for each mutation, with ``-x``: the first failure is the answer. Under
+pytest the mutants run two at a time (most are one busy process: one per core), longest first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -51,16 +53,36 @@ def run_tests(copy: Path, mutation: Mutation, capture: bool = True) -> subproces
     return subprocess.run(cmd, cwd=copy, env=env, capture_output=capture, text=True, timeout=900)
 
 
+@pytest.fixture(scope="module")
+def mutant_runs(request, tmp_path_factory):
+    """The test runs of the selected mutations, started at once on two workers, training ones first."""
+    names = [
+        item.callspec.params["name"] for item in request.session.items if item.originalname == "test_the_suite_catches"
+    ]
+    names.sort(key=lambda name: not MUTATIONS[name].trains)  # the longest runs first: the two workers end together
+
+    def run(name: str) -> subprocess.CompletedProcess:
+        return run_tests(scratch_copy(MUTATIONS[name], tmp_path_factory.mktemp(name)), MUTATIONS[name])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {name: pool.submit(run, name) for name in names}
+        yield runs
+        for pending in runs.values():  # a failed or interrupted session: do not start the rest
+            pending.cancel()
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
-def test_the_suite_catches(name, tmp_path):
+def test_the_suite_catches(name, mutant_runs: dict[str, Future]):
+    result = mutant_runs[name].result()
     mutation = MUTATIONS[name]
-    result = run_tests(scratch_copy(mutation, tmp_path), mutation)
     summary = result.stdout.strip().splitlines()[-1:] or [result.stderr[-500:]]
     # 1: tests failed (errors in collection or a crash of pytest are 2-4, and prove nothing)
     assert result.returncode == 1, f"{name} was not caught: exit {result.returncode}, {summary}"
     assert mutation.expect in result.stdout, f"{name}: the tests failed, but not on it:\n{result.stdout[-3000:]}"
-    print(f"{name}: caught ({summary[0]})")
+    said = [line for line in result.stdout.splitlines() if mutation.expect in line]
+    said = next((line for line in said if line.startswith("E ")), said[0])  # pytest's "E   " line: the message
+    print(f"{name}: caught ({summary[0]}): {said.strip()[:400]}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,20 +161,19 @@ def test_policy_entry_reproduces_the_deterministic_actor():
 # Learning with teeth: trained on training tracks, judged on held-out tracks it has never seen,
 # against the hand-written ray follower (tests/yardstick.py). Seed-fixed and lockstep: deterministic.
 
-LEARN = ["--seed", "1", "--total-timesteps", "500000", "--eval-every", "0", "--save-model"]
+LEARN_COMMAND = [str(ROOT / "ppo_continuous.py"), "--seed", "1", "--total-timesteps", "500000", "--eval-every", "0"]
 MARGIN = 0.5  # laps of mean progress over the ray follower (see tests/mutations.py for what it must catch)
 
 
-@pytest.mark.timeout(600)
-def test_short_run_beats_the_ray_follower_on_heldout_tracks(tmp_path):
-    started = time.time()
-    result = run_script(tmp_path, *LEARN, timeout=540)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_clean_output(result.stdout, result.stderr)
-    train_seconds = time.time() - started
-    ckpt = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)
+@pytest.mark.learning
+@pytest.mark.timeout(900)
+def test_short_run_beats_the_ray_follower_on_heldout_tracks(request, learning_runs):
+    run = learning_runs[request.node.nodeid]  # trained beside the other learning runs (tests/conftest.py)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_clean_output(run.stdout, run.stderr)
+    ckpt = torch.load(only_run_dir(run.cwd) / "checkpoint.pt", weights_only=False)
     trained = ppo.Agent(52, 3, tuple(ckpt["args"]["hidden_sizes"]))
     trained.load_state_dict(ckpt["model"])
     ok, figures = yardstick.beats_the_ray_follower(training.evaluate, trained, MARGIN)
-    print(f"{figures} (training {train_seconds:.0f} s)")
+    print(f"{figures} (training {run.seconds:.0f} s)")
     assert ok, f"PPO does not beat the ray follower by {MARGIN} laps: {figures}"

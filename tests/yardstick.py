@@ -2,7 +2,7 @@
 
 A trained policy must beat it on tracks it has never seen, by a margin that the bugs of
 tests/mutations.py (episode ends ignored in PPO's GAE, advantages normalised against the wrong
-samples) do not reach. Both use bench/heldout_eval.py's evaluation
+samples, SAC bootstrapping through terminal states) do not reach. Both use bench/heldout_eval.py's evaluation
 (the scripts' own ``evaluate``, one car per held-out track from the grid).
 """
 
