@@ -43,6 +43,25 @@ from rbxenv.session import GameSession
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--mutations",
+        action="store_true",
+        help="run the mutation check (tests/test_mutations.py): a check of the suite, run on its own",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # The mutation check reruns parts of the suite on 10 mutated copies (4-5 minutes on 2 cores): it
+    # checks the suite rather than the code, so it runs as its own step of the test command.
+    if config.getoption("--mutations"):
+        return
+    skip = pytest.mark.skip(reason="the mutation check: python -m pytest --mutations tests/test_mutations.py")
+    for item in items:
+        if item.path.name == "test_mutations.py":
+            item.add_marker(skip)
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "allow_internal_errors: the test provokes internal errors on purpose")
     config.addinivalue_line("markers", "allow_reconnects: the test provokes a lost game on purpose")

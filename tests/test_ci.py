@@ -1,5 +1,6 @@
 """CI runs exactly the README's test command: the command after "Test (what CI runs" in README.md
-is the last line of .ci/run, and that command lints (ruff), checks the Luau format (StyLua) and tests."""
+is the last line of .ci/run, and that command lints (ruff), checks the Luau format (StyLua), tests, and
+runs the mutation check (a check of the suite, its own step)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def test_ci_runs_the_readme_test_command():
     command = readme_test_command()
     lines = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[-1] == command
-    for part in ("ruff check .", "ruff format --check .", "npx stylua --check .", "python -m pytest"):
+    parts = ("ruff check .", "ruff format --check .", "npx stylua --check .", "python -m pytest",
+             "python -m pytest --mutations tests/test_mutations.py")  # fmt: skip
+    for part in parts:
         assert part in command, part
     assert "@johnnymorganz/stylua-bin" in (ROOT / "roblox/package.json").read_text()
