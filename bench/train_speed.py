@@ -2,6 +2,7 @@
 
     git worktree add /tmp/base 097042b      # the commit to compare with (any checkout of the repo)
     python bench/train_speed.py --base /tmp/base --algos ppo sac --rounds 3
+    python bench/train_speed.py --base . --algos sac --this-args "--torch-threads 2"   # one flag's effect
 
 Each round runs ``ppo_continuous.py`` / ``sac_continuous.py`` with their defaults (no evaluation,
 no checkpoints) from the base checkout and from this one, alternately, so that a busy or quiet spell
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["ppo", "sac"], choices=sorted(STEPS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="agent-steps per run (default: per algorithm)")
+    parser.add_argument("--this-args", default="", help='flags for this checkout\'s runs only, e.g. "--torch-threads 2" '
+                        "with --base this checkout: the effect of a flag, side by side")  # fmt: skip
     args = parser.parse_args()
     if not (args.base / "ppo_continuous.py").exists():
         raise SystemExit(f"--base {args.base}: no ppo_continuous.py there; make one with git worktree add")
@@ -61,13 +64,15 @@ def main() -> None:
                                  capture_output=True, text=True).stdout.strip()  # fmt: skip
     this_commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True).stdout.strip()  # fmt: skip
-    print(f"base {base_commit} vs this checkout {this_commit}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    with_args = f" with {args.this_args}" if args.this_args else ""
+    print(f"base {base_commit} vs this checkout {this_commit}{with_args}; load average {os.getloadavg()[0]:.1f}",
+          flush=True)  # fmt: skip
     results: dict[tuple[str, str], list[dict]] = {}
     for algo in args.algos:
         steps = args.steps or STEPS[algo]
         for r in range(args.rounds):
             for name, root in (("base", args.base), ("this", ROOT)):
-                got = run(root, algo, steps, [])
+                got = run(root, algo, steps, args.this_args.split() if name == "this" else [])
                 results.setdefault((algo, name), []).append(got)
                 print(f"{algo} round {r + 1} {name}: {got['sps']:,} SPS, {steps / got['cpu_s']:,.0f} agent-steps per "
                       f"CPU second ({got['cpu_s']:.1f} CPU s, {got['wall_s']:.1f} s wall)", flush=True)  # fmt: skip
