@@ -52,7 +52,7 @@ def pytest_addoption(parser) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    # The mutation check reruns parts of the suite on 10 mutated copies (4-5 minutes on 2 cores): it
+    # The mutation check reruns parts of the suite on 10 mutated copies (2-3 minutes on 2 cores): it
     # checks the suite rather than the code, so it runs as its own step of the test command.
     if config.getoption("--mutations"):
         return

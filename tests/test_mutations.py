@@ -1,7 +1,7 @@
 """The suite catches the bugs that matter: each mutation of tests/mutations.py, applied to a scratch
 copy of the repository, must make the tests it names fail there.
 
-    python -m pytest --mutations tests/test_mutations.py -q        # every mutation (4-5 minutes; CI runs it)
+    python -m pytest --mutations tests/test_mutations.py -q        # every mutation (2-3 minutes; CI runs it)
     python tests/test_mutations.py ppo_gae_ignores_dones [--keep]  # one, with the tests' output
 
 Only the named tests run for each mutation, with ``-x``: the first failure is the answer. Under
