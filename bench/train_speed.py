@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--this-args", default="", help='flags for this checkout\'s runs only, e.g. "--torch-threads 2" '
                         "with --base this checkout: the effect of a flag, side by side")  # fmt: skip
     args = parser.parse_args()
+    args.base = args.base.resolve()  # the runs start in a temporary directory
     if not (args.base / "ppo_continuous.py").exists():
         raise SystemExit(f"--base {args.base}: no ppo_continuous.py there; make one with git worktree add")
     base_commit = subprocess.run(["git", "-C", str(args.base), "rev-parse", "--short", "HEAD"],
