@@ -23,7 +23,6 @@ import yardstick  # noqa: E402
 from netutil import assert_clean_output  # noqa: E402
 
 import ppo_continuous as ppo  # noqa: E402
-from rbxenv import training  # noqa: E402
 
 TINY = ["--num-agents", "2", "--num-venvs", "2", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
 
@@ -168,12 +167,10 @@ MARGIN = 0.5  # laps of mean progress over the ray follower (see tests/mutations
 @pytest.mark.learning
 @pytest.mark.timeout(900)
 def test_short_run_beats_the_ray_follower_on_heldout_tracks(request, learning_runs):
+    def load(ckpt: dict) -> ppo.Agent:
+        agent = ppo.Agent(52, 3, tuple(ckpt["args"]["hidden_sizes"]))
+        agent.load_state_dict(ckpt["model"])
+        return agent
+
     run = learning_runs[request.node.nodeid]  # trained beside the other learning runs (tests/conftest.py)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert_clean_output(run.stdout, run.stderr)
-    ckpt = torch.load(only_run_dir(run.cwd) / "checkpoint.pt", weights_only=False)
-    trained = ppo.Agent(52, 3, tuple(ckpt["args"]["hidden_sizes"]))
-    trained.load_state_dict(ckpt["model"])
-    ok, figures = yardstick.beats_the_ray_follower(training.evaluate, trained, MARGIN)
-    print(f"{figures} (training {run.seconds:.0f} s)")
-    assert ok, f"PPO does not beat the ray follower by {MARGIN} laps: {figures}"
+    yardstick.assert_learning_run_beats_the_ray_follower(run, load, "PPO", MARGIN)

@@ -20,7 +20,6 @@ import yardstick  # noqa: E402
 from netutil import assert_clean_output  # noqa: E402
 
 import sac_continuous as sac  # noqa: E402
-from rbxenv import training  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -163,13 +162,10 @@ MARGIN = 0.5  # laps of mean progress over the ray follower (see tests/mutations
 @pytest.mark.learning
 @pytest.mark.timeout(900)
 def test_short_run_beats_the_ray_follower_on_heldout_tracks(request, learning_runs):
+    def load(ckpt: dict) -> sac.Actor:
+        actor = sac.Actor(52, 3, tuple(ckpt["args"]["hidden_sizes"]))
+        actor.load_state_dict(ckpt["model"]["actor"])
+        return actor
+
     run = learning_runs[request.node.nodeid]  # trained beside the other learning runs (tests/conftest.py)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert_clean_output(run.stdout, run.stderr)
-    (path,) = run.cwd.glob("runs/*/checkpoint.pt")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    trained = sac.Actor(52, 3, tuple(ckpt["args"]["hidden_sizes"]))
-    trained.load_state_dict(ckpt["model"]["actor"])
-    ok, figures = yardstick.beats_the_ray_follower(training.evaluate, trained, MARGIN)
-    print(f"{figures} (training {run.seconds:.0f} s)")
-    assert ok, f"SAC does not beat the ray follower by {MARGIN} laps: {figures}"
+    yardstick.assert_learning_run_beats_the_ray_follower(run, load, "SAC", MARGIN)

@@ -35,3 +35,20 @@ def beats_the_ray_follower(evaluate, actor, margin: float) -> tuple[bool, str]:
     )
     ok = trained["progress"] > ray["progress"] + margin and trained["crash_rate"] <= ray["crash_rate"]
     return ok, line
+
+
+def assert_learning_run_beats_the_ray_follower(run, load_actor, algo: str, margin: float) -> None:
+    """A learning run (``learning_runs`` in tests/conftest.py) ended cleanly, and the actor that
+    ``load_actor`` makes of its checkpoint beats the ray follower on held-out tracks by ``margin`` laps."""
+    import torch
+    from netutil import assert_clean_output
+
+    from rbxenv import training
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_clean_output(run.stdout, run.stderr)
+    (path,) = run.cwd.glob("runs/*/checkpoint.pt")
+    actor = load_actor(torch.load(path, map_location="cpu", weights_only=False))
+    ok, figures = beats_the_ray_follower(training.evaluate, actor, margin)
+    print(f"{figures} (training {run.seconds:.0f} s)")
+    assert ok, f"{algo} does not beat the ray follower by {margin} laps: {figures}"
