@@ -310,8 +310,13 @@ def train(args: Args) -> str:
             real_next_obs = next_obs  # no copy: rb.add copies into the buffer
             if "_final_obs" in infos:
                 real_next_obs = np.where(infos["_final_obs"][:, None], infos["final_obs"], next_obs)
-            if not infos.get("lost_step"):  # a step the lost game never answered holds no real transition
-                rb.add(obs, real_next_obs, actions, rewards, terminations.astype(np.float32))
+            dones = terminations.astype(np.float32)
+            if "lost_step" in infos:  # cars whose lost game never answered hold no real transition
+                kept = ~infos["lost_step"]
+                obs, real_next_obs, actions, rewards, dones = (
+                    a[kept] for a in (obs, real_next_obs, actions, rewards, dones)
+                )
+            rb.add(obs, real_next_obs, actions, rewards, dones)
             if args.norm_obs and (args.norm_obs_steps < 0 or global_step <= args.norm_obs_steps):
                 actor.update_obs_stats(torch.as_tensor(obs))
             obs = next_obs

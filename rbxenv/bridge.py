@@ -24,10 +24,19 @@ import numpy as np
 
 from rbxenv import protocol
 from rbxenv.observations import BridgeClosed, DataBridge, Observations
-from rbxenv.protocol import V0_GAME
-from rbxenv.server import GameServer, is_loopback, model_id_of
+from rbxenv.protocol import GameSpec
+from rbxenv.server import GameLink, GameServer, is_loopback, model_id_of
 
-__all__ = ["BridgeClosed", "DataBridge", "GameServer", "Observations", "TrainingBridge", "is_loopback", "model_id_of"]
+__all__ = [
+    "BridgeClosed",
+    "DataBridge",
+    "GameLink",
+    "GameServer",
+    "Observations",
+    "TrainingBridge",
+    "is_loopback",
+    "model_id_of",
+]
 
 
 class TrainingBridge(GameServer):
@@ -45,7 +54,11 @@ class TrainingBridge(GameServer):
             thread: also while the training thread is busy (updates, evaluation, checkpoints).
         serves: the model id of the run this trainer serves: games must dial ``/ws/<serves>``
             (``url`` includes it), any other path is closed with 1008 and a reason naming both;
-            None (default) accepts any path and takes the model id from it.
+            None (default) accepts any path and takes the model id from it. Runs that serve
+            different model ids can share one port in one process.
+        max_games: games attached at once (None: any number; one more is closed with 1013). Each
+            venv runs on one game (``hosts``, which ``GameSession`` sets; else the first game);
+            commands for no venv in particular (FREEZE, UPDATE_COLLISIONS, CLOSE_ALL) go to all.
 
     Bound to a loopback address (the default) or "localhost", the trainer listens on both
     127.0.0.1 and ::1 (same port): "localhost" in a game's URL may resolve to either.
@@ -61,11 +74,19 @@ class TrainingBridge(GameServer):
         obs_timeout: float = 10.0,
         ping_interval: float = 2.0,
         serves: str | None = None,
+        max_games: int | None = 1,
     ):
         super().__init__(
-            host, port, token, handshake_timeout=handshake_timeout, ping_interval=ping_interval, serves=serves
+            host,
+            port,
+            token,
+            handshake_timeout=handshake_timeout,
+            ping_interval=ping_interval,
+            serves=serves,
+            max_games=max_games,
         )
         self.obs_timeout = obs_timeout
+        self.hosts: dict[str, GameLink] = {}  # venv id -> the game it runs on (absent: the first game)
         self._tick = 0
         self.action_sent_at = 0.0  # time.monotonic() when the latest actions were handed to the network thread
 
@@ -73,16 +94,22 @@ class TrainingBridge(GameServer):
         self._tick += 1
         return self._tick
 
-    def _ticked(self) -> bool:
-        return self.game is not None and self.game.has("tick")
+    def host_of(self, env_id: str) -> GameLink:
+        """The game venv ``env_id`` runs on; raises BridgeClosed when no game is connected."""
+        self._check_open()
+        link = self.hosts.get(env_id) or self.link
+        if link is None:
+            raise BridgeClosed(f"no game is connected to {self.url}")
+        return link
 
     def _command(self, command: str, envid: str | None = None, data: object = None, tick: int | None = None) -> None:
-        """Send a command in the form the game reads: protocol version 0's object form to a game that
-        never said hello (the original project's place), version 1's otherwise."""
-        if self.game is not None and not self.game.protocol:
-            self._send(protocol.encode_v0_command(command, envid, data))
-        else:
-            self._send(protocol.encode_command(command, envid, data, tick))
+        """Send a command to the game of venv ``envid`` (no venv: to every game) in the form it reads:
+        protocol version 0's object form to a game that never said hello (the original project's
+        place), version 1's otherwise."""
+        links = [self.host_of(envid)] if envid is not None else self.games
+        self._check_open()
+        for link in links:
+            link.send(_encode(link.spec, command, envid, data, tick))
 
     @property
     def width_known(self) -> bool:
@@ -112,35 +139,36 @@ class TrainingBridge(GameServer):
         ``columns`` (see ``autoresets``).
         """
         protocol.check_envid(env_id)
+        link = self.host_of(env_id)
+        game = link.spec
         agents = list(agents)
         tick = self._next_tick()
-        self.data.expect_answers(agents, tick, restart=True)
-        game = self.game or V0_GAME
+        self.data.expect_answers(agents, tick, restart=True, host=link.number)
+        autoreset = autoreset and _autoresets(game)
         data: object = agents
-        if game.has("track_spec") or game.has("random_start") or autoreset and self.autoresets:
+        if game.has("track_spec") or game.has("random_start") or autoreset:
             data = {"agents": agents, "start": start if game.has("random_start") else "grid"}
             if track is not None and game.has("track_spec"):
                 data["track"] = track
             if seed is not None:
                 data["seed"] = int(seed)
-            if autoreset and self.autoresets:
+            if autoreset:
                 data["autoreset"] = True
-        self._command("SPAWN_AGENTS", env_id, data, tick if self._ticked() else None)
+        self._command("SPAWN_AGENTS", env_id, data, tick)
 
     @property
     def autoresets(self) -> bool:
         """The game restarts cars spawned with ``autoreset=True`` itself: it announced the capability
         (with ``columns``) and steps in lockstep (in real time, packets of the next episode could
         come before the trainer read the ending)."""
-        game = self.game
-        return game is not None and game.has("autoreset") and game.has("columns") and game.mode == "lockstep"
+        return self.game is not None and _autoresets(self.game)
 
     def reset_agents(self, env_id: str, agents: Sequence[str]) -> None:
         """Respawn agents (their episodes restart); the game answers with their observations."""
         agents = list(agents)
         tick = self._next_tick()
         self.data.expect_answers(agents, tick, restart=True)
-        self._command("RESET_AGENTS", env_id, agents, tick if self._ticked() else None)
+        self._command("RESET_AGENTS", env_id, agents, tick)
 
     def remove_agents(self, env_id: str, agents: Sequence[str]) -> None:
         agents = list(agents)
@@ -151,39 +179,47 @@ class TrainingBridge(GameServer):
         """Actions for the agents of one venv (the original project's per-venv ACTION)."""
         tick = self._next_tick()
         self.data.expect_answers(actions.keys(), tick)
-        self._command("ACTION", env_id, dict(actions), tick if self._ticked() else None)
+        self._command("ACTION", env_id, dict(actions), tick)
 
     def send_action_batch(self, actions: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
-        """Actions for every venv at once: one ACTION_BATCH frame (per-venv ACTIONs for v0 games).
+        """Actions for every venv at once: one ACTION_BATCH frame per game (per-venv ACTIONs for v0 games).
 
         ``actions`` is ``{envid: {agent_id: [throttle, steering, nitro]}}`` (rows may be numpy arrays).
         Returns the tick id the observations will answer.
         """
-        if self.game is not None and self.game.has("batch"):
-            tick = self._next_tick()
-            # orjson takes dicts only; the env's batch already is one (no copy on the hot path)
-            actions = {
-                env_id: per_venv if type(per_venv) is dict else dict(per_venv) for env_id, per_venv in actions.items()
-            }
-            self.data.expect_answers([aid for per_venv in actions.values() for aid in per_venv], tick)
-            self._send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
-            self.action_sent_at = time.monotonic()
-            return tick
+        tick = self._next_tick()
+        # orjson takes dicts only; the env's batch already is one (no copy on the hot path)
+        actions = {
+            env_id: per_venv if type(per_venv) is dict else dict(per_venv) for env_id, per_venv in actions.items()
+        }
+        self.data.expect_answers([aid for per_venv in actions.values() for aid in per_venv], tick)
+        by_game: dict[GameLink, dict] = {}
         for env_id, per_venv in actions.items():
-            self.send_actions(env_id, per_venv)
+            by_game.setdefault(self.host_of(env_id), {})[env_id] = per_venv
+        for link, batch in by_game.items():
+            self._send_batch(link, batch, tick)
         self.action_sent_at = time.monotonic()
-        return self._tick
+        return tick
+
+    def _send_batch(self, link: GameLink, actions: dict[str, dict], tick: int) -> None:
+        """One game's actions: an ACTION_BATCH, or an ACTION per venv to a game that takes no batch."""
+        if link.spec.has("batch"):
+            link.send(protocol.encode_command("ACTION_BATCH", None, actions, tick))
+            return
+        for env_id, per_venv in actions.items():
+            link.send(_encode(link.spec, "ACTION", env_id, per_venv, tick))
 
     def send_action_rows(self, agent_ids: Sequence[str], actions: np.ndarray) -> int:
         """Actions of many agents at once, row k of ``actions`` (n, action_size) for ``agent_ids[k]``:
         one ACTION_BATCH in column form to games that announced ``columns`` (no dict per car to
         build or parse), else ``send_action_batch``. Returns the tick id the observations will answer.
         """
-        if self.game is not None and self.game.has("columns"):
+        link = self.link
+        if link is not None and not self.hosts and link.spec.has("columns"):
+            self._check_open()
             tick = self._next_tick()
             self.data.expect_answers(agent_ids, tick)
-            ids = agent_ids if type(agent_ids) is list else list(agent_ids)
-            self._send(protocol.encode_action_rows(ids, np.ascontiguousarray(actions), tick))
+            self.send_rows(link, agent_ids, actions, tick)
             self.action_sent_at = time.monotonic()
             return tick
         batch: dict[str, dict] = {}
@@ -191,13 +227,29 @@ class TrainingBridge(GameServer):
             batch.setdefault(protocol.parse_agent_id(aid)[1], {})[aid] = row
         return self.send_action_batch(batch)
 
+    def send_rows(self, link: GameLink, agent_ids: Sequence[str], actions: np.ndarray, tick: int) -> None:
+        """Actions of agents that all run on ``link``, for a step whose answers are already expected
+        (``data.expect_answers``): the column form to games that take it, else per venv."""
+        if link.spec.has("columns"):
+            ids = agent_ids if type(agent_ids) is list else list(agent_ids)
+            link.send(protocol.encode_action_rows(ids, np.ascontiguousarray(actions), tick))
+            return
+        batch: dict[str, dict] = {}
+        for aid, row in zip(agent_ids, actions, strict=True):
+            batch.setdefault(protocol.parse_agent_id(aid)[1], {})[aid] = row
+        self._send_batch(link, batch, tick)
+
     def close_environment(self, env_id: str) -> None:
         """Destroy a venv (track and cars) in the game."""
         self.data.forget([aid for aid in list(self.data.rows) if protocol.parse_agent_id(aid)[1] == env_id])
         self._command("CLOSE", env_id)
 
+    def close_on(self, link: GameLink, env_id: str) -> None:
+        """Destroy a venv on one game (it moved to another; its cars keep their slots)."""
+        link.send(_encode(link.spec, "CLOSE", env_id, None, None))
+
     def close_all(self) -> None:
-        """Destroy every venv in the game."""
+        """Destroy every venv in every game."""
         self.data.forget(list(self.data.rows))
         self._command("CLOSE_ALL")
 
@@ -221,3 +273,14 @@ class TrainingBridge(GameServer):
     def get_observations(self, agent_ids: Sequence[str], timeout: float | None = None) -> Observations:
         """The next observations of many agents at once (blocking), as arrays."""
         return self.data.wait(agent_ids, self.obs_timeout if timeout is None else timeout)
+
+
+def _autoresets(game: GameSpec) -> bool:
+    return game.has("autoreset") and game.has("columns") and game.mode == "lockstep"
+
+
+def _encode(game: GameSpec, command: str, envid: str | None, data: object, tick: int | None) -> bytes:
+    """A command in the form ``game`` reads (the tick only to games that echo it)."""
+    if not game.protocol:
+        return protocol.encode_v0_command(command, envid, data)
+    return protocol.encode_command(command, envid, data, tick if game.has("tick") else None)

@@ -141,13 +141,14 @@ class RacingParallelEnv(ParallelEnv):
             lost = {"cause": "disconnected"}
             return ({a: np.zeros_like(self._obs_space.low) for a in ids}, dict.fromkeys(ids, 0.0),
                     dict.fromkeys(ids, False), dict.fromkeys(ids, True), {a: dict(lost) for a in ids})  # fmt: skip
+        lost = got.lost if got.lost is not None else np.zeros(len(ids), bool)
         obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}
         for k, aid in enumerate(got.agent_ids):
             obs[aid] = got.obs[k]
-            rewards[aid] = float(got.reward[k])
-            terms[aid] = bool(got.terminated[k])
-            truncs[aid] = bool(got.truncated[k])
-            infos[aid] = dict(got.infos[k])
+            rewards[aid] = 0.0 if lost[k] else float(got.reward[k])
+            terms[aid] = bool(got.terminated[k]) and not lost[k]
+            truncs[aid] = bool(got.truncated[k] or lost[k])  # its game left: the episode ends, truncated
+            infos[aid] = {"cause": "disconnected"} if lost[k] else dict(got.infos[k])
         self.agents = [aid for aid in ids if not (terms[aid] or truncs[aid])]
         return obs, rewards, terms, truncs, infos
 
@@ -227,10 +228,12 @@ class RacingVectorEnv(VectorEnv):
     truncated episodes can bootstrap from it. Finished episodes put their statistics in
     ``infos["episode"]`` (``r``, ``l``, ``laps``, ``progress``, ``lap_time``, ``crashed``) with the
     mask ``infos["_episode"]``. The per-car info arrays (``lap``, ``progress``, ``x``, ...) describe
-    the step just taken, also for cars that were respawned in it. If the game was lost and came
-    back (``infos["reconnected"]``) every episode ended truncated; ``infos["lost_step"]`` marks a
-    step that got no answer at all (reward 0, next observation = last real one): off-policy
-    learners should not store it.
+    the step just taken, also for cars that were respawned in it. Several games may serve one env
+    (``GameSession``): when a game joins, some venvs move to it, which ends their cars' episodes
+    (truncated). When a game is lost (``infos["reconnected"]``), its cars' episodes end truncated
+    and its venvs restart on another game (or on the game that comes back);
+    ``infos["lost_step"][k]`` marks a car whose step got no answer (reward 0, final observation =
+    its last real one): off-policy learners should not store those rows.
 
     A v0 game (the original project's Roblox place: protocol v0, no hello) restarts an ended car
     itself, in the same tick: its packet is both the ending and the first observation of the next
@@ -328,24 +331,35 @@ class RacingVectorEnv(VectorEnv):
             terminated, truncated = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
             infos = {key: self._last_infos[key].copy() for key in (*INFO_NUMBERS, "collided")}
             infos["cause"] = np.full(n, None, dtype=object)
-            infos["lost_step"] = True
+            infos["lost_step"] = np.ones(n, dtype=bool)
             return self._finish(reward, terminated, truncated, infos, [], None)
         self._steps += 1
+        lost = got.lost if got.lost is not None and got.lost.any() else None
+        if lost is not None:
+            last_frames = self._stack[lost]
         self._stack[:, :-1] = self._stack[:, 1:]
         self._stack[:, -1] = got.obs
         reward = got.reward.astype(np.float32)
         terminated, truncated = got.terminated.copy(), got.truncated.copy()
         infos = dict(got.info)  # fresh arrays: the bridge copied them out of its slots
+        moved = self.session.spread()  # games joined: venvs move to them
+        if lost is not None:
+            # These cars' game left before answering: their episodes end at their last real
+            # observation, truncated, reward 0 (``lost_step``), and their venvs move to another game.
+            self._stack[lost] = last_frames
+            reward[lost], terminated[lost], truncated[lost] = 0.0, False, True
+            infos["lost_step"] = lost
+            moved = sorted({*moved, *np.unique(self.session.venv_of[lost]).tolist()})
         self._last_infos = infos
         self._ep_return += reward
-        self._ep_length += 1
+        self._ep_length += 1 if lost is None else ~lost
         self._ep_best_lap = np.fmin(self._ep_best_lap, infos["lap_time"])
         rotate = self._venvs_due_for_new_track()
-        for venv in rotate:  # moving a venv to a new track ends its cars' episodes (truncation)
+        for venv in (*rotate, *moved):  # a venv moving to a new track or game ends its cars' episodes (truncation)
             truncated[self.session.venv_of == venv] |= ~terminated[self.session.venv_of == venv]
-        return self._finish(reward, terminated, truncated, infos, rotate, got)
+        return self._finish(reward, terminated, truncated, infos, rotate, got, moved)
 
-    def _finish(self, reward, terminated, truncated, infos, rotate, got: Observations | None):
+    def _finish(self, reward, terminated, truncated, infos, rotate, got: Observations | None, moved=()):
         """Report the episodes that ended, restart their cars (same step) and their stacks: cars
         the game restarted itself (autoreset) come with their first observation, the others
         (and every car of a venv moving to a new track) are respawned."""
@@ -357,20 +371,22 @@ class RacingVectorEnv(VectorEnv):
         restarted = np.zeros(n, dtype=bool)
         if got is not None and got.restarted is not None:
             restarted = done & got.restarted
-            if rotate:  # (np.isin costs more than the rest of this method)
-                restarted &= ~np.isin(self.session.venv_of, rotate)
+            if rotate or moved:  # (np.isin costs more than the rest of this method)
+                restarted &= ~np.isin(self.session.venv_of, [*rotate, *moved])
             first_obs[restarted] = got.reset_obs[restarted]
         respawn = np.flatnonzero(done & ~restarted)
-        lost = infos.get("lost_step", False)
-        if not lost and (len(respawn) or rotate):
+        lost = got is None
+        if not lost and (len(respawn) or rotate or moved):
             try:
-                fresh = self.session.respawn(respawn, rotate, self._rng)
+                fresh = self.session.respawn(respawn, rotate, self._rng, moved)
             except BridgeClosed:
                 if self.session.reconnect_timeout <= 0:
                     raise
                 lost = True
             else:
                 first_obs[respawn] = _obs_of(fresh, [self.session.agent_ids[k] for k in respawn])
+        if moved and "lost_step" in infos:
+            infos["reconnected"] = True
         if lost:
             # Lost now (or before this step's answer): the cars still driving end here as well,
             # truncated at this step's real observation, and every car restarts on the returned game.

@@ -40,6 +40,8 @@ class Observations:
     # and reset_obs is its first observation of the next episode (zeros where not restarted).
     restarted: np.ndarray | None = None  # (n,) bool
     reset_obs: np.ndarray | None = None  # (n, obs_size) float32
+    # The agent's game left before it answered (``wait(partial=True)``): its row holds nothing new.
+    lost: np.ndarray | None = None  # (n,) bool
 
     @property
     def infos(self) -> list[dict]:
@@ -62,11 +64,9 @@ class DataBridge:
         self._c: dict[str, np.ndarray] = {}
         self._alloc(0, 0)
         self._selected: tuple[list[str], np.ndarray | slice] | None = None  # select()'s last answer
-        self.lost: str | None = None  # why the game is gone, when it is
+        self.lost: str | None = None  # why the game is gone, when it is (the last one, with several)
         self.fatal: str | None = None  # why the run cannot go on with this game (raised before ``lost``)
-        # A v0 game restarts an ended car itself in the same tick: its entry carries the ending
-        # AND the first observation of the next episode (see put_batch).
-        self.self_restart = False
+        self.gone_hosts: set[int] = set()  # the numbers of the games that left (``lose``)
         self.stats: Counter[str] = Counter()
         # Agents the trainer removed: a real-time game's tick in flight may still name them (dropped
         # quietly, not "unknown"), until they are spawned again.
@@ -92,6 +92,8 @@ class DataBridge:
             "info_cause": np.full(capacity, None, object),
             "restarted": np.zeros(capacity, bool),  # autoreset: restarted by the game as its episode ended
             "reset_obs": np.zeros((capacity, obs_size), np.float32),  # ... and its first observation since
+            "host": np.zeros(capacity, np.int64),  # the number of the game that runs the car (0: not placed)
+            "gone": np.zeros(capacity, bool),  # ... and that game left
         }
         for key, old in self._c.items():
             if key == "info_numbers":
@@ -137,10 +139,13 @@ class DataBridge:
             self._selected = (list(agent_ids), selection)
             return selection
 
-    def expect_answers(self, agent_ids: Iterable[str], tick: int, restart: bool = False) -> None:
+    def expect_answers(
+        self, agent_ids: Iterable[str], tick: int, restart: bool = False, host: int | None = None
+    ) -> None:
         """Make agents known and wait for an answer to the command sent with ``tick``.
 
         ``restart`` (spawn, reset): whatever was pending belongs to the episode that just ended.
+        ``host`` (spawn): the number of the game the agents now run on; only it is listened to.
         """
         with self.cond:
             c = self._c
@@ -160,9 +165,20 @@ class DataBridge:
                 restarted = rows if restart else self.rows_of(new)
                 self._drain(restarted)
                 c["episode_tick"][restarted] = tick
+            if host is not None:
+                c["host"][rows] = host
+                c["gone"][rows] = host in self.gone_hosts
             # An ending already received stays deliverable: a parked car sends nothing more.
             c["fresh"][rows] = c["terminated"][rows] | c["truncated"][rows]
             c["expected_tick"][rows] = tick
+
+    def lose(self, host: int) -> None:
+        """Game ``host`` left: its cars will never answer (``wait`` reports them lost)."""
+        with self.cond:
+            self.gone_hosts.add(host)
+            c = self._c
+            c["gone"] |= c["host"] == host
+            self.cond.notify_all()
 
     def forget(self, agent_ids: Iterable[str]) -> None:
         with self.cond:
@@ -175,8 +191,12 @@ class DataBridge:
                     self._free.append(row)
             self.cond.notify_all()
 
-    def put_batch(self, batch: ObsBatch) -> list[str]:
-        """Store a packet (network thread). Returns the agent ids nobody spawned (ignored)."""
+    def put_batch(self, batch: ObsBatch, host: int = 0, self_restart: bool = False) -> list[str]:
+        """Store a packet of game ``host`` (network thread). Returns the agent ids nobody spawned (ignored).
+
+        ``self_restart``: a v0 game restarts an ended car itself in the same tick: its entry carries
+        the ending AND the first observation of the next episode.
+        """
         now = time.monotonic()
         with self.cond:
             c = self._c
@@ -184,15 +204,15 @@ class DataBridge:
                 self._alloc(len(c["reward"]), batch.obs.shape[1])
                 c = self._c
             self.stats["obs_packets"] += 1
-            rows = self._current(batch)
+            rows = self._current(batch, host)
             unknown: list[str] = []
             if rows is None:
-                rows, batch, unknown = self._sift(batch)
+                rows, batch, unknown = self._sift(batch, host)
             else:
                 c["reward"][rows] += batch.reward
                 c["terminated"][rows] |= batch.terminated
                 c["truncated"][rows] |= batch.truncated
-            if self.self_restart and batch.tick is None:
+            if self_restart and batch.tick is None:
                 v0.split_restarts(batch, c["obs"][rows])
             c["obs"][rows] = batch.obs
             if batch.has_info.any():
@@ -216,9 +236,9 @@ class DataBridge:
             self.cond.notify_all()
         return unknown
 
-    def _current(self, batch: ObsBatch) -> np.ndarray | slice | None:
-        """The rows of a packet that is the plain answer to the latest command (every car known,
-        none from an old episode, none stale), or None: then ``_sift`` sorts it out."""
+    def _current(self, batch: ObsBatch, host: int) -> np.ndarray | slice | None:
+        """The rows of a packet that is the plain answer to the latest command (every car known
+        and run by ``host``, none from an old episode, none stale), or None: then ``_sift`` sorts it out."""
         if not batch.agent_ids:
             return None
         try:
@@ -230,9 +250,12 @@ class DataBridge:
             return None
         if self._c["restarted"][rows].any():  # a restart not read yet: see _sift
             return None
+        hosts = self._c["host"][rows]
+        if host and not ((hosts == host) | (hosts == 0)).all():  # a venv that moved to another game
+            return None
         return rows
 
-    def _sift(self, batch: ObsBatch) -> tuple[np.ndarray, ObsBatch, list[str]]:
+    def _sift(self, batch: ObsBatch, host: int) -> tuple[np.ndarray, ObsBatch, list[str]]:
         """A packet with unknown agents, old episodes or stale answers: accumulate the rewards and
         endings that count, and return the rows and part of the packet to deliver, and the unknown."""
         c = self._c
@@ -242,6 +265,12 @@ class DataBridge:
             aid for aid, row in zip(batch.agent_ids, rows.tolist(), strict=True) if row < 0 and aid not in self.removed
         ]
         rows, batch = _keep(rows, batch, rows >= 0)
+        if host:
+            # the venv moved to another game: its old host's packets in flight are not its answers
+            elsewhere = (c["host"][rows] != host) & (c["host"][rows] != 0)
+            if elsewhere.any():
+                self.stats["moved_packets"] += int(elsewhere.sum())
+                rows, batch = _keep(rows, batch, ~elsewhere)
         if batch.tick is not None:
             # sent before the game applied the spawn/reset: the episode it belongs to is over
             old = batch.tick < c["episode_tick"][rows]
@@ -265,17 +294,26 @@ class DataBridge:
                 rows, batch = _keep(rows, batch, deliver)
         return rows, batch, unknown
 
-    def wait(self, agent_ids: Sequence[str], timeout: float) -> Observations:
-        """Block until every agent has a fresh observation, then hand them over (and reset)."""
+    def wait(self, agent_ids: Sequence[str], timeout: float, partial: bool = False) -> Observations:
+        """Block until every agent has a fresh observation, then hand them over (and reset).
+
+        A lost game raises BridgeClosed; with ``partial``, its agents come back marked
+        ``Observations.lost`` instead, with the others' answers (several games, one left).
+        """
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
                 if self.fatal is not None:
                     raise BridgeClosed(self.fatal)
-                if self.lost is not None:
+                if self.lost is not None and not partial:
                     raise BridgeClosed(self.lost)
                 rows = self.select(agent_ids)
-                ready = self._c["fresh"][rows]
+                if not partial:
+                    if self._c["gone"][rows].any():
+                        raise BridgeClosed("the game of these agents disconnected; respawn them on another")
+                    ready = self._c["fresh"][rows]
+                else:
+                    ready = self._c["fresh"][rows] | self._c["gone"][rows]
                 if ready.all():
                     break
                 remaining = deadline - time.monotonic()
@@ -302,6 +340,7 @@ class DataBridge:
                 take(c["has_info"][rows]),
                 take(c["restarted"][rows]),
                 take(c["reset_obs"][rows]),
+                take(c["gone"][rows]) if partial else None,
             )
             self._drain(rows)
             return out

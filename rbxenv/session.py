@@ -1,11 +1,13 @@
-"""One training session with a game: its backend, venvs and tracks.
+"""One training session with its games: the backend, venvs, tracks, and which game hosts each venv.
 
 Both env flavours (``envs.py``) sit on this: it opens a game backend (``GameBackend``), hands each
 venv a track, spawns and resets cars, and steps all of them at once. Backends: the simulator in
 this process (``sim="inprocess"``, the default: ``rbxenv.sim.backend.SimBackend``, ``Sim`` called
-directly), the simulator in a child process over a loopback WebSocket (``sim="subprocess"``: the
-protocol's conformance path) or a game that connects on its own, such as Roblox (``sim=None``);
-the last two through the TrainingBridge. It knows nothing about Gym or PettingZoo.
+directly), the simulator in child processes over a loopback WebSocket (``sim="subprocess"``: the
+protocol's conformance path) or games that connect on their own, such as Roblox (``sim=None``);
+the last two through the TrainingBridge. Over the WebSocket several games can serve one session:
+each venv runs on one game, spread evenly over those connected and within what each announced
+it can host; games may join and leave mid-run. It knows nothing about Gym or PettingZoo.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
-from rbxenv import tracks
-from rbxenv.bridge import TrainingBridge
+from rbxenv import protocol, tracks
+from rbxenv.bridge import GameLink, TrainingBridge
 from rbxenv.observations import BridgeClosed, Observations
 from rbxenv.protocol import GameSpec, agent_id
 from rbxenv.sim.rules import sim_config
@@ -65,11 +67,38 @@ class GameBackend(Protocol):
 
 
 class RemoteGame(TrainingBridge):
-    """A game over the WebSocket (Roblox, ``python -m rbxenv.sim``, a v0 game) as a GameBackend."""
+    """Games over the WebSocket (Roblox, ``python -m rbxenv.sim``, v0 games) as a GameBackend.
+
+    ``step`` sends each game the rows of the cars it hosts (one frame per game, one tick for all)
+    and waits for every answer; the cars of a game that left come back marked ``lost``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._groups: tuple[list[str], dict, list] | None = None  # (ids, hosts, [(game, rows)]) of the last step
 
     def step(self, agent_ids: Sequence[str], actions: np.ndarray) -> Observations:
-        self.send_action_rows(agent_ids, actions)
-        return self.get_observations(agent_ids)
+        tick = self._next_tick()
+        self.data.expect_answers(agent_ids, tick)
+        for link, rows in self._by_game(agent_ids):
+            if rows is None:
+                self.send_rows(link, agent_ids, actions, tick)
+            else:
+                self.send_rows(link, [agent_ids[k] for k in rows], actions[rows], tick)
+        self.action_sent_at = time.monotonic()
+        return self.data.wait(agent_ids, self.obs_timeout, partial=True)
+
+    def _by_game(self, agent_ids: Sequence[str]) -> list:
+        """[(game, row indices or None for all)] of a step's cars; kept while the cars and hosts stay."""
+        cached = self._groups
+        if cached is not None and cached[1] == self.hosts and cached[0] == agent_ids:
+            return cached[2]
+        by_game: dict = {}
+        for k, aid in enumerate(agent_ids):
+            by_game.setdefault(self.hosts.get(protocol.parse_agent_id(aid)[1]) or self.link, []).append(k)
+        groups = [(link, None if len(by_game) == 1 else rows) for link, rows in by_game.items() if link is not None]
+        self._groups = (list(agent_ids), dict(self.hosts), groups)
+        return groups
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
@@ -95,7 +124,10 @@ class GameSession:
             WebSocket (the protocol path a game takes; stopped by ``close()``; ``"embedded"`` is its
             old name); ``None`` waits up to ``wait_timeout`` seconds for a game such as Roblox Studio.
             ``host``, ``port``, ``token``, ``serves``, ``wait_timeout`` and ``reconnect_timeout``
-            concern the WebSocket, so not ``"inprocess"``.
+            concern the WebSocket, so not ``"inprocess"``. Over the WebSocket any number of games
+            may connect, join and leave mid-run: see ``place``.
+        sim_games: with ``sim="subprocess"``, how many simulator processes to run (each hosts an
+            even share of the venvs; a real-time run gets that many times the agent-steps/s).
         serves: the run's model id: games must dial ``/ws/<serves>``, other paths are refused with
             a clear reason (``TrainingBridge``'s ``serves``); None accepts any path.
         mode: ``"lockstep"`` or ``"realtime"`` for the simulator (a game announces its own). A
@@ -118,9 +150,10 @@ class GameSession:
             An attribute: a curriculum changes it between track draws.
         wait_timeout: seconds to wait for a game to connect when ``sim=None``.
         obs_timeout: seconds to wait for observations before raising TimeoutError.
-        reconnect_timeout: when the game disconnects mid-run, seconds to wait for it to come back
-            (the embedded simulator is relaunched); the interrupted episodes end as truncated and
-            every venv is respawned. After that ``rbxenv.BridgeClosed`` is raised; 0 raises at once.
+        reconnect_timeout: when a game disconnects mid-run, its interrupted episodes end as
+            truncated and its venvs move to the other games; with none that can host them, the
+            session waits this many seconds for a game to come back (the embedded simulator is
+            relaunched), then raises ``rbxenv.BridgeClosed``; 0 raises at once.
         sim_seed: seed of the simulator.
         dynamics: the simulator's car (``rbxenv.sim.rules.sim_config``): "kinematic"
             (default), "dynamic" (actuator lag, yaw inertia, tyres that slide past their grip),
@@ -152,6 +185,7 @@ class GameSession:
         sim_seed: int = 0,
         serves: str | None = None,
         dynamics: str = "kinematic",
+        sim_games: int = 1,
     ):
         if num_agents < 1 or num_venvs < 1:
             raise ValueError(f"need at least one car and one venv, got num_agents={num_agents}, num_venvs={num_venvs}")
@@ -163,6 +197,10 @@ class GameSession:
             raise ValueError(f'mode must be "lockstep" or "realtime", got {mode!r}')
         if sim == "embedded" or sim == "inprocess" and mode == "realtime":
             sim = "subprocess"
+        if sim_games < 1 or sim_games > 1 and sim != "subprocess":
+            raise ValueError(
+                f'sim_games={sim_games}: several simulator processes need sim="subprocess" (--sim subprocess)'
+            )
         if start not in ("grid", "random"):
             raise ValueError(f'start must be "grid" or "random", got {start!r}')
         sim_config(dynamics)  # a bad --dynamics fails here, with the simulator's own message
@@ -180,7 +218,8 @@ class GameSession:
         self.track_mix, self.track_difficulty = track_mix, track_difficulty
         self.wait_timeout, self.sim_seed = wait_timeout, sim_seed
         self.reconnect_timeout = reconnect_timeout
-        self.reconnects = 0
+        self.reconnects = 0  # times venvs were respawned because their game left
+        self.sim_games = sim_games
         # Cars are spawned asking the game to restart them when their episodes end (games that can:
         # TrainingBridge.autoresets); the vector env sets it, PettingZoo's agents stay done instead.
         self.autoreset = False
@@ -191,7 +230,7 @@ class GameSession:
         # the WebSocket server, for a game in another process (None with the in-process simulator)
         self.bridge: RemoteGame | None = None
         if sim != "inprocess":
-            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout, serves=serves)
+            self.bridge = RemoteGame(host, port, token, obs_timeout=obs_timeout, serves=serves, max_games=None)
         if self.bridge is None:
             from rbxenv.sim.backend import SimBackend  # (loads the simulator's kernels: not for Roblox)
             from rbxenv.sim.world import Sim
@@ -200,15 +239,17 @@ class GameSession:
         else:
             self.backend = self.bridge
         self.game: GameSpec | None = None
-        self.process: subprocess.Popen | None = None
-        self._finalizer: weakref.finalize | None = None
+        self.processes: list[subprocess.Popen] = []  # sim="subprocess": the simulators launched
+        self._finalizers: list[weakref.finalize] = []
+        self._joins_seen = 0  # bridge.joins when venvs were last spread over the games
+        self._joins_watched = 0  # ... and when the games were last checked for a real-time one
         self._track_draws = 0
         self.freezer: FreezeWhenIdle | None = None  # a real-time game's (set by open)
 
     # ------------------------------------------------------------------ connecting
 
     def open(self) -> GameSpec:
-        """Start the backend (launch or wait for the game), apply the collision setting."""
+        """Start the backend (launch or wait for the games), place the venvs, apply the collision setting."""
         if self.game is not None:
             return self.game
         if self.bridge is None:
@@ -216,28 +257,32 @@ class GameSession:
             self.backend.update_collisions(self.collisions)
             return self.game
         self.bridge.start()
-        if self.sim == "subprocess":
-            self.process = self._launch_sim()
-            timeout = None
-        else:
-            print(
-                f"rbxenv: waiting up to {self.wait_timeout:g} s for a game on {self.bridge.url} "
-                "(Roblox Studio: set the trainer URL in the place's Config, then press Play; "
-                f"a Smart Racing Sim AI place dials ws://localhost:{self.bridge.port}/ws/<modelId>)",
-                flush=True,
-            )
-            timeout = self.wait_timeout
         try:
-            self.game = self._wait_for_child() if timeout is None else self.bridge.wait_for_game(timeout)
+            if self.sim == "subprocess":
+                self.processes = [self._launch_sim() for _ in range(self.sim_games)]
+                self.game = self._wait_for_children()
+            else:
+                print(
+                    f"rbxenv: waiting up to {self.wait_timeout:g} s for a game on {self.bridge.url} "
+                    "(Roblox Studio: set the trainer URL in the place's Config, then press Play; "
+                    f"a Smart Racing Sim AI place dials ws://localhost:{self.bridge.port}/ws/<modelId>)",
+                    flush=True,
+                )
+                self.game = self.bridge.wait_for_game(self.wait_timeout)
+            self.place(range(self.num_venvs), self.wait_timeout)
             self.bridge.update_collisions(self.collisions)
             if not self.bridge.width_known:
                 self.game = self._learn_width()
         except BridgeClosed:
             self.close()
             raise
-        if self.game.mode == "realtime":
-            self.freezer = FreezeWhenIdle(self)
+        self._watch_realtime()
         return self.game
+
+    def _watch_realtime(self) -> None:
+        """Real-time games get the freeze watchdog (the first one that connects starts it)."""
+        if self.freezer is None and any(link.spec.mode == "realtime" for link in self.bridge.games):
+            self.freezer = FreezeWhenIdle(self)
 
     def _learn_width(self) -> GameSpec:
         """A v0 game (no hello) says how many floats it observes only in its packets, and sends
@@ -257,56 +302,146 @@ class GameSession:
         """The model id in the game's URL (``ws://host:8000/ws/<modelId>``, as the original project's places dial), or None."""
         return self.bridge.model_id if self.bridge is not None else None
 
-    def _wait_for_child(self, limit: float = 300.0) -> GameSpec:
-        """Wait while the embedded simulator starts (on a busy machine its imports alone can take
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The (first) simulator process of ``sim="subprocess"``."""
+        return self.processes[0] if self.processes else None
+
+    def _wait_for_children(self, limit: float = 300.0) -> GameSpec:
+        """Wait while the embedded simulators start (on a busy machine their imports alone can take
         half a minute), but not for a child that died."""
         deadline = time.monotonic() + limit
-        while True:
-            try:
-                return self.bridge.wait_for_game(0.25)
-            except BridgeClosed:
-                if self.process is not None and self.process.poll() is not None:
+        while len(self.bridge.games) < len(self.processes):
+            for proc in self.processes:
+                if proc.poll() is not None:
                     raise BridgeClosed(
-                        f"the embedded simulator exited with code {self.process.returncode} before it connected "
+                        f"the embedded simulator exited with code {proc.returncode} before it connected "
                         "(its error is above)"
-                    ) from None
-                if time.monotonic() > deadline:
-                    raise BridgeClosed(f"the embedded simulator did not connect within {limit:g} s") from None
+                    )
+            if time.monotonic() > deadline:
+                raise BridgeClosed(f"the embedded simulator did not connect within {limit:g} s")
+            time.sleep(0.05)
+        return self.bridge.wait_for_game(0)
+
+    # ------------------------------------------------------------------ placing venvs on games
+
+    def capacity(self, link: GameLink) -> int:
+        """How many of this session's venvs ``link`` can host (what it announced in hello, else all)."""
+        venvs = getattr(link.spec, "max_venvs", None) or self.num_venvs
+        cars = getattr(link.spec, "max_cars", None)
+        return min(venvs, cars // self.num_agents) if cars is not None else venvs
+
+    def hosted(self) -> dict[GameLink, list[int]]:
+        """The connected games, each with the venvs it hosts."""
+        load: dict[GameLink, list[int]] = {link: [] for link in self.bridge.games}
+        for venv, envid in enumerate(self.venv_ids):
+            link = self.bridge.hosts.get(envid)
+            if link in load:
+                load[link].append(venv)
+        return load
+
+    def place(self, venvs: Sequence[int], timeout: float) -> None:
+        """Give each of these venvs that has no connected game one: the least loaded game that can
+        host another (its cars must then be spawned there). When none can, wait (one line says so)
+        up to ``timeout`` seconds for a game to connect (a simulator that died is relaunched), then
+        raise BridgeClosed."""
+        deadline, said = time.monotonic() + timeout, False
+        load = self.hosted()
+        left = {self.bridge.hosts[self.venv_ids[v]] for v in venvs if self.venv_ids[v] in self.bridge.hosts} - set(load)
+        if left:
+            self.reconnects += 1
+            names = ", ".join(self.venv_ids[v] for v in venvs if self.bridge.hosts.get(self.venv_ids[v]) in left)
+            print(
+                f"rbxenv: the game disconnected: {', '.join(map(repr, left))}; venvs {names} ended their episodes (truncated) "
+                f"and move to {'the other games' if load else 'a game that connects'}",
+                flush=True,
+            )
+        while True:
+            load = self.hosted()
+            homeless = [v for v in venvs if self.bridge.hosts.get(self.venv_ids[v]) not in load]
+            for venv in list(homeless):
+                free = [link for link, hosted in load.items() if len(hosted) < self.capacity(link)]
+                if not free:
+                    break
+                link = min(free, key=lambda g: len(load[g]))
+                self.bridge.hosts[self.venv_ids[venv]] = link
+                load[link].append(venv)
+                homeless.remove(venv)
+            if not homeless:
+                if self.bridge.data.lost is not None:
+                    self.bridge.wait_for_game(0)  # a game came back after every one had left: take it
+                return
+            if not said:
+                names = ", ".join(self.venv_ids[v] for v in homeless)
+                print(
+                    f"rbxenv: venvs {names} wait for a game to host them: {len(load)} connected, "
+                    f"{'full' if load else 'none'}; waiting up to {timeout:g} s for one on {self.bridge.url}"
+                    + (" (relaunching the simulator)" if self.sim == "subprocess" else ""),
+                    flush=True,
+                )
+                said = True
+            self._relaunch_dead_sims()
+            if time.monotonic() > deadline:
+                if self.bridge.data.fatal is not None:
+                    raise BridgeClosed(self.bridge.data.fatal)
+                raise BridgeClosed(
+                    f"no game connected to {self.bridge.url} within {timeout:g} s to host venvs {names}: "
+                    "start one (python -m rbxenv.sim --url ..., or press Play in Roblox Studio)"
+                )
+            time.sleep(0.05)
+
+    def spread(self) -> list[int]:
+        """When games joined since the last call, move venvs from the busiest games to them, until
+        every game hosts within one venv of the others (and within its capacity). Returns the venvs
+        moved: the caller ends their episodes (truncated) and respawns them (``respawn(moved=...)``)."""
+        if self.bridge is None or self.bridge.joins == self._joins_seen:
+            return []
+        self._joins_seen = self.bridge.joins
+        load = self.hosted()
+        moved: list[int] = []
+        while load:
+            busiest = max(load, key=lambda g: len(load[g]))
+            free = [link for link, hosted in load.items() if len(hosted) < self.capacity(link)]
+            idlest = min(free, key=lambda g: len(load[g]), default=None)
+            if idlest is None or len(load[busiest]) - len(load[idlest]) < 2:
+                break
+            venv = load[busiest].pop()
+            load[idlest].append(venv)
+            moved.append(venv)
+        for venv in moved:
+            envid = self.venv_ids[venv]
+            old = self.bridge.hosts[envid]
+            self.bridge.close_on(old, envid)  # (before the spawn on the new game: see DataBridge's host)
+            self.bridge.hosts[envid] = next(link for link, hosted in load.items() if venv in hosted)
+        if moved:
+            print(
+                f"rbxenv: {self.bridge.games[-1]!r} joined; venvs {', '.join(self.venv_ids[v] for v in moved)} "
+                "move to the games that joined",
+                flush=True,
+            )
+        return moved
 
     def reconnect(self) -> Observations:
-        """The game went away mid-run: wait for it to come back, then respawn every venv.
-
-        The embedded simulator is relaunched; a Roblox game has ``reconnect_timeout`` seconds to
-        reconnect (one line says so). Venvs come back on the tracks they had. Raises BridgeClosed
-        when the game does not return in time, or returns with other spaces.
+        """Every game went away (or the step could not tell which): respawn every venv, on the
+        games connected or, failing that, on a game that comes back within ``reconnect_timeout``
+        (``place``). Venvs come back on the tracks they had. Raises BridgeClosed when no game does.
         """
         if self.bridge.data.fatal is not None:  # not a loss a reconnect mends
             raise BridgeClosed(self.bridge.data.fatal)
-        old = self.game
-        print(
-            f"rbxenv: the game disconnected; waiting up to {self.reconnect_timeout:g} s for it to reconnect "
-            f"to {self.bridge.url}" + (" (relaunching the simulator)" if self.sim == "subprocess" else ""),
-            flush=True,
-        )
-        if self.sim == "subprocess":
-            if self.process is not None:
-                _stop_process(self.process)
-            self.process = self._launch_sim()
-        self.game = self.bridge.wait_for_game(self.reconnect_timeout)
-        # (a v0 game is taken to send what it sent before: the bridge ends the run if it does not)
-        if old is not None and (self.game.obs_size, self.game.action_size) != (old.obs_size, old.action_size):
-            raise BridgeClosed(
-                f"the game came back with obs_size={self.game.obs_size}, action_size={self.game.action_size} "
-                f"instead of {old.obs_size}, {old.action_size}: restart the training run"
-            )
-        self.reconnects += 1
+        self.place(range(self.num_venvs), self.reconnect_timeout)
+        self.game = self.bridge.game
         self.bridge.update_collisions(self.collisions)
         ids: list[str] = []
         for venv, envid in enumerate(self.venv_ids):
             ids += self._spawn(venv, self.tracks[envid])
         got = self.bridge.get_observations(ids)
-        print(f"rbxenv: the game is back ({self.game.game}); every venv respawned", flush=True)
+        print(f"rbxenv: every venv respawned on {len(self.bridge.games)} game(s)", flush=True)
         return got
+
+    def _relaunch_dead_sims(self) -> None:
+        for k, proc in enumerate(self.processes):
+            if proc.poll() is not None:
+                self.processes[k] = self._launch_sim()
 
     def _launch_sim(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "rbxenv.sim", "--url", self.bridge.url, "--seed", str(self.sim_seed)]
@@ -325,14 +460,13 @@ class GameSession:
             env["RBXENV_TOKEN"] = self.bridge.token  # the sim client presents it in its hello
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
         # If the user never calls close() (or the interpreter dies on an exception), still stop the child.
-        if self._finalizer is not None:
-            self._finalizer()
-        self._finalizer = weakref.finalize(self, _stop_process, proc)
-        atexit.register(self._finalizer)
+        finalizer = weakref.finalize(self, _stop_process, proc)
+        atexit.register(finalizer)
+        self._finalizers.append(finalizer)
         return proc
 
     def close(self) -> None:
-        """Close every venv, the backend and the simulator process (idempotent, never raises)."""
+        """Close every venv, the backend and the simulator processes (idempotent, never raises)."""
         if self.freezer is not None:
             self.freezer.stop()
         if self.bridge is None:
@@ -346,14 +480,14 @@ class GameSession:
         except BridgeClosed:
             pass
         self.bridge.close()
-        if self.process is not None:
+        for proc in self.processes:
             try:
-                self.process.wait(timeout=5)  # the sim exits when the trainer closes the socket
+                proc.wait(timeout=5)  # the sim exits when the trainer closes the socket
             except subprocess.TimeoutExpired:
                 pass
-            if self._finalizer is not None:
-                self._finalizer()
-            self.process = None
+        for finalizer in self._finalizers:
+            finalizer()
+        self.processes, self._finalizers = [], []
         self.game = None
 
     # ------------------------------------------------------------------ tracks and spawning
@@ -375,11 +509,16 @@ class GameSession:
         return tracks.generate(seed, self.track_method, difficulty=self.track_difficulty)
 
     def _spawn(self, venv: int, track: dict | None, seed: int | None = None) -> list[str]:
-        """(Re)spawn every car of one venv on ``track``; returns the agent ids spawned."""
+        """(Re)spawn every car of one venv on ``track`` (on its game, which it gets first if its
+        game left); returns the agent ids spawned."""
         envid = self.venv_ids[venv]
-        if self.game is not None and self.game.has("game_tracks"):
+        game = self.game
+        if self.bridge is not None:
+            self.place([venv], self.reconnect_timeout)
+            game = self.bridge.host_of(envid).spec
+        if game is not None and game.has("game_tracks"):
             track = None  # the game owns its track (announced in hello): nothing to send
-        self.tracks[envid] = track if track is not None else (self.game.track if self.game else None)
+        self.tracks[envid] = track if track is not None else (game.track if game else None)
         ids = self.agent_ids[venv * self.num_agents : (venv + 1) * self.num_agents]
         self.backend.spawn_agents(envid, ids, track=track, start=self.start, seed=seed, autoreset=self.autoreset)
         return ids
@@ -389,21 +528,32 @@ class GameSession:
         return self._spawn(venv, self.next_track(rng), seed=int(rng.integers(2**31)))
 
     def spawn_all(self, rng: np.random.Generator) -> Observations:
+        self.spread()  # (every venv starts anew: games that joined get theirs now)
         ids: list[str] = []
         for venv in range(self.num_venvs):
             ids += self.spawn_venv(venv, rng)
         return self.backend.get_observations(ids)
 
-    def respawn(self, cars: Sequence[int], new_track_venvs: Sequence[int], rng: np.random.Generator) -> Observations:
+    def respawn(
+        self, cars: Sequence[int], new_track_venvs: Sequence[int], rng: np.random.Generator, moved: Sequence[int] = ()
+    ) -> Observations:
         """Start new episodes for ``cars`` (indices into ``agent_ids``): the venvs listed in
-        ``new_track_venvs`` move to new tracks with all their cars, the other cars are reset one by
-        one (their venv and its other cars carry on). Returns the first observations."""
+        ``new_track_venvs`` move to new tracks with all their cars, those in ``moved`` (their game
+        left, or ``spread`` gave them another) are respawned with all their cars on the track they
+        had, on their game (``place``); the other cars are reset one by one (their venv and its
+        other cars carry on). Returns the first observations."""
         ids: list[str] = []
+        if moved:
+            self.place(moved, self.reconnect_timeout)
         for venv in new_track_venvs:
             ids += self.spawn_venv(venv, rng)
+        for venv in moved:
+            if venv not in new_track_venvs:
+                ids += self._spawn(venv, self.tracks[self.venv_ids[venv]])
+        whole = {*new_track_venvs, *moved}
         by_venv: dict[str, list[str]] = {}
         for k in cars:
-            if self.venv_of[k] not in new_track_venvs:
+            if self.venv_of[k] not in whole:
                 by_venv.setdefault(self.venv_ids[self.venv_of[k]], []).append(self.agent_ids[k])
         for envid, venv_ids in by_venv.items():
             self.backend.reset_agents(envid, venv_ids)
@@ -415,6 +565,9 @@ class GameSession:
     def step(self, ids: Sequence[str], actions: np.ndarray) -> Observations:
         """One decision step of the given cars (rows of ``actions`` in the order of ``ids``); a
         real-time game is unfrozen for it and frozen again once no step comes (``FreezeWhenIdle``)."""
+        if self.freezer is None and self.bridge is not None and self.bridge.joins != self._joins_watched:
+            self._joins_watched = self.bridge.joins
+            self._watch_realtime()
         if self.freezer is None:
             return self.backend.step(ids, actions)
         with self.freezer.stepping():

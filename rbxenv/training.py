@@ -88,8 +88,12 @@ class RunArgs:
     follow, e.g. "dynamic,max_lateral_accel=56" (see rbxenv.sim.rules.sim_config)"""
     sim: Literal["inprocess", "subprocess"] = "inprocess"
     """simulator backend: "inprocess" (Sim called in this process: fastest) or "subprocess" (`python -m rbxenv.sim` over a loopback WebSocket: the protocol path a Roblox game takes)"""
+    sim_games: int = 1
+    """with --sim subprocess: simulator processes, each hosting an even share of the venvs (in real time, that many times the agent-steps/s)"""
     no_sim: bool = False
-    """do not start the embedded simulator: wait for a game (Roblox Studio) on --host/--port"""
+    """do not start the embedded simulator: wait for games (Roblox Studio, `python -m rbxenv.sim`) on --host/--port; any number may connect, join and leave, each hosting an even share of the venvs"""
+    model_id: str | None = None
+    """the run's model id: games must dial ws://host:port/ws/<model-id> (other paths are refused, so runs with different ids can share a port); default: any path"""
     host: str = "127.0.0.1"
     """address the trainer listens on (the game connects to it)"""
     port: int | None = None
@@ -121,6 +125,7 @@ RUN_RULES = {
     "--torch-threads": cli.at_least(1),
     "--num-agents": cli.at_least(1),
     "--num-venvs": cli.at_least(1),
+    "--sim-games": cli.at_least(1),
     "--frame-stack": cli.at_least(1),
     "--track-change-steps": cli.at_least(0),
     "--track-seeds": cli.at_least(0),
@@ -395,6 +400,8 @@ def make_envs(args: RunArgs, prog: str, start_step: int):
             sim_seed=args.seed,
             wait_timeout=args.wait_timeout,
             dynamics=args.dynamics,
+            sim_games=args.sim_games,
+            serves=args.model_id,
         )
         eval_tracks = tracks.load_tracks(args.eval_track_file) if args.eval_track_file else None
     except BridgeClosed as error:

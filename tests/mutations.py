@@ -90,11 +90,11 @@ MUTATIONS = {
     # connection and the env reconnect: healed, unless counted).
     "bridge_handler_crashes": Mutation(
         "rbxenv/server.py",
-        "            async for frame in conn:\n                await self._receive(conn, frame)\n",
+        "            async for frame in conn:\n                await self._receive(link, frame)\n",
         "            async for frame in conn:\n"
         '                if self.data.stats["frames_in"] % 40 == 39:\n'
         '                    raise RuntimeError("mutation: handler crash")\n'
-        "                await self._receive(conn, frame)\n",
+        "                await self._receive(link, frame)\n",
         ("tests/test_envs.py",),
         "internal error in the bridge's connection handler",
     ),

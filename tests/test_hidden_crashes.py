@@ -35,11 +35,11 @@ def test_a_crash_in_the_bridge_handler_is_counted_and_logged(caplog, monkeypatch
     try:
         put_batch, calls = bridge.data.put_batch, []
 
-        def crash_on_the_third(msg):
+        def crash_on_the_third(*args, **kwargs):
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("provoked")
-            return put_batch(msg)
+            return put_batch(*args, **kwargs)
 
         monkeypatch.setattr(bridge.data, "put_batch", crash_on_the_third)
         bridge.spawn_agents("a", IDS, track=generate(4), start="grid")

@@ -1,0 +1,340 @@
+"""Several games serve one session: they join and leave mid-run, and strangers cost nothing.
+
+Real ``python -m rbxenv.sim`` games over loopback sockets; every step's batch is checked for
+corruption: a car that did not start a new episode moved at most as far as a car can in one step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from netutil import free_port
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+import rbxenv
+from rbxenv.sim.rules import sim_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.allow_reconnects]
+
+# the farthest a car gets in one decision step (nitro top speed), with room for float error
+_CAR = sim_config("kinematic")
+STEP_REACH = _CAR.nitro_max_speed / _CAR.tick_hz * 1.5
+
+
+def start_game(url: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rbxenv.sim", "--url", url, *extra], stdin=subprocess.DEVNULL)
+
+
+def wait_for_games(env, n: int, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while len(env.session.bridge.games) != n:
+        assert time.monotonic() < deadline, f"{len(env.session.bridge.games)} games attached, expected {n}"
+        time.sleep(0.05)
+
+
+class Driver:
+    """Steps a vector env and checks every batch it returns."""
+
+    def __init__(self, env):
+        self.env = env
+        self.last_xy: np.ndarray | None = None
+        self.steps = self.episodes_lost = self.moved_episodes = 0
+
+    def step(self, n: int = 1) -> None:
+        env = self.env
+        for _ in range(n):
+            actions = np.tile([0.6, 0.0, 0.0], (env.num_envs, 1)).astype(np.float32)
+            obs, reward, term, trunc, infos = env.step(actions)
+            self.steps += 1
+            assert obs.shape == (env.num_envs, env.single_observation_space.shape[0])
+            assert np.isfinite(obs).all() and np.isfinite(reward).all()
+            assert ((obs >= env.single_observation_space.low) & (obs <= env.single_observation_space.high)).all()
+            lost = infos.get("lost_step", np.zeros(env.num_envs, bool))
+            assert not (term & lost).any(), "a lost car's episode is truncated, never terminated"
+            assert (trunc[lost]).all() and (reward[lost] == 0).all()
+            self.episodes_lost += int(lost.sum())
+            xy = np.stack([infos["x"], infos["y"]], axis=1)
+            if self.last_xy is not None:
+                # A car whose episode went on answered for itself: it moved at most one step's reach.
+                # (A batch with rows of another car, another venv or an old packet would jump.)
+                went_on = ~lost & np.isfinite(xy).all(axis=1) & np.isfinite(self.last_xy).all(axis=1)
+                jump = np.linalg.norm(xy - self.last_xy, axis=1)
+                assert (jump[went_on] <= STEP_REACH).all(), f"a car jumped {jump[went_on].max():.1f} studs in one step"
+            # the next step starts from here, or from a new episode's first position
+            done = term | trunc
+            self.last_xy = np.where(done[:, None], np.nan, xy)
+
+
+def hosted_counts(env) -> list[int]:
+    return sorted(len(venvs) for venvs in env.session.hosted().values())
+
+
+def test_three_games_join_at_different_times_one_is_killed_and_restarted():
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    games = [start_game(url)]
+    env = rbxenv.make_vec_env(
+        num_agents=2, num_venvs=6, sim=None, port=port, track_change_steps=None, reconnect_timeout=30, wait_timeout=60
+    )
+    drive = Driver(env)
+    try:
+        env.reset(seed=0)
+        drive.step(10)
+        assert hosted_counts(env) == [6], "the first game hosts every venv"
+        games.append(start_game(url))
+        wait_for_games(env, 2)
+        drive.step(10)
+        assert hosted_counts(env) == [3, 3], "venvs spread to the game that joined"
+        games.append(start_game(url))
+        wait_for_games(env, 3)
+        drive.step(10)
+        assert hosted_counts(env) == [2, 2, 2]
+        moved_before = env.session.reconnects
+
+        games[1].send_signal(signal.SIGKILL)  # a Studio window closed mid-run
+        games[1].wait()
+        drive.step(10)
+        assert drive.episodes_lost == 4, "the lost game's 2 venvs x 2 cars ended their episodes, no other car"
+        assert env.session.reconnects == moved_before + 1
+        assert hosted_counts(env) == [3, 3], "its venvs moved to the other two games"
+
+        games[1] = start_game(url)  # ... and opened again
+        wait_for_games(env, 3)
+        drive.step(20)
+        assert hosted_counts(env) == [2, 2, 2]
+        assert env.session.bridge.stats["internal_errors"] == 0 and env.session.bridge.stats["bad_frames"] == 0
+        assert env.session.bridge.stats["unknown_agent"] == 0
+    finally:
+        env.close()
+        for game in games:
+            game.wait(timeout=10)
+
+
+def test_venvs_wait_for_a_game_with_room_and_the_run_says_so(capfd):
+    """A game that hosts one venv at most: the second venv waits, with a line, until another game comes."""
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    games = [start_game(url, "--max-venvs", "1")]
+    env = None
+    try:
+        later = threading.Timer(1.0, lambda: games.append(start_game(url, "--max-venvs", "1")))
+        later.start()
+        env = rbxenv.make_vec_env(num_agents=1, num_venvs=2, sim=None, port=port, wait_timeout=60)
+        later.join()
+        assert hosted_counts(env) == [1, 1]
+        assert "venvs v1 wait for a game to host them" in capfd.readouterr().out
+        env.reset(seed=0)
+        Driver(env).step(5)
+    finally:
+        if env is not None:
+            env.close()
+        for game in games:
+            game.wait(timeout=10)
+
+
+def test_lockstep_and_realtime_games_serve_one_session():
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    games = [start_game(url), start_game(url, "--realtime", "--tick-hz", "30")]
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, track_change_steps=None)
+    try:
+        wait_for_games(env, 2)
+        env.reset(seed=0)
+        drive = Driver(env)
+        drive.step(30)
+        assert hosted_counts(env) == [1, 1]
+        assert {link.spec.mode for link in env.session.bridge.games} == {"lockstep", "realtime"}
+        assert env.session.freezer is not None, "a real-time game among them: frozen while the learner updates"
+    finally:
+        env.close()
+        for game in games:
+            game.wait(timeout=10)
+
+
+def test_two_runs_on_two_model_ids_share_one_port():
+    port = free_port()
+    games = [start_game(f"ws://127.0.0.1:{port}/ws/{run}") for run in ("run_a", "run_b")]
+    envs = {}
+    try:
+        opened = {}
+
+        def open_run(run: str) -> None:
+            opened[run] = rbxenv.make_vec_env(
+                num_agents=2, num_venvs=1, sim=None, port=port, serves=run, track_change_steps=None
+            )
+
+        threads = [threading.Thread(target=open_run, args=(run,)) for run in ("run_a", "run_b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        envs = opened
+        assert set(envs) == {"run_a", "run_b"}
+        assert envs["run_a"].session.bridge.port == envs["run_b"].session.bridge.port == port
+        for run, env in envs.items():
+            env.reset(seed=0)
+            Driver(env).step(10)
+            assert env.session.model_id == run and len(env.session.bridge.games) == 1
+        # a game for a run nobody serves is refused with the reason
+        with connect(f"ws://127.0.0.1:{port}/ws/run_c") as stranger:
+            with pytest.raises(ConnectionClosed):
+                stranger.recv(timeout=5)
+            assert stranger.close_code == 1008 and "/ws/run_a or /ws/run_b" in stranger.close_reason
+        envs.pop("run_a").close()  # one run ends: the other goes on on the port
+        Driver(envs["run_b"]).step(10)
+    finally:
+        for env in envs.values():
+            env.close()
+        for game in games:
+            game.wait(timeout=10)
+
+
+def test_hostile_peers_before_and_during_a_several_game_run_cost_it_nothing():
+    """Strangers (junk, silence, a bad packet, bare TCP, half-open sockets) keep coming while the
+    trainer waits for its games and while two games step: the run never notices."""
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    stop, rounds, half_open = threading.Event(), [0], []
+
+    def hostile() -> None:
+        while not stop.is_set():
+            try:
+                if not half_open:  # never send their HTTP upgrade
+                    half_open.extend(socket.create_connection(("127.0.0.1", port), timeout=1) for _ in range(20))
+                for _ in range(50):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:  # not listening yet
+                time.sleep(0.05)
+                continue
+            for first in ("junk", None, '{"type": "obs"}'):
+                try:
+                    with connect(url, open_timeout=2) as ws:
+                        if first is not None:
+                            ws.send(first)
+                        ws.recv(timeout=3)
+                except Exception:  # noqa: BLE001 - dropped, as it should be
+                    pass
+            rounds[0] += 1
+
+    peer = threading.Thread(target=hostile)
+    peer.start()
+    games: list[subprocess.Popen] = []
+    later = threading.Timer(1.5, lambda: games.extend([start_game(url), start_game(url)]))
+    later.start()  # the strangers come first
+    env = None
+    try:
+        env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, track_change_steps=None)
+        later.join()
+        wait_for_games(env, 2)
+        env.reset(seed=0)
+        drive, seen = Driver(env), rounds[0]
+        while rounds[0] < seen + 2 or drive.steps < 60:  # steps while the strangers go on
+            drive.step()
+            assert drive.steps < 100_000
+        assert len(env.session.bridge.games) == 2 and env.session.reconnects == 0
+        stats = env.session.bridge.stats
+        assert stats["strangers_dropped"] >= 6 and stats["bad_frames"] == 0 and stats["internal_errors"] == 0
+    finally:
+        stop.set()
+        peer.join(timeout=30)
+        for s in half_open:
+            s.close()
+        if env is not None:
+            env.close()
+        for game in games:
+            game.wait(timeout=10)
+
+
+@pytest.mark.timeout(240)
+def test_a_training_run_takes_games_joining_and_leaving_and_finishes(tmp_path):
+    """ppo_continuous.py --no-sim with three real-time simulator games (60 Hz: the run cannot end
+    before they all had their turn): one there from the start, two joining later, one of them
+    killed mid-run and started again. The run finishes and says what happened."""
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    flags = ["--no-sim", "--port", str(port), "--num-agents", "2", "--num-venvs", "6", "--num-steps", "32"]
+    flags += ["--total-timesteps", "13824", "--eval-every", "0", "--wait-timeout", "60", "--no-save-model"]
+
+    def start(url: str) -> subprocess.Popen:
+        return start_game(url, "--realtime", "--tick-hz", "60")
+
+    games = [start(url)]
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / "ppo_continuous.py"), *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
+    reader.start()
+
+    def wait_for(text: str, limit: float = 90.0) -> None:
+        deadline = time.monotonic() + limit
+        while not any(text in line for line in lines):
+            assert run.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, f"no line with {text!r}:\n" + "".join(lines)[-3000:]
+            time.sleep(0.05)
+
+    try:
+        wait_for("step ")  # training has begun on the first game
+        games.append(start(url))
+        wait_for("joined; venvs")
+        games.append(start(url))
+        wait_for("game #3")
+        games[1].send_signal(signal.SIGKILL)
+        wait_for("the game disconnected: game #2")
+        games[1] = start(url)
+        wait_for("game #4")
+        assert run.wait(timeout=150) == 0, "".join(lines)[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for game in games:
+            game.wait(timeout=10)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert "step 13824/13824" in out, out[-2000:]
+    assert "Traceback" not in out
+
+
+def test_pettingzoo_agents_of_a_lost_game_end_truncated_and_reset_places_them_again():
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    games = [start_game(url), start_game(url)]
+    env = rbxenv.make_parallel_env(num_agents=2, num_venvs=2, sim=None, port=port)
+    try:
+        wait_for_games(env, 2)
+        env.reset(seed=0)
+        assert hosted_counts(env) == [1, 1]
+        links = dict(env.session.bridge.hosts)
+        games[1].send_signal(signal.SIGKILL)
+        games[1].wait()
+        gone: set[str] = set()
+        for _ in range(20):
+            _, rewards, terms, truncs, infos = env.step({a: np.float32([0.3, 0.0, 0.0]) for a in env.agents})
+            ended = {a for a in truncs if truncs[a] and infos[a].get("cause") == "disconnected"}
+            assert not any(terms[a] for a in ended) and all(rewards[a] == 0 for a in ended)
+            gone |= ended
+        (lost_venv,) = (venv for venv, link in links.items() if link.lost is not None)
+        assert gone == {f"car_0_env_{lost_venv}", f"car_1_env_{lost_venv}"}, "exactly the lost game's cars ended"
+        obs, _ = env.reset(seed=1)
+        assert sorted(obs) == sorted(env.possible_agents) and hosted_counts(env) == [2]
+        env.step({a: np.float32([0.3, 0.0, 0.0]) for a in env.agents})
+    finally:
+        env.close()
+        for game in games:
+            game.wait(timeout=10)
