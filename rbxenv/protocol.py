@@ -54,6 +54,7 @@ ERROR_CODES = frozenset(
         "unauthorized",
         "unsupported_version",
         "internal_error",  # the sender failed on a frame its checks accepted: a bug on its side
+        "capacity",  # a spawn beyond the max_venvs / max_cars the game announced in its hello
     }
 )
 ENDING_CAUSES = frozenset({"wall", "stuck", "wrong_way", "time_limit", "disconnected"})
@@ -121,6 +122,9 @@ class GameSpec:
     mode: str = "realtime"  # v0 games tick on their own
     capabilities: frozenset[str] = field(default_factory=frozenset)
     track: dict | None = field(default=None, compare=False)  # the game's own track (capability game_tracks)
+    # The most venvs, and cars in all of them together, the game will host (None: no limit).
+    max_venvs: int | None = None
+    max_cars: int | None = None
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -338,6 +342,9 @@ def decode_hello(msg: dict) -> Hello:
     caps = msg.get("capabilities", [])
     if type(caps) is not list or not all(isinstance(c, str) for c in caps):
         raise ProtocolError(f"hello.capabilities: expected an array of strings, got {_show(caps)}")
+    # Absent: no limit (null is refused, as for every other field).
+    max_venvs = _check_int(msg["max_venvs"], "hello.max_venvs", 1, MAX_VENVS) if "max_venvs" in msg else None
+    max_cars = _check_int(msg["max_cars"], "hello.max_cars", 1, MAX_AGENTS) if "max_cars" in msg else None
     game = msg.get("game", "unnamed game")
     token = msg.get("token")
     if token is not None and not isinstance(token, str):
@@ -353,6 +360,8 @@ def decode_hello(msg: dict) -> Hello:
         mode=mode,
         capabilities=frozenset(caps) & CAPABILITIES,  # unknown capabilities: ignored, not an error
         track=track,
+        max_venvs=max_venvs,
+        max_cars=max_cars,
     )
     return Hello(spec, token)
 
@@ -557,6 +566,10 @@ def encode_hello(spec: GameSpec, token: str | None = None) -> bytes:
     }
     if spec.track is not None:
         msg["track"] = spec.track
+    if spec.max_venvs is not None:
+        msg["max_venvs"] = spec.max_venvs
+    if spec.max_cars is not None:
+        msg["max_cars"] = spec.max_cars
     if token is not None:
         msg["token"] = token
     return dumps(msg)

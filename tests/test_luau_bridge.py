@@ -179,6 +179,25 @@ def test_luau_game_plays_an_episode_with_the_real_bridge(mode: str) -> None:
         bridge.close()
 
 
+def test_luau_game_announces_its_capacity_to_the_real_bridge() -> None:
+    """Config MaxVenvs / MaxCars reach the trainer in hello; a spawn beyond them comes back as a
+    ``capacity`` error, which the bridge counts, and what fits is spawned and observed."""
+    limited = _CLIENT.replace("ReconnectMax = 0.2 }", "ReconnectMax = 0.2, MaxVenvs = 1, MaxCars = 2 }")
+    assert limited != _CLIENT
+    bridge = bridge_mod.TrainingBridge(port=0, obs_timeout=10, handshake_timeout=0.3).start()
+    try:
+        with GameThread(bridge.url, "lockstep", source=limited) as game:
+            spec = bridge.wait_for_game(timeout=10)
+            assert (spec.max_venvs, spec.max_cars) == (1, 2)
+            bridge.spawn_agents("a", ["car_0_env_a", "car_1_env_a", "car_2_env_a"])  # a third car
+            bridge.spawn_agents("a", ["car_0_env_a", "car_1_env_a"])
+            assert bridge.get_observations(["car_0_env_a", "car_1_env_a"]).obs.shape == (2, 13)
+            assert bridge.stats.get("errors_from_game.capacity") == 1, dict(bridge.stats)
+        assert any("[capacity]" in line for line in game.logs), game.logs
+    finally:
+        bridge.close()
+
+
 def test_luau_game_restarts_crashed_cars_for_the_vector_env_as_reset_agents_would() -> None:
     """make_vec_env over the Luau game in lockstep: the game announces ``columns`` and ``autoreset``,
     so a crashed car is restarted in the step it ends (one frame out per step, no RESET_AGENTS round

@@ -9,6 +9,7 @@ messages; they are derandomized so the suite is deterministic.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -884,7 +885,22 @@ def test_hello_round_trip():
     spec = GameSpec(1, "my game", 8, 5, 3, 30.0, "realtime", frozenset({"batch", "info"}))
     out = game(p.encode_hello(spec, token="t0k"))
     assert out == Hello(spec, "t0k")
-    assert "token" not in orjson.loads(p.encode_hello(spec))
+    sent = orjson.loads(p.encode_hello(spec))
+    assert not {"token", "max_venvs", "max_cars"} & set(sent), "what is not set is not sent"
+    limited = dataclasses.replace(spec, max_venvs=3, max_cars=25)
+    sent = orjson.loads(p.encode_hello(limited))
+    assert (sent["max_venvs"], sent["max_cars"]) == (3, 25)
+    assert game(p.encode_hello(limited)).spec == limited
+
+
+def test_hello_capacity_is_optional_and_bounded():
+    """Absent: no limit; present: an integer from 1 to the protocol's own bounds, each on its own."""
+    assert (game(hello()).spec.max_venvs, game(hello()).spec.max_cars) == (None, None)
+    out = game(hello(max_venvs=1, max_cars=p.MAX_AGENTS)).spec
+    assert (out.max_venvs, out.max_cars) == (1, p.MAX_AGENTS)
+    out = game(hello(max_venvs=p.MAX_VENVS)).spec
+    assert (out.max_venvs, out.max_cars) == (p.MAX_VENVS, None)
+    assert game(hello(max_cars=1)).spec.max_cars == 1
 
 
 def test_v0_game_defaults_match_the_page():
@@ -920,6 +936,14 @@ def test_v0_game_defaults_match_the_page():
         (hello(capabilities={"batch": True}), "bad_message", ["hello.capabilities"]),
         (hello(token=1234), "bad_message", ["hello.token", "expected a string", "number"]),
         (hello(token=["s3cret"]), "bad_message", ["hello.token", "expected a string", "array"]),
+        (hello(max_venvs=0), "bad_message", ["hello.max_venvs", "[1, 1024]", "got 0"]),
+        (hello(max_venvs=1025), "bad_message", ["hello.max_venvs", "[1, 1024]", "1025"]),
+        (hello(max_venvs=2.0), "bad_message", ["hello.max_venvs", "2.0"]),
+        (hello(max_venvs=None), "bad_message", ["hello.max_venvs", "None"]),
+        (hello(max_cars=0), "bad_message", ["hello.max_cars", "[1, 4096]", "got 0"]),
+        (hello(max_cars=4097), "bad_message", ["hello.max_cars", "[1, 4096]", "4097"]),
+        (hello(max_cars="25"), "bad_message", ["hello.max_cars", "'25'"]),
+        (hello(max_cars=True), "bad_message", ["hello.max_cars", "True"]),
     ],
 )
 def test_bad_hellos(frame, code, fragments):
@@ -969,6 +993,7 @@ def test_error_codes_are_the_documented_ones():
         "unauthorized",
         "unsupported_version",
         "internal_error",
+        "capacity",
     }
     assert ProtocolError("x").code == "bad_message"
     assert isinstance(ProtocolError("x"), ValueError)
@@ -1218,6 +1243,8 @@ def test_vector_valid_game_message(case):
         assert out.tick == case["tick"]
     else:
         assert case["agents"] is None and case["tick"] is None
+    if isinstance(out, Hello):
+        assert (out.spec.max_venvs, out.spec.max_cars) == (case["max_venvs"], case["max_cars"])
     assert kind == case["kind"]
 
 

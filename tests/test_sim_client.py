@@ -37,6 +37,7 @@ def game(request):
 def test_training_bridge_methods_drive_the_sim(game: TrainingBridge):
     bridge = game
     assert bridge.game.protocol == 1 and {"batch", "tick", "info", "track_spec"} <= bridge.game.capabilities
+    assert bridge.game.max_venvs is None and bridge.game.max_cars is None, "no flags: no limits announced"
     ids = [f"car_{i}_env_a" for i in range(3)]
     track = generate(4)
     bridge.update_collisions(False)
@@ -196,3 +197,51 @@ def test_v0_flag_and_its_deprecated_alias_speak_protocol_version_0(flag, capsys)
     assert warned == (
         ["rbxenv.sim: --seed-protocol is deprecated and will go: use --v0 (the same)"] if flag != "--v0" else []
     )
+
+
+def test_sim_announces_and_enforces_the_capacity_of_its_flags():
+    """``--max-venvs 2 --max-cars 3`` over a real socket: the hello says so; a spawn that would make a
+    third venv or a fourth car gets one ``capacity`` error and is not applied; what fits is spawned."""
+    import threading
+
+    from websockets.sync.server import serve
+
+    from rbxenv.sim import client
+
+    seen: dict = {}
+
+    def trainer(ws):
+        seen["hello"] = json.loads(ws.recv(timeout=30))
+        ws.send(protocol.encode_welcome(frozenset({"batch", "tick", "info", "columns"})).decode())
+
+        def spawn(envid: str, cars: int, tick: int) -> dict:
+            ids = [protocol.agent_id(i, envid) for i in range(cars)]
+            ws.send(protocol.encode_command("SPAWN_AGENTS", envid, ids, tick).decode())
+            return json.loads(ws.recv(timeout=10))
+
+        seen["replies"] = [
+            spawn("a", 2, 1),
+            spawn("b", 2, 2),  # 4 cars: refused whole
+            spawn("b", 1, 3),  # 3 cars, 2 venvs: the limits themselves
+            spawn("a", 2, 4),  # a re-spawn of cars it has is no more cars
+            spawn("c", 1, 5),  # a third venv
+        ]
+        ws.send(protocol.encode_command("CLOSE", "a", None, 6).decode())
+        seen["replies"].append(spawn("c", 1, 7))  # fits once "a" is gone
+
+    with serve(trainer, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+        client.main(["--url", url, "--max-venvs", "2", "--max-cars", "3", "--connect-timeout", "10"])
+        server.shutdown()
+    assert (seen["hello"]["max_venvs"], seen["hello"]["max_cars"]) == (2, 3)
+    a, too_many_cars, b, again, too_many_venvs, c = seen["replies"]
+    assert a["ids"] == ["car_0_env_a", "car_1_env_a"] and again["ids"] == a["ids"] and a["tick"] == 1
+    assert b["ids"] == ["car_0_env_b"] and c["ids"] == ["car_0_env_c"], "the refused spawn left no car"
+    assert too_many_cars == {
+        "type": "error",
+        "code": "capacity",
+        "message": "SPAWN_AGENTS b: 2 more cars would make 4; this game hosts at most 3 (max_cars in its hello)",
+    }
+    assert too_many_venvs["code"] == "capacity"
+    assert too_many_venvs["message"] == "SPAWN_AGENTS c: this game hosts at most 2 venvs (max_venvs in its hello)"

@@ -10,6 +10,7 @@ answering a spawn, no error frames (a v0 trainer would take them for agents), PI
 ``__pong`` when it carries a time.
 
     python -m rbxenv.sim --url ws://127.0.0.1:8000/ws/<modelId> [--realtime --tick-hz 15] [--num-rays 16]
+                         [--max-venvs 4 --max-cars 100]
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ MIN_SPACING, MAX_SPACING = 1.0, 100.0
 MIN_WALL_SPACING = 0.25
 
 
-def game_spec(sim: Sim, realtime: bool, tick_hz: float) -> GameSpec:
+def game_spec(
+    sim: Sim, realtime: bool, tick_hz: float, max_venvs: int | None = None, max_cars: int | None = None
+) -> GameSpec:
     cfg = sim.config
     return GameSpec(
         protocol=protocol.PROTOCOL_VERSION,
@@ -61,15 +64,21 @@ def game_spec(sim: Sim, realtime: bool, tick_hz: float) -> GameSpec:
         tick_hz=tick_hz,
         mode="realtime" if realtime else "lockstep",
         capabilities=protocol.CAPABILITIES - {"game_tracks"},  # it builds the tracks it is sent
+        max_venvs=max_venvs,
+        max_cars=max_cars,
     )
 
 
 class SimGame:
-    """Protocol logic of the simulator game: ``handle(command) -> frames to send``."""
+    """Protocol logic of the simulator game: ``handle(command) -> frames to send``.
 
-    def __init__(self, sim: Sim, realtime: bool = False):
+    ``max_venvs`` / ``max_cars``: what its hello announces it will host (None: no limit beyond the
+    simulator's own); a spawn beyond them is refused with a ``capacity`` error."""
+
+    def __init__(self, sim: Sim, realtime: bool = False, max_venvs: int | None = None, max_cars: int | None = None):
         self.sim = sim
         self.realtime = realtime
+        self.max_venvs, self.max_cars = max_venvs, max_cars
         # The trainer is the original project's (its first frame is not a welcome): see the module docstring.
         # None until the first command says.
         self.v0_trainer: bool | None = None
@@ -218,6 +227,11 @@ class SimGame:
         new_venv = envid not in sim.envids
         if new_venv and len(sim.envids) >= MAX_VENVS:
             raise ProtocolError(f"SPAWN_AGENTS: this simulator runs at most {MAX_VENVS} venvs", "too_large")
+        if new_venv and self.max_venvs is not None and len(sim.envids) >= self.max_venvs:
+            raise ProtocolError(
+                f"SPAWN_AGENTS {envid}: this game hosts at most {self.max_venvs} venvs (max_venvs in its hello)",
+                "capacity",
+            )
         fresh = set()
         for aid in spawn["agents"]:
             index = protocol.parse_agent_id(aid)[0]
@@ -234,6 +248,12 @@ class SimGame:
                 f"SPAWN_AGENTS: {len(fresh)} more cars would make {len(self.actions) + len(fresh)}; "
                 f"this simulator runs at most {MAX_CARS}",
                 "too_large",
+            )
+        if self.max_cars is not None and len(self.actions) + len(fresh) > self.max_cars:
+            raise ProtocolError(
+                f"SPAWN_AGENTS {envid}: {len(fresh)} more cars would make {len(self.actions) + len(fresh)}; "
+                f"this game hosts at most {self.max_cars} (max_cars in its hello)",
+                "capacity",
             )
         if spawn["track"] is not None:
             check_buildable_track(spawn["track"])
@@ -433,12 +453,15 @@ async def run(
     connect_timeout: float = 30.0,
     sim: Sim | None = None,
     num_rays: int = 10,
+    max_venvs: int | None = None,
+    max_cars: int | None = None,
 ) -> dict:
     """Connect to a trainer and serve it until it closes the connection. Returns the game's stats.
 
-    ``v0``: send no hello (a game that speaks only the v0 formats)."""
+    ``v0``: send no hello (a game that speaks only the v0 formats). ``max_venvs`` / ``max_cars``:
+    announced in the hello and enforced (None: no limit)."""
     sim = sim or Sim(SimConfig(num_rays=num_rays), seed=seed)
-    game = SimGame(sim, realtime=realtime)
+    game = SimGame(sim, realtime=realtime, max_venvs=max_venvs, max_cars=max_cars)
     if v0:  # as the original project's place: real time, a packet every tick from the start ("[]": no car)
         game.v0_trainer, game.realtime = True, True
     deadline = time.monotonic() + connect_timeout
@@ -456,7 +479,8 @@ async def run(
             delay = min(delay * 2, 2.0)  # back off, as the Roblox client does
     async with ws:
         if not v0:
-            await ws.send(protocol.encode_hello(game_spec(sim, realtime, tick_hz), token).decode())
+            spec = game_spec(sim, realtime, tick_hz, max_venvs, max_cars)
+            await ws.send(protocol.encode_hello(spec, token).decode())
         ticker = asyncio.create_task(_tick_loop(ws, game, tick_hz)) if game.realtime else None
         try:
             async for frame in ws:
@@ -504,6 +528,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed-protocol", action="store_true", help=argparse.SUPPRESS)  # --v0's old name
     parser.add_argument("--num-rays", type=int, default=10, help="rays per car: the observation is num_rays + 3 floats (the original project's default car: 16)")  # fmt: skip
+    parser.add_argument("--max-venvs", type=int, help=f"host at most this many venvs (1..{MAX_VENVS}; default: no limit): announced in hello, a spawn beyond it refused")  # fmt: skip
+    parser.add_argument("--max-cars", type=int, help=f"host at most this many cars in all venvs together (1..{MAX_CARS}; default: no limit): announced and enforced alike")  # fmt: skip
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to keep retrying")
     parser.add_argument(
         "--dynamics",
@@ -520,7 +546,12 @@ def main(argv: list[str] | None = None) -> None:
         "--tick-hz": cli.above(0),
         "--connect-timeout": cli.at_least(0),
         "--num-rays": cli.between(1, 256),
+        "--max-venvs": cli.between(1, MAX_VENVS),
+        "--max-cars": cli.between(1, MAX_CARS),
     })  # fmt: skip
+    if args.v0 and (args.max_venvs is not None or args.max_cars is not None):
+        # a v0 game says nothing about itself: its trainer would wait for cars it can never spawn
+        cli.refuse("rbxenv.sim", "--max-venvs / --max-cars are announced in hello, which --v0 never sends: drop one")
     try:
         config = dataclasses.replace(sim_config(args.dynamics), num_rays=args.num_rays)
     except ValueError as err:
@@ -538,6 +569,8 @@ def main(argv: list[str] | None = None) -> None:
                     token=os.environ.get("RBXENV_TOKEN") or None,
                     connect_timeout=args.connect_timeout,
                     sim=Sim(config, seed=args.seed),
+                    max_venvs=args.max_venvs,
+                    max_cars=args.max_cars,
                 )
             )
     except ConnectionError as err:
