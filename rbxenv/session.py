@@ -327,8 +327,8 @@ class GameSession:
 
     def capacity(self, link: GameLink) -> int:
         """How many of this session's venvs ``link`` can host (what it announced in hello, else all)."""
-        venvs = getattr(link.spec, "max_venvs", None) or self.num_venvs
-        cars = getattr(link.spec, "max_cars", None)
+        venvs = link.spec.max_venvs or self.num_venvs
+        cars = link.spec.max_cars
         return min(venvs, cars // self.num_agents) if cars is not None else venvs
 
     def hosted(self) -> dict[GameLink, list[int]]:
