@@ -11,7 +11,7 @@ use: one vector slot per car, each car resetting on its own.
 | Reward | reported by the game (PROTOCOL.md §4): 0.1 per stud of progress, +10 per lap, -10 crash/stuck/wrong way, -0.5 per step touching a car |
 | Start | ``start="random"``: a seeded random point of the track (training); ``"grid"``: the start grid (evaluation) |
 | Termination | crash into a wall, stuck for 2 s, wrong way for 2 s |
-| Truncation | the time limit: 1500 decisions (100 s of game time) on tracks up to 2,500 studs, proportionally more on longer ones (``rules.time_limit_steps``: 12,000 = 13 min on 20,000 studs); or the venv moving to a new track (vector env) |
+| Truncation | the time limit: 1500 decisions (100 s of game time) on tracks up to 2,500 studs, proportionally more on longer ones (``rules.time_limit_steps``: 12,000 = 13 min on 20,000 studs); or the venv moving to a new track (vector env) or to another game; or its game leaving |
 | Tracks | generated (``track_seeds``, ``track_method``, ``track_difficulty``) or your own: ``tracks=[spec, "my.json", "folder/"]`` mixed with generated ones by ``track_mix`` (see ``GameSession``) |
 
 Seeding: ``reset(seed=s)`` seeds the track choice and the random starts; the simulator is

@@ -338,3 +338,24 @@ def test_pettingzoo_agents_of_a_lost_game_end_truncated_and_reset_places_them_ag
         env.close()
         for game in games:
             game.wait(timeout=10)
+
+
+def test_two_v0_places_serve_one_run():
+    """The original project's place, twice (two Studio windows), dialing one trainer: each hosts a venv."""
+    from test_v0_compat import GameInThread
+    from v0_emulation import V0Game
+
+    port = free_port()
+    places = [GameInThread(V0Game(f"ws://localhost:{port}/ws/seedcar", seed=s)) for s in (1, 2)]
+    env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, sim=None, port=port, wait_timeout=60)
+    try:
+        wait_for_games(env, 2)
+        env.reset(seed=0)
+        Driver(env).step(30)
+        assert hosted_counts(env) == [1, 1]
+    finally:
+        env.close()
+    for place in places:
+        place.join(10)
+        assert place.game.warnings == [], place.game.warnings[:3]
+        assert place.game.commands["ACTION"] >= 30, "each place drove its own venv"
