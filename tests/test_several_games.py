@@ -32,8 +32,23 @@ _CAR = sim_config("kinematic")
 STEP_REACH = _CAR.nitro_max_speed / _CAR.tick_hz * 1.5
 
 
-def start_game(url: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rbxenv.sim", "--url", url, *extra], stdin=subprocess.DEVNULL)
+@pytest.fixture
+def start_game():
+    """Starts ``python -m rbxenv.sim`` games; after the test (its trainer closed) each must have exited."""
+    started: list[subprocess.Popen] = []
+
+    def start(url: str, *extra: str) -> subprocess.Popen:
+        game = subprocess.Popen([sys.executable, "-m", "rbxenv.sim", "--url", url, *extra], stdin=subprocess.DEVNULL)
+        started.append(game)
+        return game
+
+    yield start
+    for game in started:
+        try:
+            game.wait(timeout=10)
+        finally:
+            if game.poll() is None:
+                game.kill()
 
 
 def wait_for_games(env, n: int, limit: float = 60.0) -> None:
@@ -80,7 +95,7 @@ def hosted_counts(env) -> list[int]:
     return sorted(len(venvs) for venvs in env.session.hosted().values())
 
 
-def test_three_games_join_at_different_times_one_is_killed_and_restarted():
+def test_three_games_join_at_different_times_one_is_killed_and_restarted(start_game):
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
     games = [start_game(url)]
@@ -117,18 +132,16 @@ def test_three_games_join_at_different_times_one_is_killed_and_restarted():
         assert env.session.bridge.stats["unknown_agent"] == 0
     finally:
         env.close()
-        for game in games:
-            game.wait(timeout=10)
 
 
-def test_venvs_wait_for_a_game_with_room_and_the_run_says_so(capfd):
+def test_venvs_wait_for_a_game_with_room_and_the_run_says_so(capfd, start_game):
     """A game that hosts one venv at most: the second venv waits, with a line, until another game comes."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
-    games = [start_game(url, "--max-venvs", "1")]
+    start_game(url, "--max-venvs", "1")
     env = None
     try:
-        later = threading.Timer(1.0, lambda: games.append(start_game(url, "--max-venvs", "1")))
+        later = threading.Timer(1.0, lambda: start_game(url, "--max-venvs", "1"))
         later.start()
         env = rbxenv.make_vec_env(num_agents=1, num_venvs=2, sim=None, port=port, wait_timeout=60)
         later.join()
@@ -139,14 +152,13 @@ def test_venvs_wait_for_a_game_with_room_and_the_run_says_so(capfd):
     finally:
         if env is not None:
             env.close()
-        for game in games:
-            game.wait(timeout=10)
 
 
-def test_lockstep_and_realtime_games_serve_one_session():
+def test_lockstep_and_realtime_games_serve_one_session(start_game):
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
-    games = [start_game(url), start_game(url, "--realtime", "--tick-hz", "30")]
+    start_game(url)
+    start_game(url, "--realtime", "--tick-hz", "30")
     env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, track_change_steps=None)
     try:
         wait_for_games(env, 2)
@@ -158,13 +170,12 @@ def test_lockstep_and_realtime_games_serve_one_session():
         assert env.session.freezer is not None, "a real-time game among them: frozen while the learner updates"
     finally:
         env.close()
-        for game in games:
-            game.wait(timeout=10)
 
 
-def test_two_runs_on_two_model_ids_share_one_port():
+def test_two_runs_on_two_model_ids_share_one_port(start_game):
     port = free_port()
-    games = [start_game(f"ws://127.0.0.1:{port}/ws/{run}") for run in ("run_a", "run_b")]
+    for run in ("run_a", "run_b"):
+        start_game(f"ws://127.0.0.1:{port}/ws/{run}")
     envs = {}
     try:
         opened = {}
@@ -196,11 +207,9 @@ def test_two_runs_on_two_model_ids_share_one_port():
     finally:
         for env in envs.values():
             env.close()
-        for game in games:
-            game.wait(timeout=10)
 
 
-def test_hostile_peers_before_and_during_a_several_game_run_cost_it_nothing():
+def test_hostile_peers_before_and_during_a_several_game_run_cost_it_nothing(start_game):
     """Strangers (junk, silence, a bad packet, bare TCP, half-open sockets) keep coming while the
     trainer waits for its games and while two games step: the run never notices."""
     port = free_port()
@@ -229,8 +238,7 @@ def test_hostile_peers_before_and_during_a_several_game_run_cost_it_nothing():
 
     peer = threading.Thread(target=hostile)
     peer.start()
-    games: list[subprocess.Popen] = []
-    later = threading.Timer(1.5, lambda: games.extend([start_game(url), start_game(url)]))
+    later = threading.Timer(1.5, lambda: [start_game(url) for _ in range(2)])
     later.start()  # the strangers come first
     env = None
     try:
@@ -252,12 +260,10 @@ def test_hostile_peers_before_and_during_a_several_game_run_cost_it_nothing():
             s.close()
         if env is not None:
             env.close()
-        for game in games:
-            game.wait(timeout=10)
 
 
 @pytest.mark.timeout(240)
-def test_a_training_run_takes_games_joining_and_leaving_and_finishes(tmp_path):
+def test_a_training_run_takes_games_joining_and_leaving_and_finishes(tmp_path, start_game):
     """ppo_continuous.py --no-sim with three real-time simulator games (60 Hz: the run cannot end
     before they all had their turn): one there from the start, two joining later, one of them
     killed mid-run and started again. The run finishes and says what happened."""
@@ -303,15 +309,13 @@ def test_a_training_run_takes_games_joining_and_leaving_and_finishes(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
-        for game in games:
-            game.wait(timeout=10)
     reader.join(timeout=10)
     out = "".join(lines)
     assert "step 13824/13824" in out, out[-2000:]
     assert "Traceback" not in out
 
 
-def test_pettingzoo_agents_of_a_lost_game_end_truncated_and_reset_places_them_again():
+def test_pettingzoo_agents_of_a_lost_game_end_truncated_and_reset_places_them_again(start_game):
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
     games = [start_game(url), start_game(url)]
@@ -336,8 +340,6 @@ def test_pettingzoo_agents_of_a_lost_game_end_truncated_and_reset_places_them_ag
         env.step({a: np.float32([0.3, 0.0, 0.0]) for a in env.agents})
     finally:
         env.close()
-        for game in games:
-            game.wait(timeout=10)
 
 
 def test_two_v0_places_serve_one_run():
