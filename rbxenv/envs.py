@@ -362,7 +362,7 @@ class RacingVectorEnv(VectorEnv):
     def _finish(self, reward, terminated, truncated, infos, rotate, got: Observations | None, moved=()):
         """Report the episodes that ended, restart their cars (same step) and their stacks: cars
         the game restarted itself (autoreset) come with their first observation, the others
-        (and every car of a venv moving to a new track) are respawned."""
+        (and every car of a venv moving to a new track, or ``moved`` to another game) are respawned."""
         done = terminated | truncated
         if not done.any():
             return self._stacked(), reward, terminated, truncated, infos
