@@ -102,6 +102,8 @@ class RunArgs:
     """embedded simulator stepping: "lockstep" (one decision per step) or "realtime" (15 Hz on its own)"""
     wait_timeout: float = 300.0
     """with --no-sim: seconds to wait for the game to connect"""
+    reconnect_timeout: float = 60.0
+    """when a game leaves mid-run and no other game has room for its venvs: seconds to wait for one (0: the run stops at once)"""
 
     total_timesteps: int = 200_000
     """total agent-steps (cars x steps) of the run"""
@@ -131,6 +133,7 @@ RUN_RULES = {
     "--track-seeds": cli.at_least(0),
     "--port": cli.between(0, 65535),
     "--wait-timeout": cli.above(0),
+    "--reconnect-timeout": cli.at_least(0),
     "--total-timesteps": cli.at_least(1),
     "--save-every": cli.at_least(1),
     "--resume": cli.readable_file,
@@ -402,6 +405,7 @@ def make_envs(args: RunArgs, prog: str, start_step: int):
             dynamics=args.dynamics,
             sim_games=args.sim_games,
             serves=args.model_id,
+            reconnect_timeout=args.reconnect_timeout,
         )
         eval_tracks = tracks.load_tracks(args.eval_track_file) if args.eval_track_file else None
     except BridgeClosed as error:
@@ -482,11 +486,16 @@ class Run:
     def introduce(self) -> None:
         """Say what runs where, and where to look."""
         args, game = self.args, self.envs.game
+        games = len(self.envs.session.bridge.games) if self.envs.session.bridge is not None else 1
         if args.no_sim:
             where = f"{game.game} (protocol v{game.protocol}, {game.mode}) from ws://{args.host}:{self.port}"
+            if games > 1:
+                where += f" ({games} games so far)"
         else:
             how = "in this process" if args.sim == "inprocess" else "over a loopback WebSocket"
-            where = f"the simulator {how} ({args.dynamics} car, {args.mode})"
+            where = (
+                f"the simulator {how} ({args.dynamics} car, {args.mode}{f', {games} processes' if games > 1 else ''})"
+            )
         if game.track is not None:  # the game owns its track (capability game_tracks)
             what = f"the game's own track {game.track['name']} ({game.track['length']:.0f} studs)"
         else:
