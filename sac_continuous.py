@@ -310,13 +310,9 @@ def train(args: Args) -> str:
             real_next_obs = next_obs  # no copy: rb.add copies into the buffer
             if "_final_obs" in infos:
                 real_next_obs = np.where(infos["_final_obs"][:, None], infos["final_obs"], next_obs)
-            dones = terminations.astype(np.float32)
-            if "lost_step" in infos:  # cars whose lost game never answered hold no real transition
-                kept = ~infos["lost_step"]
-                obs, real_next_obs, actions, rewards, dones = (
-                    a[kept] for a in (obs, real_next_obs, actions, rewards, dones)
-                )
-            rb.add(obs, real_next_obs, actions, rewards, dones)
+            # cars whose lost game never answered hold no real transition (their obs was real: it is counted)
+            kept = ~infos["lost_step"] if "lost_step" in infos else slice(None)
+            rb.add(obs[kept], real_next_obs[kept], actions[kept], rewards[kept], terminations[kept].astype(np.float32))
             if args.norm_obs and (args.norm_obs_steps < 0 or global_step <= args.norm_obs_steps):
                 actor.update_obs_stats(torch.as_tensor(obs))
             obs = next_obs

@@ -116,7 +116,7 @@ def main() -> None:
             stored.append((t, time.perf_counter()))
 
         bridge._receive = timed_receive
-        bridge._send = timed(bridge._send, sends, True)
+        bridge.send_rows = timed(bridge.send_rows, sends, True)
         bridge.data.wait = timed(bridge.data.wait, woke, False)
         steps = []
         for _ in range(args.steps):

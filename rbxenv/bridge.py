@@ -95,18 +95,28 @@ class TrainingBridge(GameServer):
         return self._tick
 
     def host_of(self, env_id: str) -> GameLink:
-        """The game venv ``env_id`` runs on; raises BridgeClosed when no game is connected."""
+        """The game venv ``env_id`` runs on (the first game if it has none, or its game left);
+        raises BridgeClosed when no game is connected."""
         self._check_open()
-        link = self.hosts.get(env_id) or self.link
+        link = self.hosts.get(env_id)
+        if link is None or link.lost is not None:
+            link = self.link
         if link is None:
             raise BridgeClosed(f"no game is connected to {self.url}")
         return link
 
-    def _command(self, command: str, envid: str | None = None, data: object = None, tick: int | None = None) -> None:
-        """Send a command to the game of venv ``envid`` (no venv: to every game) in the form it reads:
-        protocol version 0's object form to a game that never said hello (the original project's
-        place), version 1's otherwise."""
-        links = [self.host_of(envid)] if envid is not None else self.games
+    def _command(
+        self,
+        command: str,
+        envid: str | None = None,
+        data: object = None,
+        tick: int | None = None,
+        link: GameLink | None = None,
+    ) -> None:
+        """Send a command to the game of venv ``envid`` (no venv: to every game, or to ``link``) in
+        the form it reads: protocol version 0's object form to a game that never said hello (the
+        original project's place), version 1's otherwise."""
+        links = [self.host_of(envid)] if envid is not None else [link] if link is not None else self.games
         self._check_open()
         for link in links:
             link.send(_encode(link.spec, command, envid, data, tick))
@@ -116,9 +126,9 @@ class TrainingBridge(GameServer):
         """The game's observation width is known (from its hello, or a v0 game's first packet)."""
         return self._obs_width is not None
 
-    def freeze(self, status: bool) -> None:
-        """Freeze (True) or unfreeze (False) every car of every venv."""
-        self._command("FREEZE", None, bool(status))
+    def freeze(self, status: bool, link: GameLink | None = None) -> None:
+        """Freeze (True) or unfreeze (False) every car of every venv (of one game: ``link``)."""
+        self._command("FREEZE", None, bool(status), link=link)
 
     def spawn_agents(
         self,
@@ -253,9 +263,9 @@ class TrainingBridge(GameServer):
         self.data.forget(list(self.data.rows))
         self._command("CLOSE_ALL")
 
-    def update_collisions(self, status: bool) -> None:
-        """Turn car-car collisions inside each venv on (True) or off (False)."""
-        self._command("UPDATE_COLLISIONS", None, bool(status))
+    def update_collisions(self, status: bool, link: GameLink | None = None) -> None:
+        """Turn car-car collisions inside each venv on (True) or off (False) (of one game: ``link``)."""
+        self._command("UPDATE_COLLISIONS", None, bool(status), link=link)
 
     # ---------------------------------------------------------------- receiving (training thread)
 

@@ -384,6 +384,14 @@ class RacingVectorEnv(VectorEnv):
                     raise
                 lost = True
             else:
+                if self.session.interrupted:
+                    # their game left while they respawned: the venvs restarted whole on another,
+                    # so their cars still driving end here too (truncated at this step's observation)
+                    cut = np.isin(self.session.venv_of, self.session.interrupted)
+                    respawn = np.flatnonzero((done & ~restarted) | cut)
+                    truncated |= ~done & cut
+                    done |= cut
+                    infos["reconnected"] = True
                 first_obs[respawn] = _obs_of(fresh, [self.session.agent_ids[k] for k in respawn])
         if moved and "lost_step" in infos:
             infos["reconnected"] = True

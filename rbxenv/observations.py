@@ -48,6 +48,34 @@ class Observations:
         """One dict per agent ({} where the game sent no info): the per-agent view of ``info``."""
         return [d if h else {} for d, h in zip(protocol.info_dicts(self.info), self.has_info.tolist(), strict=True)]
 
+    def subset(self, keep: np.ndarray) -> Observations:
+        """The rows where ``keep`` is True."""
+        return Observations(
+            [aid for aid, k in zip(self.agent_ids, keep.tolist(), strict=True) if k],
+            self.obs[keep],
+            self.reward[keep],
+            self.terminated[keep],
+            self.truncated[keep],
+            {key: column[keep] for key, column in self.info.items()},
+            self.has_info[keep],
+            *(None if a is None else a[keep] for a in (self.restarted, self.reset_obs, self.lost)),
+        )
+
+    @staticmethod
+    def joined(parts: Sequence[Observations]) -> Observations:
+        """The rows of several answers, one after the other."""
+
+        def cat(name: str) -> np.ndarray | None:
+            columns = [getattr(p, name) for p in parts]
+            return None if any(c is None for c in columns) else np.concatenate(columns)
+
+        return Observations(
+            [aid for p in parts for aid in p.agent_ids],
+            *(cat(name) for name in ("obs", "reward", "terminated", "truncated")),
+            {key: np.concatenate([p.info[key] for p in parts]) for key in parts[0].info},
+            *(cat(name) for name in ("has_info", "restarted", "reset_obs", "lost")),
+        )
+
 
 class DataBridge:
     """Observation slots shared by the network thread and the training thread.
@@ -171,6 +199,13 @@ class DataBridge:
             # An ending already received stays deliverable: a parked car sends nothing more.
             c["fresh"][rows] = c["terminated"][rows] | c["truncated"][rows]
             c["expected_tick"][rows] = tick
+
+    def silent_hosts(self, agent_ids: Sequence[str]) -> set[int]:
+        """The games of these agents that owe an answer (not fresh, not gone)."""
+        with self.cond:
+            rows = self.select(agent_ids)
+            c = self._c
+            return set(c["host"][rows][~c["fresh"][rows] & ~c["gone"][rows]].tolist())
 
     def lose(self, host: int) -> None:
         """Game ``host`` left: its cars will never answer (``wait`` reports them lost)."""
@@ -340,7 +375,7 @@ class DataBridge:
                 take(c["has_info"][rows]),
                 take(c["restarted"][rows]),
                 take(c["reset_obs"][rows]),
-                take(c["gone"][rows]) if partial else None,
+                c["gone"][rows] & ~c["fresh"][rows] if partial else None,  # (answered before it left: not lost)
             )
             self._drain(rows)
             return out

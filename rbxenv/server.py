@@ -418,9 +418,14 @@ class GameServer:
             log.warning("rejected a game: missing or wrong token")
             return
         if self.max_games is not None and len(self.games) >= self.max_games:
-            # one game per TrainingBridge: a second one would fight over the same agents
-            await conn.close(1013, "another game is already attached to this trainer; stop it first")
-            stats["rejected_second_game"] += 1
+            # (one game per bare TrainingBridge: a second one would fight over the same agents)
+            reason = (
+                "another game is already attached to this trainer; stop it first"
+                if self.max_games == 1
+                else f"this trainer takes {self.max_games} games at once, all attached; stop one first"
+            )
+            await conn.close(1013, reason)
+            stats["rejected_extra_game"] += 1
             return
         if game.protocol and self._obs_width is not None and game.obs_size != self._obs_width:
             # one policy, one observation width: a game with another car model or ray count cannot join
@@ -478,7 +483,7 @@ class GameServer:
 
     def _detach(self, link: GameLink, code: int | None, reason: str) -> None:
         """A game left: its cars are reported lost; with no game left, every call says so."""
-        link.lost = f"the game disconnected (close code {code}: {reason}); restart it and the trainer"
+        link.lost = link.lost or f"the game disconnected (close code {code}: {reason}); restart it and the trainer"
         self.games = [g for g in self.games if g is not link]
         if not self.games:
             self._attached.clear()  # first, so wait_for_game() cannot hand out the departing game
@@ -513,8 +518,7 @@ class GameServer:
                 if not msg.agent_ids:  # a v0 game's "[]" (no car active) or only "__" keys
                     return
                 if not game.protocol and msg.obs.shape[1] != self._obs_width:
-                    await self._v0_width(link, msg.obs.shape[1])
-                    if self.data.fatal is not None:
+                    if not await self._v0_width(link, msg.obs.shape[1]):
                         return
                 unknown = self.data.put_batch(msg, link.number, self_restart=not game.protocol)
                 if unknown:
@@ -536,16 +540,26 @@ class GameServer:
             if game.protocol:  # a v0 game has no use for error frames: it would only warn about them
                 await link.conn.send(protocol.encode_error(err.code, str(err)[:500]).decode())
 
-    async def _v0_width(self, link: GameLink, width: int) -> None:
+    async def _v0_width(self, link: GameLink, width: int) -> bool:
         """A v0 game's packet of ``width`` floats per car: the width of the run if none is known
-        yet, else (another width) the end of the run, with one clear error."""
+        yet (True: store it); else (another width) this game is closed when others serve the run,
+        or the run ends with one clear error (False)."""
         if self._obs_width is None:
             self._obs_width = width
             link.spec = v0.v0_spec(width)
             if self.game is None or not self.game.protocol:
                 self.game = link.spec
             log.info("v0 game: %d floats per observation (rays, nitro, velocity, is-reverse)", width)
-            return
+            return True
+        if len(self.games) > 1:  # another game sets the run's width: refuse this one, the run goes on
+            message = (
+                f"this run's cars observe {self._obs_width} floats, this game's {width} "
+                "(another ray count?): give it the run's car, or start another run"
+            )
+            self.data.stats["rejected_width"] += 1
+            log.warning("closed %r: %s", link, message)
+            await link.conn.close(1003, message[:120])
+            return False
         message = (
             f"the game's observations changed from {self._obs_width} to {width} floats per car mid-run "
             "(another car model or ray count?); a policy takes one width: restart the trainer"
@@ -555,6 +569,16 @@ class GameServer:
             self.data.fatal = message
             self.data.cond.notify_all()
         await link.conn.close(1003, "observation width changed")
+        return False
+
+    def drop(self, link: GameLink, reason: str) -> None:
+        """Close a game the run cannot wait for (training thread): its cars are reported lost at once."""
+        log.warning("closing %r: %s", link, reason)
+        link.lost = reason
+        self.data.lose(link.number)
+        loop = self._loop
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(link.conn.close(1011, reason[:120]), loop)
 
     def _check_open(self) -> None:
         """Raise BridgeClosed when every game left (until ``wait_for_game`` takes a new one) or none came."""
@@ -563,11 +587,6 @@ class GameServer:
             raise BridgeClosed(lost)
         if not self.games:
             raise BridgeClosed(f"no game is connected to {self.url}")
-
-    def _send(self, frame: bytes) -> None:
-        """Queue a frame for the first game (raises BridgeClosed as ``_check_open``)."""
-        self._check_open()
-        self.games[0].send(frame)
 
 
 def _is_hello(frame: str | bytes) -> bool:

@@ -12,7 +12,6 @@ it can host; games may join and leave mid-run. It knows nothing about Gym or Pet
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import subprocess
@@ -86,7 +85,16 @@ class RemoteGame(TrainingBridge):
             else:
                 self.send_rows(link, [agent_ids[k] for k in rows], actions[rows], tick)
         self.action_sent_at = time.monotonic()
-        return self.data.wait(agent_ids, self.obs_timeout, partial=True)
+        try:
+            return self.data.wait(agent_ids, self.obs_timeout, partial=True)
+        except TimeoutError:
+            silent = self.data.silent_hosts(agent_ids)
+            if not any(link.number not in silent for link in self.games):
+                raise  # no game answered: the run says the game stopped answering
+            for link in self.games:
+                if link.number in silent:
+                    self.drop(link, f"it stopped answering for {self.obs_timeout:g} s while the other games answered")
+            return self.data.wait(agent_ids, self.obs_timeout, partial=True)
 
     def _by_game(self, agent_ids: Sequence[str]) -> list:
         """[(game, row indices or None for all)] of a step's cars; kept while the cars and hosts stay."""
@@ -243,6 +251,11 @@ class GameSession:
         self._finalizers: list[weakref.finalize] = []
         self._joins_seen = 0  # bridge.joins when venvs were last spread over the games
         self._joins_watched = 0  # ... and when the games were last checked for a real-time one
+        self._set_up: set[int] = set()  # the games that got the session's collision setting
+        self._launched_at: list[float] = []  # when each simulator process was (re)launched
+        self._venv_of_id = dict(zip(self.agent_ids, self.venv_of.tolist(), strict=True))
+        # venvs respawned whole by the latest spawn or respawn because their game left meanwhile
+        self.interrupted: list[int] = []
         self._track_draws = 0
         self.freezer: FreezeWhenIdle | None = None  # a real-time game's (set by open)
 
@@ -257,9 +270,11 @@ class GameSession:
             self.backend.update_collisions(self.collisions)
             return self.game
         self.bridge.start()
+        deadline = time.monotonic() + self.wait_timeout
         try:
             if self.sim == "subprocess":
                 self.processes = [self._launch_sim() for _ in range(self.sim_games)]
+                self._launched_at = [time.monotonic()] * self.sim_games
                 self.game = self._wait_for_children()
             else:
                 print(
@@ -269,8 +284,9 @@ class GameSession:
                     flush=True,
                 )
                 self.game = self.bridge.wait_for_game(self.wait_timeout)
-            self.place(range(self.num_venvs), self.wait_timeout)
+            self.place(range(self.num_venvs), max(0.0, deadline - time.monotonic()))
             self.bridge.update_collisions(self.collisions)
+            self._set_up = {link.number for link in self.bridge.games}
             if not self.bridge.width_known:
                 self.game = self._learn_width()
         except BridgeClosed:
@@ -333,7 +349,7 @@ class GameSession:
 
     def hosted(self) -> dict[GameLink, list[int]]:
         """The connected games, each with the venvs it hosts."""
-        load: dict[GameLink, list[int]] = {link: [] for link in self.bridge.games}
+        load: dict[GameLink, list[int]] = {link: [] for link in self.bridge.games if link.lost is None}
         for venv, envid in enumerate(self.venv_ids):
             link = self.bridge.hosts.get(envid)
             if link in load:
@@ -371,11 +387,11 @@ class GameSession:
                 if self.bridge.data.lost is not None:
                     self.bridge.wait_for_game(0)  # a game came back after every one had left: take it
                 return
+            names = ", ".join(self.venv_ids[v] for v in homeless)
             if not said:
-                names = ", ".join(self.venv_ids[v] for v in homeless)
                 print(
-                    f"rbxenv: venvs {names} wait for a game to host them: {len(load)} connected, "
-                    f"{'full' if load else 'none'}; waiting up to {timeout:g} s for one on {self.bridge.url}"
+                    f"rbxenv: venvs {names} wait for a game to host them ({self._room(load)}); waiting up to "
+                    f"{round(timeout, 1):g} s for one on {self.bridge.url}"
                     + (" (relaunching the simulator)" if self.sim == "subprocess" else ""),
                     flush=True,
                 )
@@ -384,16 +400,31 @@ class GameSession:
             if time.monotonic() > deadline:
                 if self.bridge.data.fatal is not None:
                     raise BridgeClosed(self.bridge.data.fatal)
+                load = self.hosted()
+                which = f"game with room for venvs {names}" if load else "game"
                 raise BridgeClosed(
-                    f"no game connected to {self.bridge.url} within {timeout:g} s to host venvs {names}: "
+                    f"no {which} connected to {self.bridge.url} within {round(timeout, 1):g} s ({self._room(load)}): "
                     "start one (python -m rbxenv.sim --url ..., or press Play in Roblox Studio)"
                 )
             time.sleep(0.05)
+
+    def _room(self, load: dict[GameLink, list[int]]) -> str:
+        """What the connected games host and can host, for the lines that say venvs wait."""
+        if not load:
+            return "no game connected"
+        said = []
+        for link, hosted in load.items():
+            cap = self.capacity(link)
+            why = f" (max_cars {link.spec.max_cars}: a venv has {self.num_agents} cars)" if cap == 0 else ""
+            said.append(f"{link!r} hosts {len(hosted)} venv(s), room for {cap}{why}")
+        return "; ".join(said)
 
     def spread(self) -> list[int]:
         """When games joined since the last call, move venvs from the busiest games to them, until
         every game hosts within one venv of the others (and within its capacity). Returns the venvs
         moved: the caller ends their episodes (truncated) and respawns them (``respawn(moved=...)``)."""
+        if self.processes:
+            self._relaunch_dead_sims()
         if self.bridge is None or self.bridge.joins == self._joins_seen:
             return []
         self._joins_seen = self.bridge.joins
@@ -414,11 +445,8 @@ class GameSession:
             self.bridge.close_on(old, envid)  # (before the spawn on the new game: see DataBridge's host)
             self.bridge.hosts[envid] = next(link for link, hosted in load.items() if venv in hosted)
         if moved:
-            print(
-                f"rbxenv: {self.bridge.games[-1]!r} joined; venvs {', '.join(self.venv_ids[v] for v in moved)} "
-                "move to the games that joined",
-                flush=True,
-            )
+            where = ", ".join(f"{self.venv_ids[v]} to {self.bridge.hosts[self.venv_ids[v]]!r}" for v in moved)
+            print(f"rbxenv: games joined; venvs move: {where}", flush=True)
         return moved
 
     def reconnect(self) -> Observations:
@@ -430,20 +458,23 @@ class GameSession:
             raise BridgeClosed(self.bridge.data.fatal)
         self.place(range(self.num_venvs), self.reconnect_timeout)
         self.game = self.bridge.game
-        self.bridge.update_collisions(self.collisions)
         ids: list[str] = []
         for venv, envid in enumerate(self.venv_ids):
             ids += self._spawn(venv, self.tracks[envid])
-        got = self.bridge.get_observations(ids)
+        got = self._first_observations(ids)
         print(f"rbxenv: every venv respawned on {len(self.bridge.games)} game(s)", flush=True)
         return got
 
     def _relaunch_dead_sims(self) -> None:
+        """Start again the simulator processes that exited (at most once a second each)."""
+        now = time.monotonic()
         for k, proc in enumerate(self.processes):
-            if proc.poll() is not None:
-                self.processes[k] = self._launch_sim()
+            if proc.poll() is not None and now - self._launched_at[k] > 1.0:
+                print(f"rbxenv: simulator process {k} exited (code {proc.returncode}); relaunching it", flush=True)
+                self._finalizers.pop(k)()
+                self.processes[k], self._launched_at[k] = self._launch_sim(k), now
 
-    def _launch_sim(self) -> subprocess.Popen:
+    def _launch_sim(self, slot: int | None = None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "rbxenv.sim", "--url", self.bridge.url, "--seed", str(self.sim_seed)]
         if self.dynamics != "kinematic":
             cmd += ["--dynamics", self.dynamics]
@@ -460,9 +491,8 @@ class GameSession:
             env["RBXENV_TOKEN"] = self.bridge.token  # the sim client presents it in its hello
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
         # If the user never calls close() (or the interpreter dies on an exception), still stop the child.
-        finalizer = weakref.finalize(self, _stop_process, proc)
-        atexit.register(finalizer)
-        self._finalizers.append(finalizer)
+        finalizer = weakref.finalize(self, _stop_process, proc)  # (runs at exit too: atexit=True)
+        self._finalizers.insert(len(self._finalizers) if slot is None else slot, finalizer)
         return proc
 
     def close(self) -> None:
@@ -515,7 +545,13 @@ class GameSession:
         game = self.game
         if self.bridge is not None:
             self.place([venv], self.reconnect_timeout)
-            game = self.bridge.host_of(envid).spec
+            link = self.bridge.host_of(envid)
+            if link.number not in self._set_up:  # a game that joined: the session's settings first
+                self._set_up.add(link.number)
+                self.bridge.update_collisions(self.collisions, link)
+                if self.freezer is not None and self.freezer.frozen:
+                    self.bridge.freeze(True, link)
+            game = link.spec
         if game is not None and game.has("game_tracks"):
             track = None  # the game owns its track (announced in hello): nothing to send
         self.tracks[envid] = track if track is not None else (game.track if game else None)
@@ -532,7 +568,7 @@ class GameSession:
         ids: list[str] = []
         for venv in range(self.num_venvs):
             ids += self.spawn_venv(venv, rng)
-        return self.backend.get_observations(ids)
+        return self._first_observations(ids)
 
     def respawn(
         self, cars: Sequence[int], new_track_venvs: Sequence[int], rng: np.random.Generator, moved: Sequence[int] = ()
@@ -558,7 +594,27 @@ class GameSession:
         for envid, venv_ids in by_venv.items():
             self.backend.reset_agents(envid, venv_ids)
             ids += venv_ids
-        return self.backend.get_observations(ids)
+        return self._first_observations(ids)
+
+    def _first_observations(self, ids: list[str]) -> Observations:
+        """The first observations of cars just spawned or reset. A venv whose game left before they
+        came is placed again and respawned whole on its track (``place``: it may wait for a game);
+        its cars' first observations are in the answer too, also those of its cars that were not
+        asked for: ``interrupted`` lists such venvs (their running episodes ended)."""
+        self.interrupted = []
+        if self.bridge is None:
+            return self.backend.get_observations(ids)
+        parts: list[Observations] = []
+        while True:
+            got = self.bridge.data.wait(ids, self.bridge.obs_timeout, partial=True)
+            if not got.lost.any():
+                return Observations.joined([*parts, got]) if parts else got
+            again = sorted({self._venv_of_id[aid] for aid, lost in zip(ids, got.lost.tolist(), strict=True) if lost})
+            self.interrupted = sorted({*self.interrupted, *again})
+            parts = [p.subset(~np.isin([self._venv_of_id[a] for a in p.agent_ids], again)) for p in [*parts, got]]
+            ids = []
+            for venv in again:
+                ids += self._spawn(venv, self.tracks[self.venv_ids[venv]])
 
     # ------------------------------------------------------------------ stepping
 

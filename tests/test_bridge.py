@@ -682,7 +682,7 @@ def test_second_game_is_closed_with_1013(v1, bridge):
     with game_at(bridge.url, "[]") as second:
         assert second.close_code() == 1013
         assert "another game is already attached" in second.ws.close_reason
-    assert eventually(lambda: bridge.stats["rejected_second_game"] == 1)
+    assert eventually(lambda: bridge.stats["rejected_extra_game"] == 1)
     # the first one is unaffected
     bridge.spawn_agents("a", ["car_0_env_a"])
     v1.packet({"car_0_env_a": entry(reward=1.0)}, tick=v1.recv()["tick"])
@@ -1105,7 +1105,7 @@ def test_a_silent_stranger_is_dropped_and_the_game_attaches_meanwhile(bridge):
             assert bridge.wait_for_game(3).protocol == 1
         assert silent.close_code() == 1002
         assert "nothing within" in silent.ws.close_reason
-    assert bridge.stats["strangers_dropped"] == 1 and bridge.stats["rejected_second_game"] == 0
+    assert bridge.stats["strangers_dropped"] == 1 and bridge.stats["rejected_extra_game"] == 0
 
 
 def test_connections_in_their_handshake_are_limited_per_address(bridge, monkeypatch):

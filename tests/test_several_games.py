@@ -6,6 +6,7 @@ corruption: a car that did not start a new episode moved at most as far as a car
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -22,7 +23,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import rbxenv
+from rbxenv import protocol
+from rbxenv.sim import client
+from rbxenv.sim.client import game_spec
 from rbxenv.sim.rules import sim_config
+from rbxenv.sim.world import Sim
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.timeout(180), pytest.mark.allow_reconnects]
@@ -361,3 +366,189 @@ def test_two_v0_places_serve_one_run():
         place.join(10)
         assert place.game.warnings == [], place.game.warnings[:3]
         assert place.game.commands["ACTION"] >= 30, "each place drove its own venv"
+
+
+# ------------------------------------------------------------------ awkward moments (review of issue 17)
+
+
+def test_a_game_that_joins_gets_the_sessions_collision_setting():
+    """The simulators run in threads here, so their Sim objects can be asked."""
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    sims: list[Sim] = []
+
+    def game() -> None:
+        sims.append(Sim(sim_config("kinematic"), seed=len(sims)))
+        asyncio.run(client.run(url, sim=sims[-1]))
+
+    threads = [threading.Thread(target=game, daemon=True) for _ in range(2)]
+    threads[0].start()
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, collisions=True, track_change_steps=None)
+    try:
+        env.reset(seed=0)
+        Driver(env).step(3)
+        threads[1].start()
+        wait_for_games(env, 2)
+        Driver(env).step(3)
+        assert hosted_counts(env) == [1, 1]
+        assert [sim.collisions for sim in sims] == [True, True], "the simulator's default is off"
+    finally:
+        env.close()
+    for t in threads:
+        t.join(timeout=10)
+
+
+class LeavesOnSpawn:
+    """A game that says hello, then leaves at its first SPAWN_AGENTS (a window closed at a bad moment)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        spec = game_spec(Sim(sim_config("kinematic")), False, 15.0)
+        with connect(self.url, open_timeout=10) as ws:
+            ws.send(protocol.encode_hello(spec).decode())
+            while "SPAWN_AGENTS" not in ws.recv(timeout=30):
+                pass
+
+
+@pytest.mark.parametrize("when", ["reset", "step"])
+def test_a_game_lost_while_its_cars_spawn_ends_only_its_venvs_episodes(start_game, when):
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    start_game(url)
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, track_change_steps=None)
+    try:
+        if when == "step":
+            env.reset(seed=0)
+            Driver(env).step(3)
+        flaky = LeavesOnSpawn(url)
+        wait_for_games(env, 2)
+        if when == "reset":
+            obs, _ = env.reset(seed=0)  # v1 goes to the new game, which leaves: v1 restarts on the first
+            assert np.isfinite(obs).all()
+        else:
+            _, _, term, trunc, infos = env.step(np.zeros((4, 3), np.float32))
+            assert trunc.tolist() == [False, False, True, True] and not term.any(), "only v1, which moved, ended"
+        flaky.thread.join(timeout=10)
+        Driver(env).step(5)
+        assert hosted_counts(env) == [2]
+    finally:
+        env.close()
+
+
+def test_a_v0_place_with_another_car_is_refused_and_the_run_goes_on():
+    from test_v0_compat import GameInThread
+    from v0_emulation import V0Game
+
+    port = free_port()
+    first = GameInThread(V0Game(f"ws://localhost:{port}/ws/m", seed=1))  # 16 rays: 19 floats
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, wait_timeout=60)
+    try:
+        env.reset(seed=0)
+        other = GameInThread(V0Game(f"ws://localhost:{port}/ws/m", num_rays=10, seed=2))  # 13 floats
+        drive = Driver(env)
+        deadline = time.monotonic() + 30
+        while env.session.bridge.stats["rejected_width"] == 0:
+            assert time.monotonic() < deadline, "the other place was never refused"
+            drive.step()
+        drive.step(10)
+        assert len(env.session.bridge.games) == 1 and env.session.bridge.data.fatal is None
+    finally:
+        env.close()
+    first.join(10)
+    other.thread.join(10)
+
+
+def test_a_game_that_stops_answering_among_several_is_closed_and_its_venvs_move(start_game):
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    games = [start_game(url), start_game(url)]
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, obs_timeout=2, track_change_steps=None)
+    try:
+        wait_for_games(env, 2)
+        env.reset(seed=0)
+        drive = Driver(env)
+        drive.step(3)
+        games[1].send_signal(signal.SIGSTOP)  # hung (a debugger, a frozen window)
+        drive.step(5)
+        assert drive.episodes_lost == 2 and hosted_counts(env) == [2]
+    finally:
+        games[1].send_signal(signal.SIGCONT)
+        env.close()
+
+
+def test_a_simulator_process_that_dies_is_relaunched_while_the_others_play_on():
+    env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim="subprocess", sim_games=2, track_change_steps=None)
+    try:
+        env.reset(seed=0)
+        drive = Driver(env)
+        drive.step(3)
+        env.session.processes[1].send_signal(signal.SIGKILL)
+        env.session.processes[1].wait()
+        deadline = time.monotonic() + 60
+        while hosted_counts(env) != [1, 1]:
+            assert time.monotonic() < deadline, "the simulator was not relaunched"
+            drive.step()
+        assert all(p.poll() is None for p in env.session.processes)
+    finally:
+        env.close()
+
+
+@pytest.mark.timeout(120)
+def test_sac_goes_on_when_its_game_is_lost(tmp_path):
+    """A lost step's rows are not stored, and the step still counts for the observation statistics."""
+    flags = [
+        "--sim",
+        "subprocess",
+        "--num-agents",
+        "2",
+        "--num-venvs",
+        "2",
+        "--total-timesteps",
+        "2000",
+        "--log-every",
+        "200",
+    ]
+    flags += ["--learning-starts", "200", "--eval-every", "0", "--no-save-model", "--buffer-size", "4000"]
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / "sac_continuous.py"), *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not any(line.startswith("step ") for line in lines):
+            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.05)
+        (child,) = simulators_started_by(run.pid)
+        os.kill(child, signal.SIGKILL)
+        assert run.wait(timeout=90) == 0, "".join(lines)[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert "step 2000/2000" in out and "the game disconnected" in out, out[-2000:]
+    assert "nan" not in out.lower() and "Traceback" not in out
+
+
+def simulators_started_by(pid: int) -> list[int]:
+    """The ``python -m rbxenv.sim`` children of a process (Linux: read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"rbxenv.sim" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
