@@ -78,7 +78,9 @@ class RacingParallelEnv(ParallelEnv):
     ## Rewards, Starting State, Episode End
 
     As ``RacingVectorEnv``, per agent. An agent whose episode ended leaves ``agents`` until the
-    next ``reset()``, which respawns every car (no autoreset here).
+    next ``reset()``, which respawns every car (no autoreset here). With several games, the agents
+    of a game that leaves end truncated (``infos[agent]["cause"] == "disconnected"``) and the
+    others drive on; games that join get venvs at the next ``reset()``.
 
     ## Arguments
 
