@@ -96,6 +96,44 @@ class Driver:
             self.last_xy = np.where(done[:, None], np.nan, xy)
 
 
+class ScriptRun:
+    """A training script running in the background, its output read line by line as it comes."""
+
+    def __init__(self, script: str, flags: list[str], cwd: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / script), *flags],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    def wait_for(self, text: str, limit: float = 90.0) -> None:
+        """Until a line holds ``text`` (the run must still be going)."""
+        deadline = time.monotonic() + limit
+        while not any(text in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"no line with {text!r}:\n" + "".join(self.lines)[-3000:])
+            time.sleep(0.05)
+
+    def finish(self, timeout: float) -> str:
+        """The whole output of the run, which must end with exit code 0."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(timeout=10)
+        out = "".join(self.lines)
+        assert code == 0, out[-3000:]
+        return out
+
+
 def hosted_counts(env) -> list[int]:
     return sorted(len(venvs) for venvs in env.session.hosted().values())
 
@@ -281,41 +319,17 @@ def test_a_training_run_takes_games_joining_and_leaving_and_finishes(tmp_path, s
         return start_game(url, "--realtime", "--tick-hz", "60")
 
     games = [start(url)]
-    run = subprocess.Popen(
-        [sys.executable, str(ROOT / "ppo_continuous.py"), *flags],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
-    reader.start()
-
-    def wait_for(text: str, limit: float = 90.0) -> None:
-        deadline = time.monotonic() + limit
-        while not any(text in line for line in lines):
-            assert run.poll() is None, "".join(lines)[-3000:]
-            assert time.monotonic() < deadline, f"no line with {text!r}:\n" + "".join(lines)[-3000:]
-            time.sleep(0.05)
-
-    try:
-        wait_for("step ")  # training has begun on the first game
-        games.append(start(url))
-        wait_for("joined; venvs")
-        games.append(start(url))
-        wait_for("game #3")
-        games[1].send_signal(signal.SIGKILL)
-        wait_for("the game disconnected: game #2")
-        games[1] = start(url)
-        wait_for("game #4")
-        assert run.wait(timeout=150) == 0, "".join(lines)[-3000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
-    reader.join(timeout=10)
-    out = "".join(lines)
+    run = ScriptRun("ppo_continuous.py", flags, tmp_path)
+    run.wait_for("step ")  # training has begun on the first game
+    games.append(start(url))
+    run.wait_for("joined; venvs")
+    games.append(start(url))
+    run.wait_for("game #3")
+    games[1].send_signal(signal.SIGKILL)
+    run.wait_for("the game disconnected: game #2")
+    games[1] = start(url)
+    run.wait_for("game #4")
+    out = run.finish(timeout=150)
     assert "step 13824/13824" in out, out[-2000:]
     assert "Traceback" not in out
 
@@ -486,13 +500,15 @@ def test_a_simulator_process_that_dies_is_relaunched_while_the_others_play_on():
         env.reset(seed=0)
         drive = Driver(env)
         drive.step(3)
-        env.session.processes[1].send_signal(signal.SIGKILL)
-        env.session.processes[1].wait()
+        killed = env.session.processes[1]
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
         deadline = time.monotonic() + 60
-        while hosted_counts(env) != [1, 1]:
+        while env.session.processes[1] is killed or hosted_counts(env) != [1, 1]:
             assert time.monotonic() < deadline, "the simulator was not relaunched"
             drive.step()
         assert all(p.poll() is None for p in env.session.processes)
+        assert drive.episodes_lost == 2, "its venv's 2 cars ended, truncated, once"
     finally:
         env.close()
 
@@ -513,30 +529,11 @@ def test_sac_goes_on_when_its_game_is_lost(tmp_path):
         "200",
     ]
     flags += ["--learning-starts", "200", "--eval-every", "0", "--no-save-model", "--buffer-size", "4000"]
-    run = subprocess.Popen(
-        [sys.executable, str(ROOT / "sac_continuous.py"), *flags],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 90
-        while not any(line.startswith("step ") for line in lines):
-            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
-            time.sleep(0.05)
-        (child,) = simulators_started_by(run.pid)
-        os.kill(child, signal.SIGKILL)
-        assert run.wait(timeout=90) == 0, "".join(lines)[-3000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
-    reader.join(timeout=10)
-    out = "".join(lines)
+    run = ScriptRun("sac_continuous.py", flags, tmp_path)
+    run.wait_for("step ")
+    (child,) = simulators_started_by(run.proc.pid)
+    os.kill(child, signal.SIGKILL)
+    out = run.finish(timeout=90)
     assert "step 2000/2000" in out and "the game disconnected" in out, out[-2000:]
     assert "nan" not in out.lower() and "Traceback" not in out
 
