@@ -134,6 +134,15 @@ class ScriptRun:
         return out
 
 
+def after_the_trainer_listens(start) -> threading.Timer:
+    """Run ``start`` in half a second, once the trainer created next listens: a game that dials a
+    port nobody listens on yet can, retrying in a loop, connect to itself (a TCP self-connect),
+    which the emulated v0 place does not survive."""
+    timer = threading.Timer(0.5, start)
+    timer.start()
+    return timer
+
+
 def hosted_counts(env) -> list[int]:
     return sorted(len(venvs) for venvs in env.session.hosted().values())
 
@@ -367,8 +376,12 @@ def test_two_v0_places_serve_one_run():
     from v0_emulation import V0Game
 
     port = free_port()
-    places = [GameInThread(V0Game(f"ws://localhost:{port}/ws/seedcar", seed=s)) for s in (1, 2)]
+    places: list[GameInThread] = []
+    later = after_the_trainer_listens(
+        lambda: places.extend(GameInThread(V0Game(f"ws://localhost:{port}/ws/seedcar", seed=s)) for s in (1, 2))
+    )
     env = rbxenv.make_vec_env(num_agents=3, num_venvs=2, sim=None, port=port, wait_timeout=60)
+    later.join()
     try:
         wait_for_games(env, 2)
         env.reset(seed=0)
@@ -458,8 +471,12 @@ def test_a_v0_place_with_another_car_is_refused_and_the_run_goes_on():
     from v0_emulation import V0Game
 
     port = free_port()
-    first = GameInThread(V0Game(f"ws://localhost:{port}/ws/m", seed=1))  # 16 rays: 19 floats
+    places: list[GameInThread] = []
+    later = after_the_trainer_listens(
+        lambda: places.append(GameInThread(V0Game(f"ws://localhost:{port}/ws/m", seed=1)))  # 16 rays: 19 floats
+    )
     env = rbxenv.make_vec_env(num_agents=2, num_venvs=2, sim=None, port=port, wait_timeout=60)
+    later.join()
     try:
         env.reset(seed=0)
         other = GameInThread(V0Game(f"ws://localhost:{port}/ws/m", num_rays=10, seed=2))  # 13 floats
@@ -472,7 +489,7 @@ def test_a_v0_place_with_another_car_is_refused_and_the_run_goes_on():
         assert len(env.session.bridge.games) == 1 and env.session.bridge.data.fatal is None
     finally:
         env.close()
-    first.join(10)
+    places[0].join(10)
     other.thread.join(10)
 
 

@@ -28,7 +28,7 @@ from collections import Counter
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 # ---------------------------------------------------------------------------------------------- the place
 
@@ -231,7 +231,7 @@ class V0Game:
             try:
                 ws = await connect(self.url, open_timeout=5, max_size=None)
                 break
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError, InvalidHandshake):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)

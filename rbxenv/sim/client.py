@@ -27,7 +27,7 @@ from itertools import chain
 
 import numpy as np
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from rbxenv import protocol
 from rbxenv.protocol import ActionRows, Command, GameSpec, ProtocolError
@@ -470,7 +470,7 @@ async def run(
         try:
             ws = await connect(url, max_size=16 * protocol.MAX_FRAME_BYTES, compression=None, open_timeout=10)
             break
-        except (OSError, InvalidStatus, TimeoutError) as err:
+        except (OSError, InvalidHandshake, TimeoutError) as err:  # (a refused or garbled handshake: try again)
             if time.monotonic() > deadline:
                 raise ConnectionError(
                     f"no trainer at {url} after {connect_timeout:g} s ({err}); start the trainer first"
