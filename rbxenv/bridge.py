@@ -95,12 +95,10 @@ class TrainingBridge(GameServer):
         return self._tick
 
     def host_of(self, env_id: str) -> GameLink:
-        """The game venv ``env_id`` runs on (the first game if it has none, or its game left);
-        raises BridgeClosed when no game is connected."""
+        """The game venv ``env_id`` runs on (the first game if it has none); raises BridgeClosed when
+        no game is connected. A game that left drops what is sent to it: its cars are reported lost."""
         self._check_open()
-        link = self.hosts.get(env_id)
-        if link is None or link.lost is not None:
-            link = self.link
+        link = self.hosts.get(env_id) or self.link
         if link is None:
             raise BridgeClosed(f"no game is connected to {self.url}")
         return link
@@ -221,21 +219,34 @@ class TrainingBridge(GameServer):
 
     def send_action_rows(self, agent_ids: Sequence[str], actions: np.ndarray) -> int:
         """Actions of many agents at once, row k of ``actions`` (n, action_size) for ``agent_ids[k]``:
-        one ACTION_BATCH in column form to games that announced ``columns`` (no dict per car to
-        build or parse), else ``send_action_batch``. Returns the tick id the observations will answer.
-        """
-        link = self.link
-        if link is not None and not self.hosts and link.spec.has("columns"):
-            self._check_open()
-            tick = self._next_tick()
-            self.data.expect_answers(agent_ids, tick)
-            self.send_rows(link, agent_ids, actions, tick)
-            self.action_sent_at = time.monotonic()
-            return tick
-        batch: dict[str, dict] = {}
-        for aid, row in zip(agent_ids, actions, strict=True):
-            batch.setdefault(protocol.parse_agent_id(aid)[1], {})[aid] = row
-        return self.send_action_batch(batch)
+        one frame per game, under one tick (``send_rows``). Returns the tick id the observations
+        will answer."""
+        self._check_open()
+        tick = self._next_tick()
+        self.data.expect_answers(agent_ids, tick)
+        for link, rows in self._by_game(agent_ids):
+            if rows is None:
+                self.send_rows(link, agent_ids, actions, tick)
+            else:
+                self.send_rows(link, [agent_ids[k] for k in rows], actions[rows], tick)
+        self.action_sent_at = time.monotonic()
+        return tick
+
+    # (ids, hosts, first game, [(game, rows)]) of the latest call
+    _groups: tuple[list[str], dict, GameLink | None, list] | None = None
+
+    def _by_game(self, agent_ids: Sequence[str]) -> list:
+        """[(game, row indices or None for all)] of these cars; kept while the cars and hosts stay
+        (every step sends the same cars)."""
+        cached, first = self._groups, self.link
+        if cached is not None and cached[1] == self.hosts and cached[2] is first and cached[0] == agent_ids:
+            return cached[3]
+        by_game: dict = {}
+        for k, aid in enumerate(agent_ids):
+            by_game.setdefault(self.host_of(protocol.parse_agent_id(aid)[1]), []).append(k)
+        groups = [(link, None if len(by_game) == 1 else rows) for link, rows in by_game.items()]
+        self._groups = (list(agent_ids), dict(self.hosts), first, groups)
+        return groups
 
     def send_rows(self, link: GameLink, agent_ids: Sequence[str], actions: np.ndarray, tick: int) -> None:
         """Actions of agents that all run on ``link``, for a step whose answers are already expected

@@ -48,34 +48,6 @@ class Observations:
         """One dict per agent ({} where the game sent no info): the per-agent view of ``info``."""
         return [d if h else {} for d, h in zip(protocol.info_dicts(self.info), self.has_info.tolist(), strict=True)]
 
-    def subset(self, keep: np.ndarray) -> Observations:
-        """The rows where ``keep`` is True."""
-        return Observations(
-            [aid for aid, k in zip(self.agent_ids, keep.tolist(), strict=True) if k],
-            self.obs[keep],
-            self.reward[keep],
-            self.terminated[keep],
-            self.truncated[keep],
-            {key: column[keep] for key, column in self.info.items()},
-            self.has_info[keep],
-            *(None if a is None else a[keep] for a in (self.restarted, self.reset_obs, self.lost)),
-        )
-
-    @staticmethod
-    def joined(parts: Sequence[Observations]) -> Observations:
-        """The rows of several answers, one after the other."""
-
-        def cat(name: str) -> np.ndarray | None:
-            columns = [getattr(p, name) for p in parts]
-            return None if any(c is None for c in columns) else np.concatenate(columns)
-
-        return Observations(
-            [aid for p in parts for aid in p.agent_ids],
-            *(cat(name) for name in ("obs", "reward", "terminated", "truncated")),
-            {key: np.concatenate([p.info[key] for p in parts]) for key in parts[0].info},
-            *(cat(name) for name in ("has_info", "restarted", "reset_obs", "lost")),
-        )
-
 
 class DataBridge:
     """Observation slots shared by the network thread and the training thread.
@@ -285,9 +257,10 @@ class DataBridge:
             return None
         if self._c["restarted"][rows].any():  # a restart not read yet: see _sift
             return None
-        hosts = self._c["host"][rows]
-        if host and not ((hosts == host) | (hosts == 0)).all():  # a venv that moved to another game
-            return None
+        if batch.tick is None and host:  # (a ticked packet of a moved venv's old game is older than its spawn)
+            hosts = self._c["host"][rows]
+            if not ((hosts == host) | (hosts == 0)).all():  # a venv that moved to another game
+                return None
         return rows
 
     def _sift(self, batch: ObsBatch, host: int) -> tuple[np.ndarray, ObsBatch, list[str]]:
@@ -329,37 +302,50 @@ class DataBridge:
                 rows, batch = _keep(rows, batch, deliver)
         return rows, batch, unknown
 
+    def lost_before_answering(self, agent_ids: Sequence[str], timeout: float) -> list[str]:
+        """Block until each agent answered or its game left; the agents whose game left first (the
+        answers of the others stay waiting for ``wait``)."""
+        with self.cond:
+            rows = self._await(agent_ids, timeout, partial=True)
+            lost = self._c["gone"][rows] & ~self._c["fresh"][rows]
+            return [aid for aid, gone in zip(agent_ids, lost.tolist(), strict=True) if gone]
+
+    def _await(self, agent_ids: Sequence[str], timeout: float, partial: bool) -> np.ndarray | slice:
+        """``wait``'s blocking part (under ``cond``): the rows, once every agent answered (or, with
+        ``partial``, answered or lost its game)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.fatal is not None:
+                raise BridgeClosed(self.fatal)
+            if self.lost is not None and not partial:
+                raise BridgeClosed(self.lost)
+            rows = self.select(agent_ids)
+            if not partial:
+                if self._c["gone"][rows].any():
+                    raise BridgeClosed("the game of these agents disconnected; respawn them on another")
+                ready = self._c["fresh"][rows]
+            else:
+                ready = self._c["fresh"][rows] | self._c["gone"][rows]
+            if ready.all():
+                return rows
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = [aid for aid, ok in zip(agent_ids, ready, strict=True) if not ok]
+                shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+                raise TimeoutError(
+                    f"no observation for {len(missing)} of {len(agent_ids)} agents ({shown}) within "
+                    f"{timeout:g} s: is the game paused, frozen, or not spawning these agents?"
+                )
+            self.cond.wait(remaining)
+
     def wait(self, agent_ids: Sequence[str], timeout: float, partial: bool = False) -> Observations:
         """Block until every agent has a fresh observation, then hand them over (and reset).
 
         A lost game raises BridgeClosed; with ``partial``, its agents come back marked
         ``Observations.lost`` instead, with the others' answers (several games, one left).
         """
-        deadline = time.monotonic() + timeout
         with self.cond:
-            while True:
-                if self.fatal is not None:
-                    raise BridgeClosed(self.fatal)
-                if self.lost is not None and not partial:
-                    raise BridgeClosed(self.lost)
-                rows = self.select(agent_ids)
-                if not partial:
-                    if self._c["gone"][rows].any():
-                        raise BridgeClosed("the game of these agents disconnected; respawn them on another")
-                    ready = self._c["fresh"][rows]
-                else:
-                    ready = self._c["fresh"][rows] | self._c["gone"][rows]
-                if ready.all():
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    missing = [aid for aid, ok in zip(agent_ids, ready, strict=True) if not ok]
-                    shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-                    raise TimeoutError(
-                        f"no observation for {len(missing)} of {len(agent_ids)} agents ({shown}) within "
-                        f"{timeout:g} s: is the game paused, frozen, or not spawning these agents?"
-                    )
-                self.cond.wait(remaining)
+            rows = self._await(agent_ids, timeout, partial)
             c = self._c
             self.ready_at = float(c["fresh_at"][rows].max()) if len(agent_ids) else time.monotonic()
             take = _copy if type(rows) is slice else _same  # a slice gives views: the slots change

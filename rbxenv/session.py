@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rbxenv import protocol, tracks
+from rbxenv import tracks
 from rbxenv.bridge import GameLink, TrainingBridge
 from rbxenv.observations import BridgeClosed, Observations
 from rbxenv.protocol import GameSpec, agent_id
@@ -72,19 +72,8 @@ class RemoteGame(TrainingBridge):
     and waits for every answer; the cars of a game that left come back marked ``lost``.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._groups: tuple[list[str], dict, list] | None = None  # (ids, hosts, [(game, rows)]) of the last step
-
     def step(self, agent_ids: Sequence[str], actions: np.ndarray) -> Observations:
-        tick = self._next_tick()
-        self.data.expect_answers(agent_ids, tick)
-        for link, rows in self._by_game(agent_ids):
-            if rows is None:
-                self.send_rows(link, agent_ids, actions, tick)
-            else:
-                self.send_rows(link, [agent_ids[k] for k in rows], actions[rows], tick)
-        self.action_sent_at = time.monotonic()
+        self.send_action_rows(agent_ids, actions)
         try:
             return self.data.wait(agent_ids, self.obs_timeout, partial=True)
         except TimeoutError:
@@ -95,18 +84,6 @@ class RemoteGame(TrainingBridge):
                 if link.number in silent:
                     self.drop(link, f"it stopped answering for {self.obs_timeout:g} s while the other games answered")
             return self.data.wait(agent_ids, self.obs_timeout, partial=True)
-
-    def _by_game(self, agent_ids: Sequence[str]) -> list:
-        """[(game, row indices or None for all)] of a step's cars; kept while the cars and hosts stay."""
-        cached = self._groups
-        if cached is not None and cached[1] == self.hosts and cached[0] == agent_ids:
-            return cached[2]
-        by_game: dict = {}
-        for k, aid in enumerate(agent_ids):
-            by_game.setdefault(self.hosts.get(protocol.parse_agent_id(aid)[1]) or self.link, []).append(k)
-        groups = [(link, None if len(by_game) == 1 else rows) for link, rows in by_game.items() if link is not None]
-        self._groups = (list(agent_ids), dict(self.hosts), groups)
-        return groups
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
@@ -250,8 +227,7 @@ class GameSession:
         self.processes: list[subprocess.Popen] = []  # sim="subprocess": the simulators launched
         self._finalizers: list[weakref.finalize] = []
         self._joins_seen = 0  # bridge.joins when venvs were last spread over the games
-        self._joins_watched = 0  # ... and when the games were last checked for a real-time one
-        self._set_up: set[int] = set()  # the games that got the session's collision setting
+        self._set_up: set[int] = set()  # the games that got the session's settings (``_set_up_game``)
         self._launched_at: list[float] = []  # when each simulator process was (re)launched
         self._venv_of_id = dict(zip(self.agent_ids, self.venv_of.tolist(), strict=True))
         # venvs respawned whole by the latest spawn or respawn because their game left meanwhile
@@ -285,20 +261,22 @@ class GameSession:
                 )
                 self.game = self.bridge.wait_for_game(self.wait_timeout)
             self.place(range(self.num_venvs), max(0.0, deadline - time.monotonic()))
-            self.bridge.update_collisions(self.collisions)
-            self._set_up = {link.number for link in self.bridge.games}
             if not self.bridge.width_known:
                 self.game = self._learn_width()
         except BridgeClosed:
             self.close()
             raise
-        self._watch_realtime()
         return self.game
 
-    def _watch_realtime(self) -> None:
-        """Real-time games get the freeze watchdog (the first one that connects starts it)."""
-        if self.freezer is None and any(link.spec.mode == "realtime" for link in self.bridge.games):
+    def _set_up_game(self, link: GameLink) -> None:
+        """Before a game's first cars: the session's collision setting, a freeze in force, and the
+        freeze watchdog if it is the first real-time game."""
+        self._set_up.add(link.number)
+        self.bridge.update_collisions(self.collisions, link)
+        if self.freezer is None and link.spec.mode == "realtime":
             self.freezer = FreezeWhenIdle(self)
+        elif self.freezer is not None and self.freezer.frozen:
+            self.bridge.freeze(True, link)
 
     def _learn_width(self) -> GameSpec:
         """A v0 game (no hello) says how many floats it observes only in its packets, and sends
@@ -546,11 +524,8 @@ class GameSession:
         if self.bridge is not None:
             self.place([venv], self.reconnect_timeout)
             link = self.bridge.host_of(envid)
-            if link.number not in self._set_up:  # a game that joined: the session's settings first
-                self._set_up.add(link.number)
-                self.bridge.update_collisions(self.collisions, link)
-                if self.freezer is not None and self.freezer.frozen:
-                    self.bridge.freeze(True, link)
+            if link.number not in self._set_up:
+                self._set_up_game(link)
             game = link.spec
         if game is not None and game.has("game_tracks"):
             track = None  # the game owns its track (announced in hello): nothing to send
@@ -604,26 +579,21 @@ class GameSession:
         self.interrupted = []
         if self.bridge is None:
             return self.backend.get_observations(ids)
-        parts: list[Observations] = []
-        while True:
-            got = self.bridge.data.wait(ids, self.bridge.obs_timeout, partial=True)
-            if not got.lost.any():
-                return Observations.joined([*parts, got]) if parts else got
-            again = sorted({self._venv_of_id[aid] for aid, lost in zip(ids, got.lost.tolist(), strict=True) if lost})
+        ids = list(ids)
+        while lost := self.bridge.data.lost_before_answering(ids, self.bridge.obs_timeout):
+            again = sorted({self._venv_of_id[aid] for aid in lost})
             self.interrupted = sorted({*self.interrupted, *again})
-            parts = [p.subset(~np.isin([self._venv_of_id[a] for a in p.agent_ids], again)) for p in [*parts, got]]
-            ids = []
+            asked = set(ids)
             for venv in again:
-                ids += self._spawn(venv, self.tracks[self.venv_ids[venv]])
+                ids += [aid for aid in self._spawn(venv, self.tracks[self.venv_ids[venv]]) if aid not in asked]
+        # every agent answered now (an answer stays an answer when its game leaves after it)
+        return self.bridge.data.wait(ids, self.bridge.obs_timeout, partial=True)
 
     # ------------------------------------------------------------------ stepping
 
     def step(self, ids: Sequence[str], actions: np.ndarray) -> Observations:
         """One decision step of the given cars (rows of ``actions`` in the order of ``ids``); a
         real-time game is unfrozen for it and frozen again once no step comes (``FreezeWhenIdle``)."""
-        if self.freezer is None and self.bridge is not None and self.bridge.joins != self._joins_watched:
-            self._joins_watched = self.bridge.joins
-            self._watch_realtime()
         if self.freezer is None:
             return self.backend.step(ids, actions)
         with self.freezer.stepping():
